@@ -10,7 +10,7 @@ Public API::
 from __future__ import annotations
 
 # Importing an operator's module registers it.
-from fusion_ops import attention, circulant, concat  # noqa: F401
+from fusion_ops import attention, circulant, concat, low_rank, tensor  # noqa: F401
 from fusion_ops._base import FusionOp
 from fusion_ops._registry import create_fusion, fusion_args, fusion_class, list_fusions, register_fusion
 from fusion_ops.cost import count_flops, count_params
