@@ -86,7 +86,11 @@ _EXTRA_FORMULAS: dict[Any, Any] = {
 
 
 def count_flops(module: nn.Module, *inputs: Any, **kwargs: Any) -> int:
-    """Forward FLOPs of `module(*inputs, **kwargs)` for that batch (see the module docstring)."""
+    """Forward FLOPs of `module(*inputs, **kwargs)` for that batch (see the module docstring).
+
+    Runs in the caller's grad mode: under `no_grad`, torch 2.13's module tracker fails on
+    a parameter view fed to a submodule ("Expected gradient function to be set").
+    """
     interaction = 0
 
     def add_interaction(op: nn.Module, args: tuple[Any, ...]) -> None:
@@ -95,7 +99,7 @@ def count_flops(module: nn.Module, *inputs: Any, **kwargs: Any) -> int:
 
     hooks = [m.register_forward_pre_hook(add_interaction) for m in module.modules() if isinstance(m, FusionOp)]
     try:
-        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
+        with FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
             module(*inputs, **kwargs)
     finally:
         for h in hooks:
