@@ -4,6 +4,9 @@ Pure Python + numpy: nothing here imports torch.
 """
 from __future__ import annotations
 
+from spaces._yaml_errors import ConfigError
 from spaces.args import Arg, resolve_args
+from spaces.space import SearchSpace
+from spaces.spec import ArchSpec, CellSpec
 
-__all__ = ["Arg", "resolve_args"]
+__all__ = ["Arg", "ArchSpec", "CellSpec", "ConfigError", "SearchSpace", "resolve_args"]
