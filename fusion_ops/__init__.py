@@ -6,16 +6,31 @@ Public API::
     create_fusion(name, in_dims, out_dim, **args) -> nn.Module
     fusion_args(name) -> tuple[Arg, ...]
     count_params(module) -> int;  count_flops(module, *inputs) -> int
+    build_backbone(cfg, input_shape) -> Backbone      (per-modality encoders with taps)
+    build_model(spec, backbones, num_classes) -> FusionModel
+    candidate_cost(spec, backbones, num_classes) -> params/FLOPs, total and fusion-only
 """
 from __future__ import annotations
 
 # Importing an operator's module registers it.
-from fusion_ops import attention, circulant, concat, low_rank, tensor  # noqa: F401
+from fusion_ops import attention, bottleneck, circulant, concat, low_rank, tensor  # noqa: F401
 from fusion_ops._base import FusionOp
 from fusion_ops._registry import create_fusion, fusion_args, fusion_class, list_fusions, register_fusion
+from fusion_ops.backbones import Backbone, BackboneConfig, UnimodalClassifier, build_backbone
 from fusion_ops.cost import count_flops, count_params
+from fusion_ops.model import FusionHead, FusionModel, build_model, candidate_cost, model_cost, required_taps
 
 __all__ = [
+    "Backbone",
+    "BackboneConfig",
+    "FusionHead",
+    "FusionModel",
+    "UnimodalClassifier",
+    "build_backbone",
+    "build_model",
+    "candidate_cost",
+    "model_cost",
+    "required_taps",
     "FusionOp",
     "count_flops",
     "count_params",

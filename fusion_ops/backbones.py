@@ -1,0 +1,283 @@
+"""Per-modality encoders whose every block output is a tap.
+
+A backbone is a chain of blocks. `forward_taps(x)` returns tap 0 = the raw input
+and tap k = block k's output, each either a vector `(B, d)` or tokens `(B, T, d)`;
+the last tap is always the pooled embedding `(B, embed_dim)`, so late fusion fuses
+embeddings. Kinds, chosen by name from a table:
+
+| kind   | input          | block                              | tap 0      | inner taps      |
+|--------|----------------|------------------------------------|------------|-----------------|
+| mlp    | any (flattened)| Linear + ReLU                      | (B, prod)  | (B, w)          |
+| cnn2d  | (H,W), (C,H,W) | Conv3x3 + ReLU + 2x2 max-pool      | (B, C*H*W) | (B, H*W, C)     |
+| conv1d | (T, F)         | Conv1d k=3 + ReLU + max-pool 2     | (B, T, F)  | (B, T, C)       |
+| gru    | (T, F)         | one GRU layer                      | (B, T, F)  | (B, T, h)       |
+
+The last block is pooled: global average (cnn2d, conv1d), final hidden state (gru).
+No normalisation layers: outputs do not depend on batch composition or mode.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+# kind -> (name of its size list in a config, default sizes)
+SIZE_KEYS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "cnn2d": ("channels", (8, 16)),
+    "conv1d": ("channels", (16, 32)),
+    "gru": ("hidden", (32,)),
+    "mlp": ("widths", (64, 32)),
+}
+
+
+def _check_kind(kind: Any, label: str) -> str:
+    if kind not in SIZE_KEYS:
+        raise ValueError(f"{label}: unknown backbone {kind!r}; known: {', '.join(sorted(SIZE_KEYS))}")
+    return kind
+
+
+def _check_sizes(sizes: Any, label: str) -> tuple[int, ...]:
+    if (
+        not isinstance(sizes, (list, tuple))
+        or not sizes
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes)
+    ):
+        raise ValueError(f"{label}: expected a non-empty list of positive integers, got {sizes!r}")
+    return tuple(sizes)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """`kind` (cnn2d | conv1d | gru | mlp) and the widths of its blocks, one per block
+    (`channels`, `hidden` or `widths` in a config dict, by kind)."""
+
+    kind: str
+    sizes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_kind(self.kind, "BackboneConfig.kind")
+        object.__setattr__(self, "sizes", _check_sizes(self.sizes, "BackboneConfig.sizes"))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "backbone") -> BackboneConfig:
+        """Validated config; errors name the key path, e.g. `backbones.audio.kind: ...`."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where}: expected a mapping with a 'kind', got {d!r}")
+        kind = _check_kind(d.get("kind"), f"{where}.kind")
+        key, default = SIZE_KEYS[kind]
+        unknown = sorted(set(d) - {"kind", key})
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: unknown key for a {kind} backbone; known: kind, {key}")
+        return cls(kind, _check_sizes(d.get(key, default), f"{where}.{key}"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, SIZE_KEYS[self.kind][0]: list(self.sizes)}
+
+
+class Backbone(nn.Module):
+    """Blocks over one modality; `forward_taps(x)` gives every tap, `forward(x)` the embedding.
+
+    Subclasses set `blocks` and say how the raw input becomes tap 0 (`raw_tap`) and
+    the blocks' state (`prepare`), how a block's state becomes a tap (`as_tap`) and
+    how the last one is pooled (`pool`).
+    """
+
+    KIND: ClassVar[str] = ""
+
+    def __init__(self, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.blocks = nn.ModuleList()
+        self.tap_shapes: list[tuple[int, ...]] = []
+
+    def _finish(self) -> None:
+        with torch.no_grad():
+            taps = self.forward_taps(torch.zeros(1, *self.input_shape))
+        self.tap_shapes = [tuple(t.shape[1:]) for t in taps]
+
+    @property
+    def depths(self) -> range:
+        return range(len(self.tap_shapes))
+
+    @property
+    def embed_dim(self) -> int:
+        return self.tap_shapes[-1][0]
+
+    def raw_tap(self, x: Tensor) -> Tensor:
+        return x.flatten(1)  # (B, prod(input_shape))
+
+    def prepare(self, x: Tensor) -> Tensor:
+        return x
+
+    def as_tap(self, state: Tensor) -> Tensor:
+        return state
+
+    def pool(self, state: Tensor) -> Tensor:
+        return state
+
+    def forward_taps(self, x: Tensor) -> list[Tensor]:
+        """`(B, *input_shape)` -> `len(blocks) + 1` taps, each `(B, d)` or `(B, T, d)`."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            expected = ", ".join(map(str, ("B", *self.input_shape)))
+            raise ValueError(f"{self.KIND} backbone: expected inputs ({expected}), got {tuple(x.shape)}")
+        taps = [self.raw_tap(x)]
+        state = self.prepare(x)
+        for k, block in enumerate(self.blocks, start=1):
+            state = block(state)
+            taps.append(self.pool(state) if k == len(self.blocks) else self.as_tap(state))
+        return taps
+
+    def forward(self, x: Tensor) -> Tensor:
+        """`(B, *input_shape)` -> embedding `(B, embed_dim)` (the last tap)."""
+        return self.forward_taps(x)[-1]
+
+
+class MLPBackbone(Backbone):
+    KIND = "mlp"
+
+    def __init__(self, input_shape: tuple[int, ...], widths: tuple[int, ...]) -> None:
+        super().__init__(input_shape)
+        dims = (math.prod(input_shape), *widths)
+        self.blocks.extend(nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in pairwise(dims))
+
+    def prepare(self, x: Tensor) -> Tensor:
+        return x.flatten(1)  # (B, prod(input_shape))
+
+
+class CNN2dBackbone(Backbone):
+    KIND = "cnn2d"
+
+    def __init__(self, input_shape: tuple[int, ...], channels: tuple[int, ...]) -> None:
+        super().__init__(input_shape)
+        c, h, w = self.image_shape
+        for out in channels:
+            # halve each side still >= 2, so thin maps (spectrogram strips) keep going
+            kernel = (2 if h >= 2 else 1, 2 if w >= 2 else 1)
+            self.blocks.append(
+                nn.Sequential(nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(kernel, kernel))
+            )
+            c, h, w = out, h // kernel[0], w // kernel[1]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """`(C, H, W)`: a 2-D input (an image, or a (T, F) spectrogram) has one channel."""
+        s = self.input_shape
+        return (1, s[0], s[1]) if len(s) == 2 else (s[0], s[1], s[2])
+
+    def prepare(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], *self.image_shape)  # (B, C, H, W)
+
+    def as_tap(self, state: Tensor) -> Tensor:
+        return state.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+
+    def pool(self, state: Tensor) -> Tensor:
+        return state.mean(dim=(2, 3))  # (B, C)
+
+
+class Conv1dBackbone(Backbone):
+    KIND = "conv1d"
+
+    def __init__(self, input_shape: tuple[int, ...], channels: tuple[int, ...]) -> None:
+        super().__init__(input_shape)
+        t, c = input_shape
+        for out in channels:
+            kernel = 2 if t >= 2 else 1
+            self.blocks.append(nn.Sequential(nn.Conv1d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool1d(kernel)))
+            c, t = out, t // kernel
+
+    def raw_tap(self, x: Tensor) -> Tensor:
+        return x  # (B, T, F) tokens
+
+    def prepare(self, x: Tensor) -> Tensor:
+        return x.transpose(1, 2)  # (B, T, F) -> (B, F, T)
+
+    def as_tap(self, state: Tensor) -> Tensor:
+        return state.transpose(1, 2)  # (B, C, T) -> (B, T, C)
+
+    def pool(self, state: Tensor) -> Tensor:
+        return state.mean(dim=2)  # (B, C)
+
+
+class _GRULayer(nn.Module):
+    """One GRU layer returning its output sequence `(B, T, h)` only."""
+
+    def __init__(self, d_in: int, hidden: int) -> None:
+        super().__init__()
+        self.gru = nn.GRU(d_in, hidden, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gru(x)[0]
+
+
+class GRUBackbone(Backbone):
+    KIND = "gru"
+
+    def __init__(self, input_shape: tuple[int, ...], hidden: tuple[int, ...]) -> None:
+        super().__init__(input_shape)
+        dims = (input_shape[1], *hidden)
+        self.blocks.extend(_GRULayer(a, b) for a, b in pairwise(dims))
+
+    def raw_tap(self, x: Tensor) -> Tensor:
+        return x  # (B, T, F) tokens
+
+    def pool(self, state: Tensor) -> Tensor:
+        return state[:, -1]  # final hidden state (B, h)
+
+
+# kind -> (constructor(input_shape, sizes), legal input ranks (None: any), what they mean)
+BACKBONES: dict[str, tuple[Callable[[tuple[int, ...], tuple[int, ...]], Backbone], tuple[int, ...] | None, str]] = {
+    "cnn2d": (CNN2dBackbone, (2, 3), "(H, W) or (C, H, W)"),
+    "conv1d": (Conv1dBackbone, (2,), "(T, F)"),
+    "gru": (GRUBackbone, (2,), "(T, F)"),
+    "mlp": (MLPBackbone, None, "of any shape"),
+}
+
+
+@contextlib.contextmanager
+def seeded_init(generator: torch.Generator | None) -> Iterator[None]:
+    """Module initialisation drawn from `generator` (None: from the global RNG as usual).
+
+    torch layers initialise from the global RNG; this seeds a forked copy of it from
+    `generator` and restores it afterwards, so the caller's global state is untouched.
+    """
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_backbone(
+    cfg: BackboneConfig, input_shape: tuple[int, ...], generator: torch.Generator | None = None
+) -> Backbone:
+    """A `cfg.kind` backbone for per-sample inputs of `input_shape`, tap shapes computed."""
+    cls, ranks, expected = BACKBONES[cfg.kind]
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or (ranks is not None and len(shape) not in ranks) or any(s < 1 for s in shape):
+        raise ValueError(f"{cfg.kind} backbone: inputs must be {expected} per sample, got shape {shape}")
+    with seeded_init(generator):
+        backbone = cls(shape, cfg.sizes)
+    backbone._finish()
+    return backbone
+
+
+class UnimodalClassifier(nn.Module):
+    """A backbone plus `Linear(embed_dim, num_classes)`, to pretrain one modality."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        with seeded_init(generator):
+            self.classifier = nn.Linear(backbone.embed_dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """`(B, *input_shape)` -> logits `(B, num_classes)`."""
+        return self.classifier(self.backbone(x))
