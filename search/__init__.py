@@ -1,0 +1,1 @@
+"""How candidates are found, trained, compared, reported, exported."""

@@ -1,0 +1,81 @@
+"""Any user data in one `.npz`: one array per modality (named by its key), `y`, optional `split`.
+
+`split` holds 0/1/2 or the strings train/val/test per row; without it the rows are split
+stratified by `data.seed` in `data.fractions` (default 0.6/0.2/0.2).
+"""
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.datasets._common import (
+    SPLITS,
+    DataError,
+    Dataset,
+    build_dataset,
+    check_keys,
+    normalize_of,
+    opt_fractions,
+    resolve_path,
+    seed_of,
+    split_sizes,
+    stratified_split,
+    validate_labels,
+)
+
+RESERVED = ("y", "split")
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of `path`, loaded eagerly (no pickles: a data file must not run code)."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: cannot read as .npz ({err})") from None
+
+
+def _split_indices(source: str, split: np.ndarray, n: int) -> list[np.ndarray]:
+    """Row indices of train/val/test from a `split` array of 0/1/2 or names."""
+    if split.ndim != 1 or len(split) != n:
+        raise DataError(f"{source}: array 'split' has shape {split.shape} but 'y' has {n} rows")
+    if split.dtype.kind in "US":
+        codes = {name: i for i, name in enumerate(SPLITS)}
+        bad = sorted(set(split.astype(str).tolist()) - set(codes))
+        split = np.array([codes.get(s, -1) for s in split.astype(str).tolist()])
+    else:
+        bad = [] if np.issubdtype(split.dtype, np.integer) else [f"dtype {split.dtype}"]
+        bad = bad or sorted(set(split.tolist()) - {0, 1, 2})
+    if bad:
+        raise DataError(f"{source}: array 'split' must hold 0/1/2 or train/val/test; found {bad[:5]}")
+    parts = [np.flatnonzero(split == i) for i in range(3)]
+    for name, idx in zip(SPLITS, parts, strict=True):
+        if len(idx) == 0:
+            raise DataError(f"{source}: array 'split' has no {name!r} rows")
+    return parts
+
+
+def load_npz(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Dataset:
+    """Read the `.npz` at `cfg['path']` (relative to `base_dir`)."""
+    check_keys(cfg, ("path", "fractions"), "npz")
+    path = resolve_path(cfg, "path", base_dir)
+    arrays = read_npz(path)
+    source = str(path)
+    if "y" not in arrays:
+        raise DataError(f"{source}: no array 'y' (the class labels); found {', '.join(sorted(arrays)) or 'none'}")
+    y, split = arrays.pop("y"), arrays.pop("split", None)
+    if not arrays:
+        raise DataError(f"{source}: needs one array per modality besides {' and '.join(RESERVED)}")
+    validate_labels(source, y)
+    if split is not None:
+        splits = _split_indices(source, split, len(y))
+    else:
+        rng = np.random.default_rng(seed_of(cfg))
+        splits = stratified_split(y, split_sizes(len(y), opt_fractions(cfg)), rng)
+    return build_dataset(path.stem, source, arrays, y, splits, normalize_of(cfg), meta={"given_split": split is not None})

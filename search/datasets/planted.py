@@ -1,0 +1,139 @@
+"""Generated tasks whose labels need a known kind of fusion: the test of whether a search works.
+
+Each modality is `x_m ~ N(0, I_d)` and `a_m = u_mᵀ x_m` a fixed projection on a unit vector
+`u_m` drawn from the seed; labels threshold the noisy projections `ã_m = a_m + ε_m`,
+`ε ~ N(0, noise²)`, so `noise` flips each modality's sign with the same probability whatever
+the task. Which fusion can solve a task:
+
+- additive:  `y = [ã_1 + ã_2 > 0]`; late (additive) fusion suffices.
+- xor:       `y = [ã_1 ã_2 > 0]`; each modality alone and any additive fusion stay at chance.
+- bilinear:  `y = [x_1ᵀ R x_2 + ε > 0]`, `R` of rank `rank`, `‖R‖_F = 1`; needs a multiplicative
+             interaction.
+- shift:     `x_2 = roll(x_1, k) + ε`, the class is `k` (`n_shifts` classes); needs a comparison
+             of the two modalities (circular correlation).
+- redundant: `y = [a + ε > 0]`, and `x_1`, `x_2` each hold their own noisy copy of `a` along
+             `u_m`; either modality suffices.
+- parity3:   three modalities, `y = [ã_1 ã_2 ã_3 > 0]`.
+
+Modalities are named `m1`, `m2` (`m3`). `meta` keeps the planted `u` (or `R`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.datasets._common import (
+    DataError,
+    Dataset,
+    build_dataset,
+    check_keys,
+    normalize_of,
+    opt_float,
+    opt_int,
+    seed_of,
+    stratified_split,
+)
+
+Arrays = dict[str, np.ndarray]
+_KEYS = ("task", "n_train", "n_test", "n_val", "val_fraction", "d", "noise", "rank", "n_shifts")
+
+
+def _unit(rng: np.random.Generator, d: int) -> np.ndarray:
+    u = rng.standard_normal(d)
+    return u / np.linalg.norm(u)
+
+
+def _gauss(rng: np.random.Generator, n: int, d: int, m: int) -> Arrays:
+    return {f"m{i + 1}": rng.standard_normal((n, d)) for i in range(m)}
+
+
+def _noisy_projections(rng: np.random.Generator, n: int, d: int, noise: float, m: int) -> tuple[Arrays, np.ndarray, dict]:
+    """Inputs `x_m` and the noisy projections `ã_m` as columns `(n, m)`."""
+    us = {f"m{i + 1}": _unit(rng, d) for i in range(m)}
+    xs = _gauss(rng, n, d, m)
+    a = np.stack([xs[k] @ u for k, u in us.items()], axis=1)
+    return xs, a + noise * rng.standard_normal((n, m)), {"u": us}
+
+
+def _product_task(m: int) -> Callable[..., tuple[Arrays, np.ndarray, dict]]:
+    """Task `y = [Π_m ã_m > 0]` over `m` modalities: the parity of the projections' signs."""
+
+    def make(rng: np.random.Generator, n: int, d: int, noise: float, **_: Any) -> tuple[Arrays, np.ndarray, dict]:
+        xs, a, params = _noisy_projections(rng, n, d, noise, m)
+        return xs, a.prod(axis=1) > 0, params
+
+    return make
+
+
+def _additive(rng: np.random.Generator, n: int, d: int, noise: float, **_: Any) -> tuple[Arrays, np.ndarray, dict]:
+    xs, a, params = _noisy_projections(rng, n, d, noise, 2)
+    return xs, a.sum(axis=1) > 0, params
+
+
+def _bilinear(rng: np.random.Generator, n: int, d: int, noise: float, rank: int, **_: Any) -> tuple[Arrays, np.ndarray, dict]:
+    if rank > d:
+        raise DataError(f"data.rank: bilinear rank {rank} exceeds d={d}")
+    r = rng.standard_normal((d, rank)) @ rng.standard_normal((rank, d))
+    r /= np.linalg.norm(r)  # ||R||_F = 1, so x_1ᵀ R x_2 has unit variance
+    xs = _gauss(rng, n, d, 2)
+    score = np.einsum("ni,ij,nj->n", xs["m1"], r, xs["m2"])
+    return xs, score + noise * rng.standard_normal(n) > 0, {"R": r}
+
+
+def _shift(rng: np.random.Generator, n: int, d: int, noise: float, n_shifts: int, **_: Any) -> tuple[Arrays, np.ndarray, dict]:
+    if n_shifts > d:
+        raise DataError(f"data.n_shifts: {n_shifts} shifts exceed d={d} (rolls by k and k+d coincide)")
+    x1 = rng.standard_normal((n, d))
+    k = rng.integers(0, n_shifts, size=n)
+    rows = (np.arange(d)[None, :] - k[:, None]) % d  # roll(x, k)[i] = x[i - k]
+    x2 = np.take_along_axis(x1, rows, axis=1) + noise * rng.standard_normal((n, d))
+    return {"m1": x1, "m2": x2}, k, {}
+
+
+def _redundant(rng: np.random.Generator, n: int, d: int, noise: float, **_: Any) -> tuple[Arrays, np.ndarray, dict]:
+    us = {"m1": _unit(rng, d), "m2": _unit(rng, d)}
+    a = rng.standard_normal(n)
+    xs = {}
+    for name, u in us.items():
+        z = rng.standard_normal((n, d))
+        copy = a + noise * rng.standard_normal(n)
+        xs[name] = z - np.outer(z @ u, u) + np.outer(copy, u)  # u_mᵀ x_m = noisy copy of a
+    return xs, a + noise * rng.standard_normal(n) > 0, {"u": us}
+
+
+TASKS: dict[str, Callable[..., tuple[Arrays, np.ndarray, dict]]] = {
+    "additive": _additive,
+    "xor": _product_task(2),
+    "bilinear": _bilinear,
+    "shift": _shift,
+    "redundant": _redundant,
+    "parity3": _product_task(3),
+}
+
+
+def load_planted(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Dataset:
+    """Generate planted task `cfg['task']`; val is held out of the `n_train` pool, stratified."""
+    check_keys(cfg, _KEYS, "planted")
+    task = cfg.get("task")
+    if task not in TASKS:
+        raise DataError(f"data.task: unknown planted task {task!r}; known: {', '.join(sorted(TASKS))}")
+    n_train, n_test = opt_int(cfg, "n_train", 4000, 2), opt_int(cfg, "n_test", 1000, 1)
+    d = opt_int(cfg, "d", 16, 1)
+    noise = opt_float(cfg, "noise", 0.1, 0.0, 1e6)
+    n_val = opt_int(cfg, "n_val", None, 1)
+    if n_val is None:
+        n_val = max(1, round(opt_float(cfg, "val_fraction", 0.2, 0.0, 1.0) * n_train))
+    if n_val >= n_train:
+        raise DataError(f"data.n_val: {n_val} validation samples leave none of n_train={n_train} to train on")
+    rng = np.random.default_rng(seed_of(cfg))
+    xs, y, params = TASKS[task](
+        rng, n_train + n_test, d, noise, rank=opt_int(cfg, "rank", 2, 1), n_shifts=opt_int(cfg, "n_shifts", 8, 2)
+    )
+    y = np.asarray(y, dtype=np.int64)
+    splits = stratified_split(y, [n_train - n_val, n_val, n_test], rng)
+    return build_dataset(
+        f"planted-{task}", f"planted:{task}", xs, y, splits, normalize_of(cfg), meta={"task": task, **params}
+    )
