@@ -1,0 +1,128 @@
+"""The tap cache: every tap of every sample, computed once by the frozen backbones.
+
+Candidates then train on these arrays and never run a backbone (the MFAS practice and
+the search's main speed lever). A `TapCache` is plain, picklable data — float32 numpy
+arrays in dicts — made read-only on purpose: the search shares it through Ray's object
+store, which hands it out read-only, so nothing may write into it anyway.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fusion_ops.backbones import Backbone
+from search.datasets import Dataset
+from search.datasets._common import SPLITS
+from spaces.spec import make_tap, parse_tap
+
+
+@dataclass(frozen=True, eq=False)
+class TapCache:
+    """`taps[split][tap] -> (N_split, *tap_shapes[tap])` float32, `labels[split] -> (N_split,)` int64."""
+
+    taps: dict[str, dict[str, np.ndarray]]
+    labels: dict[str, np.ndarray]
+    tap_shapes: dict[str, tuple[int, ...]]
+    num_classes: int
+
+    @classmethod
+    def from_backbones(
+        cls,
+        dataset: Dataset,
+        backbones: Mapping[str, Backbone],
+        *,
+        only: Iterable[str] | None = None,
+        batch_size: int = 1024,
+    ) -> TapCache:
+        """Run each backbone once over every split (eval mode, no grad, in batches).
+
+        `only` keeps just those taps (e.g. the depths a search space offers), to save memory.
+        """
+        missing = [m for m in dataset.modalities if m not in backbones]
+        if missing:
+            raise ValueError(f"no backbone for modality {missing[0]!r}; backbones: {', '.join(sorted(backbones))}")
+        keep = None if only is None else set(only)
+        shapes = {
+            make_tap(m, d): tuple(s)
+            for m in dataset.modalities
+            for d, s in enumerate(backbones[m].tap_shapes)
+            if keep is None or make_tap(m, d) in keep
+        }
+        unknown = sorted((keep or set()) - set(shapes))
+        if unknown:
+            raise ValueError(f"unknown taps {', '.join(unknown)}; the backbones give {', '.join(shapes)}")
+        taps = {s: _split_taps(dataset.split(s)[0], backbones, shapes, batch_size) for s in SPLITS}
+        labels = {s: _read_only(np.asarray(dataset.split(s)[1], dtype=np.int64)) for s in SPLITS}
+        return cls(taps, labels, shapes, dataset.num_classes)
+
+    @property
+    def tap_names(self) -> list[str]:
+        """Tap names, sorted by (modality, depth)."""
+        return sorted(self.tap_shapes, key=parse_tap)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all arrays (taps and labels)."""
+        return sum(a.nbytes for split in self.taps.values() for a in split.values()) + sum(
+            y.nbytes for y in self.labels.values()
+        )
+
+    def n_taps(self) -> dict[str, int]:
+        """`{modality: deepest cached depth + 1}`, for `fusion_ops.model.check_spec`."""
+        out: dict[str, int] = {}
+        for tap in self.tap_shapes:
+            m, d = parse_tap(tap)
+            out[m] = max(out.get(m, 0), d + 1)
+        return out
+
+    def subset(self, tap_names: Iterable[str]) -> TapCache:
+        """The same cache holding only `tap_names` (arrays shared, not copied)."""
+        names = sorted(set(tap_names), key=parse_tap)
+        missing = [t for t in names if t not in self.tap_shapes]
+        if missing:
+            raise ValueError(f"taps not in the cache: {', '.join(missing)}; cached: {', '.join(self.tap_names)}")
+        return TapCache(
+            {s: {t: split[t] for t in names} for s, split in self.taps.items()},
+            dict(self.labels),
+            {t: self.tap_shapes[t] for t in names},
+            self.num_classes,
+        )
+
+    def tensors(self, split: str) -> tuple[dict[str, Tensor], Tensor]:
+        """`({tap: (N, ...)}, labels (N,))` of `split` as torch tensors (copies: the arrays stay untouched)."""
+        if split not in self.taps:
+            raise KeyError(f"unknown split {split!r}; known: {', '.join(self.taps)}")
+        return {t: torch.tensor(a) for t, a in self.taps[split].items()}, torch.tensor(self.labels[split])
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+@torch.no_grad()
+def _split_taps(
+    inputs: Mapping[str, np.ndarray],
+    backbones: Mapping[str, Backbone],
+    shapes: Mapping[str, tuple[int, ...]],
+    batch_size: int,
+) -> dict[str, np.ndarray]:
+    """Every kept tap of one split, `{tap: (N, *shape)}`, filled batch by batch."""
+    out: dict[str, np.ndarray] = {}
+    for m, x in sorted(inputs.items()):
+        backbone = backbones[m]
+        was_training = backbone.training
+        backbone.eval()
+        kept = [(d, make_tap(m, d)) for d in backbone.depths if make_tap(m, d) in shapes]
+        arrays = {t: np.empty((len(x), *shapes[t]), dtype=np.float32) for _, t in kept}
+        for i in range(0, len(x), batch_size):
+            batch_taps = backbone.forward_taps(torch.from_numpy(np.array(x[i : i + batch_size], dtype=np.float32)))
+            for d, t in kept:
+                arrays[t][i : i + batch_size] = batch_taps[d].numpy()
+        backbone.train(was_training)
+        out.update({t: _read_only(a) for t, a in arrays.items()})
+    return out
