@@ -1,0 +1,135 @@
+"""The run configuration: one YAML file, validated at load time.
+
+Sections: `name`, `data` (a dataset, see `search.datasets`), `backbones`
+(per-modality encoders and their pretraining), `space` (what to search),
+`train` (how one candidate trains) and `search` (strategy, budget, Ray).
+Every mistake is a one-line `ConfigError`: `<file>: <key path>: <what is wrong>`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fusion_ops import fusion_args, list_fusions
+from search.datasets import LOADERS
+from search.pretrain import BackbonesConfig
+from search.train import TrainConfig
+from spaces import ConfigError, SearchSpace
+from spaces._yaml_errors import in_file, read_yaml
+
+SECTIONS = ("name", "data", "backbones", "space", "train", "search")
+STRATEGY_NAMES = ("grid", "mfas", "nsga2", "random")
+SCHEDULERS = ("none", "asha")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """`search:` — which strategy, how many candidates, and how Ray runs them."""
+
+    strategy: str = "mfas"
+    num_samples: int = 32
+    cpus_per_trial: int = 1
+    max_concurrent: int = 0  # 0: as many as the CPUs allow
+    scheduler: str = "none"
+    address: str = ""  # "" = embedded local Ray; else an existing cluster's address
+    runs_dir: str = "runs"
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "search") -> SearchSettings:
+        d = _mapping(d, where)
+        _no_unknown(d, cls.__dataclass_fields__, where)
+        out = cls(**{k: d[k] for k in d})
+        _choice(out.strategy, STRATEGY_NAMES, f"{where}.strategy")
+        _choice(out.scheduler, SCHEDULERS, f"{where}.scheduler")
+        for key, low in (("num_samples", 1), ("cpus_per_trial", 1), ("max_concurrent", 0), ("seed", 0)):
+            _int(getattr(out, key), low, f"{where}.{key}")
+        for key in ("address", "runs_dir"):
+            if not isinstance(getattr(out, key), str):
+                raise ConfigError(f"{where}.{key}: expected a string, got {getattr(out, key)!r}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration; `to_dict()` is the resolved file a run stores."""
+
+    path: Path
+    name: str
+    data: dict[str, Any]
+    backbones: BackbonesConfig
+    space: SearchSpace
+    train: TrainConfig
+    search: SearchSettings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "data": dict(self.data),
+            "backbones": self.backbones.to_dict(),
+            "space": self.space.to_dict(),
+            "train": self.train.to_dict(),
+            "search": self.search.to_dict(),
+        }
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read and validate `path`; `overrides` replace `search:` keys (from the command line)."""
+    path = Path(path)
+    raw = read_yaml(path)
+    with in_file(path):
+        return config_from_dict(raw, path, overrides)
+
+
+def config_from_dict(raw: Any, path: Path, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Validate a parsed config (errors carry key paths, not the file)."""
+    raw = _mapping(raw, "config")
+    _no_unknown(raw, SECTIONS, "config")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError(f"name: expected a non-empty name without '/', got {name!r}")
+    data = _mapping(raw.get("data"), "data")
+    if data.get("kind") not in LOADERS:
+        raise ConfigError(f"data.kind: unknown dataset kind {data.get('kind')!r}; known: {', '.join(sorted(LOADERS))}")
+    try:
+        backbones = BackbonesConfig.from_dict(raw.get("backbones"), "backbones")
+    except ConfigError:
+        raise
+    except ValueError as err:  # fusion_ops raises plain ValueErrors with the key path
+        raise ConfigError(str(err)) from None
+    catalogue = {op: fusion_args(op) for op in list_fusions()}
+    depths = {m: list(range(len(b.sizes) + 1)) for m, b in backbones.modalities.items()}
+    space = SearchSpace.from_dict(raw.get("space"), catalogue=catalogue, depths=depths, where="space")
+    train = TrainConfig.from_dict(raw.get("train"), "train")
+    search = SearchSettings.from_dict({**_mapping(raw.get("search"), "search"), **(overrides or {})})
+    return Config(path, name, dict(data), backbones, space, train, search)
+
+
+def _mapping(d: Any, where: str) -> dict[str, Any]:
+    if d is None:
+        return {}
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__} {d!r}")
+    return dict(d)
+
+
+def _no_unknown(d: Mapping[str, Any], known: Any, where: str) -> None:
+    for key in d:
+        if key not in known:
+            label = f"{where}.{key}" if where != "config" else str(key)
+            raise ConfigError(f"{label}: unknown key; known: {', '.join(known)}")
+
+
+def _choice(value: Any, known: tuple[str, ...], where: str) -> None:
+    if value not in known:
+        raise ConfigError(f"{where}: unknown value {value!r}; known: {', '.join(known)}")
+
+
+def _int(value: Any, low: int, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{where}: expected an integer >= {low}, got {value!r}")
