@@ -8,12 +8,12 @@ Every mistake is a one-line `ConfigError`: `<file>: <key path>: <what is wrong>`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from fusion_ops import fusion_args, list_fusions
-from search.datasets import LOADERS
+from search.datasets import LOADERS, DataError, load_dataset
 from search.pretrain import BackbonesConfig
 from search.train import TrainConfig
 from spaces import ConfigError, SearchSpace
@@ -83,7 +83,10 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     path = Path(path)
     raw = read_yaml(path)
     with in_file(path):
-        return config_from_dict(raw, path, overrides)
+        try:
+            return config_from_dict(raw, path, overrides)
+        except DataError as err:  # the data was read to learn its modalities
+            raise ConfigError(str(err)) from None
 
 
 def config_from_dict(raw: Any, path: Path, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -102,12 +105,22 @@ def config_from_dict(raw: Any, path: Path, overrides: Mapping[str, Any] | None =
         raise
     except ValueError as err:  # fusion_ops raises plain ValueErrors with the key path
         raise ConfigError(str(err)) from None
+    if len(backbones.modalities) < 2:
+        backbones = _with_default_backbones(backbones, data, path.parent)
     catalogue = {op: fusion_args(op) for op in list_fusions()}
     depths = {m: list(range(len(b.sizes) + 1)) for m, b in backbones.modalities.items()}
     space = SearchSpace.from_dict(raw.get("space"), catalogue=catalogue, depths=depths, where="space")
     train = TrainConfig.from_dict(raw.get("train"), "train")
     search = SearchSettings.from_dict({**_mapping(raw.get("search"), "search"), **(overrides or {})})
     return Config(path, name, dict(data), backbones, space, train, search)
+
+
+def _with_default_backbones(backbones: BackbonesConfig, data: Mapping[str, Any], base_dir: Path) -> BackbonesConfig:
+    """Name a backbone for every modality of the data (the defaults by sample shape),
+    so that the space knows each modality's taps and the resolved config says what ran."""
+    dataset = load_dataset(data, base_dir)
+    chosen = {m: backbones.backbone_for(m, dataset.shapes[m]) for m in dataset.modalities}
+    return replace(backbones, modalities=chosen)
 
 
 def _mapping(d: Any, where: str) -> dict[str, Any]:

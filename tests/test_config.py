@@ -89,3 +89,21 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_backbones_default_from_the_data_shapes(tmp_path):
+    path = tmp_path / "minimal.yaml"
+    path.write_text("data: {kind: planted, task: xor, n_train: 200, n_test: 100}\n")
+    cfg = load_config(path)
+    assert cfg.name == "minimal"
+    assert sorted(cfg.backbones.modalities) == ["m1", "m2"]
+    assert all(b.kind == "mlp" for b in cfg.backbones.modalities.values())
+    assert set(cfg.space.modalities) == {"m1", "m2"}
+    assert cfg.search.strategy == "mfas" and cfg.space.size() > 100
+
+
+def test_bad_data_found_at_load_names_the_key(tmp_path):
+    path = tmp_path / "bad_data.yaml"
+    path.write_text("data: {kind: planted, task: xr}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: data.task: unknown planted task 'xr'"):
+        load_config(path)
