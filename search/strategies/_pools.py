@@ -1,0 +1,91 @@
+"""Candidate pools too big to list: every cell of a stage, and the specs built from them.
+
+A pool is indexed like a sequence but builds each spec on demand, so a search can
+draw a few hundred candidates out of millions (a chain of parents x every next cell)
+without materialising them.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from functools import partial
+
+from spaces.space import SearchSpace
+from spaces.spec import ArchSpec, CellSpec, make_tap
+
+
+class CellTable:
+    """Every cell legal in `stage`, in a fixed order, built from its index (mixed radix)."""
+
+    def __init__(self, space: SearchSpace, stage: str) -> None:
+        fixed = space.stage_depths(stage)
+        combos = [tuple(fixed.values())] if fixed else list(itertools.product(*(ds for _, ds in space.depths)))
+        self._taps = [tuple(make_tap(m, d) for m, d in zip(space.modalities, c, strict=True)) for c in combos]
+        self._settings = [(o.name, args) for o in space.ops for args in o.settings()]
+        self._widths, self._acts = space.widths, space.activations
+
+    def __len__(self) -> int:
+        return len(self._taps) * len(self._settings) * len(self._widths) * len(self._acts)
+
+    def __getitem__(self, i: int) -> CellSpec:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        i, a = divmod(i, len(self._acts))
+        i, w = divmod(i, len(self._widths))
+        t, s = divmod(i, len(self._settings))
+        op, args = self._settings[s]
+        return CellSpec(taps=self._taps[t], op=op, width=self._widths[w], activation=self._acts[a], args=args)
+
+
+class Pool:
+    """A concatenation of segments `(length, build(index) -> ArchSpec)`."""
+
+    def __init__(self, segments: Sequence[tuple[int, Callable[[int], ArchSpec]]] = ()) -> None:
+        self._segments = [(n, f) for n, f in segments if n > 0]
+
+    def __len__(self) -> int:
+        return sum(n for n, _ in self._segments)
+
+    def __getitem__(self, i: int) -> ArchSpec:
+        for n, build in self._segments:
+            if i < n:
+                return build(i)
+            i -= n
+        raise IndexError(i)
+
+    def draw(self, rng: random.Random, k: int) -> list[ArchSpec]:
+        """Up to `k` distinct specs, uniformly without replacement (all of them, shuffled, if k >= len)."""
+        specs = (self[i] for i in rng.sample(range(len(self)), min(k, len(self))))
+        return list({s.arch_id: s for s in specs}.values())
+
+
+def one_cell_pool(space: SearchSpace) -> Pool:
+    """MFAS level 0: every one-cell spec of every stage (early with each trunk, late, one-cell hybrid)."""
+    segments: list[tuple[int, Callable[[int], ArchSpec]]] = []
+    for stage in space.stages:
+        table = CellTable(space, stage)
+        heads = space.trunks if stage == "early" else ((),)
+        segments.append((len(table) * len(heads), partial(_one_cell, stage, table, heads)))
+    return Pool(segments)
+
+
+def _one_cell(stage: str, table: CellTable, heads: tuple[tuple[int, ...], ...], i: int) -> ArchSpec:
+    c, h = divmod(i, len(heads))
+    return ArchSpec(stage, (table[c],), heads[h])
+
+
+def position_pool(space: SearchSpace, parents: Sequence[ArchSpec], position: int) -> Pool:
+    """MFAS unfolding at level `position`: each hybrid parent with cell `position` set to every
+    possible cell (appended when the parent has exactly `position` cells)."""
+    parents = [p for p in parents if p.stage == "hybrid" and len(p.cells) >= position]
+    if "hybrid" not in space.stages or position >= space.max_cells or not parents:
+        return Pool()
+    table = CellTable(space, "hybrid")
+    return Pool([(len(parents) * len(table), partial(_unfold, table, parents, position))])
+
+
+def _unfold(table: CellTable, parents: Sequence[ArchSpec], position: int, i: int) -> ArchSpec:
+    p, c = divmod(i, len(table))
+    cells = parents[p].cells
+    return ArchSpec("hybrid", cells[:position] + (table[c],) + cells[position + 1 :])

@@ -1,0 +1,189 @@
+"""MFAS (Pérez-Rúa et al., CVPR 2019) made multi-objective: progressive, surrogate-guided search.
+
+As in MFAS, the search runs rounds over progression levels. Level 0 is every one-cell
+spec (early with each trunk, late, one-cell hybrid); the first batch is a random part of
+it (MFAS trains all of it). Level l >= 1 takes the top-K observed hybrid chains of at
+least l cells and sets their cell l to every possible cell (an append for an l-cell chain,
+MFAS's re-choice of layer l for a longer one); later rounds' level 0 re-chooses the first
+cell of the best chains. A surrogate fitted on the observed accuracies rates the
+candidates, and K of them are drawn with MFAS's cooling temperature.
+
+The multi-objective part: params and FLOPs are exact before training (`cost_fn`), so the
+surrogate predicts accuracy only, and a candidate's score is the hypervolume it would add
+to the observed front with an optimistic accuracy (ensemble mean + `explore` x spread),
+plus a tiny floor so that no candidate has zero odds. Without `cost_fn` the score is
+the predicted accuracy itself, as in MFAS. `ask()` serves a queue; an empty queue builds
+the next batch from whatever has been told so far.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+
+import numpy as np
+
+from search.pareto import default_reference, non_dominated_sort, objective_matrix
+from search.strategies._base import CostFn, Strategy
+from search.strategies._pools import one_cell_pool, position_pool
+from search.strategies._sampling import SIGMA, T0, TF, hypervolume_gains, sample_k, temperature
+from search.strategies.surrogate import Surrogate
+from spaces.space import SearchSpace
+from spaces.spec import ArchSpec
+
+
+class MFASStrategy(Strategy):
+    """Sequential model-based progressive search (see the module docstring)."""
+
+    name = "mfas"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        seed: int,
+        budget: int | None = None,
+        cost_fn: CostFn | None = None,
+        batch_size: int = 15,
+        top_k: int | None = None,
+        initial: int | None = None,
+        max_candidates: int = 512,
+        explore: float = 0.5,
+        floor: float = 1e-6,
+        t0: float = T0,
+        tf: float = TF,
+        sigma: float = SIGMA,
+        surrogate_steps: int = 200,
+    ) -> None:
+        super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn)
+        if batch_size < 1 or max_candidates < 1:
+            raise ValueError("mfas: batch_size and max_candidates must be >= 1")
+        self.batch_size, self.top_k = batch_size, top_k or batch_size
+        default_initial = max(batch_size, budget // 4) if budget else 2 * batch_size
+        self.initial = initial or default_initial
+        self.max_candidates, self.explore, self.floor = max_candidates, explore, floor
+        self.schedule = (t0, tf, sigma)
+        self._rng = random.Random(seed)
+        self._np_rng = np.random.default_rng(seed)
+        self._queue: deque[ArchSpec] = deque()
+        self._levels = space.max_cells if "hybrid" in space.stages else 1
+        self._round = self._level = self._step = 0
+        self._pool0 = one_cell_pool(space)
+        self.surrogate = Surrogate(space.encode_length, seed=seed, steps=surrogate_steps)
+        self._fitted_on = -1
+        self.fit_losses: list[float] = []
+        self._costs: dict[str, tuple[float, float]] = {}
+        self._ref: np.ndarray | None = None
+        self.batches: list[dict[str, float]] = []  # one record per batch built: round, level, size, temperature
+
+    # ---- the queue --------------------------------------------------------------------
+    def _propose(self) -> ArchSpec:
+        if not self._queue:
+            self._queue.extend(self._next_batch())
+        while self._queue:
+            spec = self._queue.popleft()
+            if self.exhausted or self.is_new(spec):
+                return spec
+        return self._fresh_random(self._rng, self.space.sample)  # nothing left to expand
+
+    def _room(self, k: int) -> int:
+        """`k`, cut to what is left of the budget (while any is left)."""
+        if self.budget is not None and self.n_asked < self.budget:
+            return min(k, self.budget - self.n_asked)
+        return k
+
+    def _next_batch(self) -> list[ArchSpec]:
+        if self._step == 0:  # MFAS trains the whole first level; here a random part of it
+            batch = [s for s in self._pool0.draw(self._rng, self._room(self.initial)) if self.is_new(s)]
+            return self._record(batch, temp=float("inf"))
+        for _ in range(self._levels):  # a level with nothing to expand yet is skipped
+            candidates = self._candidates(self._level)
+            if candidates:
+                temp = temperature(self._step - 1, *self.schedule)
+                return self._record(self._select(candidates, self._room(self.batch_size), temp), temp)
+            self._advance()
+        return []
+
+    def _record(self, batch: list[ArchSpec], temp: float) -> list[ArchSpec]:
+        self.batches.append({"round": self._round, "level": self._level, "size": len(batch), "temperature": temp})
+        self._step += 1
+        self._advance()
+        return batch
+
+    def _advance(self) -> None:
+        self._level += 1
+        if self._level >= self._levels:
+            self._level, self._round = 0, self._round + 1
+
+    # ---- candidates -------------------------------------------------------------------
+    def _successes(self) -> list[tuple[ArchSpec, float, float, float]]:
+        """(spec, accuracy, params, flops) of every spec whose latest result succeeded, in ask order."""
+        return [
+            (spec, r.accuracy, r.params, r.flops)
+            for aid, spec in self._asked.items()
+            if (r := self.results.get(aid)) is not None
+        ]
+
+    def _top(self, min_cells: int) -> list[ArchSpec]:
+        """The top-K observed hybrid chains of at least `min_cells` cells: by front rank, then accuracy."""
+        rows = [row for row in self._successes() if row[0].stage == "hybrid" and len(row[0].cells) >= min_cells]
+        if not rows:
+            return []
+        _, acc, params, flops = zip(*rows, strict=True)
+        ranks = non_dominated_sort(objective_matrix(acc, params, flops))
+        order = sorted(range(len(rows)), key=lambda i: (ranks[i], -acc[i], rows[i][0].arch_id))
+        return [rows[i][0] for i in order[: self.top_k]]
+
+    def _candidates(self, level: int) -> list[ArchSpec]:
+        """New specs of progression level `level`, at most `max_candidates`, drawn uniformly.
+
+        Level 0 draws half from the one-cell specs and half from the best chains with their
+        first cell re-chosen, so the cheap end of the front is searched again every round.
+        """
+        unfold = position_pool(self.space, self._top(2 if level == 0 else level), level)
+        if level > 0:
+            drawn = unfold.draw(self._rng, self.max_candidates)
+        else:
+            drawn = unfold.draw(self._rng, self.max_candidates // 2)
+            drawn += self._pool0.draw(self._rng, self.max_candidates - len(drawn))
+        return list({s.arch_id: s for s in drawn if self.is_new(s)}.values())
+
+    # ---- scoring and sampling -----------------------------------------------------------
+    def _select(self, candidates: list[ArchSpec], k: int, temp: float) -> list[ArchSpec]:
+        rows = self._successes()
+        if len(rows) < 2:  # nothing to fit a surrogate on yet (all failed or pending)
+            return self._rng.sample(candidates, min(k, len(candidates)))
+        if len(rows) != self._fitted_on:
+            x = np.stack([self.space.encode(r[0]) for r in rows])
+            self.fit_losses = self.surrogate.fit(x, np.array([r[1] for r in rows]))
+            self._fitted_on = len(rows)
+        mean, std = self.surrogate.predict(np.stack([self.space.encode(s) for s in candidates]))
+        scores = self._scores(candidates, mean + self.explore * std, rows)
+        return [candidates[i] for i in sample_k(scores, k, temp, self._np_rng)]
+
+    def _scores(self, candidates: list[ArchSpec], accuracy: np.ndarray, rows: list[tuple]) -> np.ndarray:
+        """Sampling scores (>= 0) of candidates with predicted `accuracy`, given observed `rows`."""
+        if self.cost_fn is None:
+            raw = np.maximum(accuracy, 0.0)
+        else:
+            costs = np.array([self._cost(s) for s in candidates])
+            _, acc, params, flops = zip(*rows, strict=True)
+            front = objective_matrix(acc, params, flops)
+            points = objective_matrix(accuracy, costs[:, 0], costs[:, 1])
+            raw = hypervolume_gains(front, points, self._reference(costs, params, flops))
+            if not raw.any():  # the surrogate sees nothing beating the front: fall back to accuracy
+                raw = accuracy - accuracy.min()
+        return raw + self.floor * max(float(raw.max()), 1e-12)
+
+    def _cost(self, spec: ArchSpec) -> tuple[float, float]:
+        aid = spec.arch_id
+        if aid not in self._costs:
+            assert self.cost_fn is not None
+            params, flops = self.cost_fn(spec)
+            self._costs[aid] = (float(params), float(flops))
+        return self._costs[aid]
+
+    def _reference(self, costs: np.ndarray, params: tuple, flops: tuple) -> np.ndarray:
+        """Fixed hypervolume reference: raised (never lowered) when bigger costs appear."""
+        ref = default_reference(np.append(costs[:, 0], params), np.append(costs[:, 1], flops))
+        self._ref = ref if self._ref is None else np.maximum(self._ref, ref)
+        return self._ref

@@ -1,0 +1,91 @@
+"""NSGA-II through Optuna: accuracy up, log10 params and log10 FLOPs down.
+
+The strategy drives an Optuna study with `ask`/`tell` and the define-by-run mapping of
+`optuna_space.suggest_spec`. A genetic algorithm proposes repeats as the population
+converges; a repeat is not asked again but answered with its twin's result (at once if
+known, else when it arrives), and after `retries` repeats in a row a fresh random spec is
+enqueued instead, so that no spec is asked twice before the space is exhausted.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+
+import optuna
+from optuna.trial import TrialState
+
+from search.strategies._base import CostFn, Result, Strategy
+from search.strategies.optuna_space import quiet_optuna, spec_from_params, spec_to_params, suggest_spec
+from spaces.space import SearchSpace
+from spaces.spec import ArchSpec
+
+__all__ = ["NSGA2Strategy", "spec_from_params", "spec_to_params", "suggest_spec"]
+
+DIRECTIONS = ("maximize", "minimize", "minimize")  # accuracy, log10 params, log10 flops
+
+
+def default_population(budget: int | None) -> int:
+    """Optuna's 50, cut to a quarter of a small budget (but >= 8) so that several generations run."""
+    return 50 if budget is None else min(50, max(8, budget // 4))
+
+
+class NSGA2Strategy(Strategy):
+    """Optuna's NSGAIISampler over the space, seeded."""
+
+    name = "nsga2"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        seed: int,
+        budget: int | None = None,
+        cost_fn: CostFn | None = None,
+        population_size: int | None = None,
+        retries: int = 20,
+    ) -> None:
+        super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn)
+        self.retries = retries
+        self._rng = random.Random(seed)
+        self._open: defaultdict[str, list[optuna.Trial]] = defaultdict(list)  # arch_id -> trials awaiting it
+        with quiet_optuna():
+            sampler = optuna.samplers.NSGAIISampler(
+                seed=seed, population_size=population_size or default_population(budget)
+            )
+            self.study = optuna.create_study(directions=list(DIRECTIONS), sampler=sampler)
+
+    def _propose(self) -> ArchSpec:
+        with quiet_optuna():
+            for _ in range(self.retries):
+                trial = self.study.ask()
+                spec = suggest_spec(trial, self.space)
+                self._open[spec.arch_id].append(trial)
+                if self.exhausted or self.is_new(spec):
+                    return spec
+                if self._pending[spec.arch_id] == 0:  # a repeat of a finished spec: answer it now
+                    self._close(spec.arch_id, self.results[spec.arch_id])
+            spec = self._fresh_random(self._rng, self.space.sample)
+            self.study.enqueue_trial(spec_to_params(spec, self.space))
+            trial = self.study.ask()
+            if suggest_spec(trial, self.space) != spec:
+                raise AssertionError(f"nsga2: the enqueued trial did not reproduce {spec.describe()}")
+            self._open[spec.arch_id].append(trial)
+            return spec
+
+    def _observe(self, spec: ArchSpec, result: Result | None) -> None:
+        self._close(spec.arch_id, result)
+
+    def _close(self, aid: str, result: Result | None) -> None:
+        """Tell every open trial of `aid` (the asked one and its parked repeats)."""
+        with quiet_optuna():
+            for trial in self._open.pop(aid, []):
+                if result is None:
+                    self.study.tell(trial, state=TrialState.FAIL)
+                else:
+                    values = [result.accuracy, math.log10(result.params), math.log10(result.flops)]
+                    self.study.tell(trial, values)
+
+    def spec_of(self, trial: optuna.trial.FrozenTrial) -> ArchSpec:
+        """The spec a trial of this study chose."""
+        return spec_from_params(trial.params, self.space)

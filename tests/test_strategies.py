@@ -1,0 +1,342 @@
+"""Search strategies through ask/tell, on fake spaces with a fake, deterministic evaluation."""
+from __future__ import annotations
+
+import ast
+import hashlib
+import logging
+import math
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from search.pareto import hypervolume, hypervolume_gain, objective_matrix
+from search.strategies import (
+    STRATEGIES,
+    SpaceExhausted,
+    make_strategy,
+    spec_from_params,
+    spec_to_params,
+    suggest_spec,
+)
+from search.strategies._base import parse_objectives
+from search.strategies._pools import CellTable, one_cell_pool
+from search.strategies._sampling import hypervolume_gains, sample_k, sampling_probabilities, temperature
+from search.strategies.surrogate import Surrogate
+from spaces.args import Arg
+from spaces.space import SearchSpace
+from spaces.spec import ArchSpec
+
+CATALOGUE = {
+    "attention": (Arg("dim", "int", 64, low=1, high=512),),
+    "concat": (),
+    "low_rank": (Arg("rank", "int", 4, low=1, high=64),),
+    "tensor": (Arg("proj_dim", "int", 8, low=1, high=64),),
+}
+DEPTHS = {"image": [0, 1, 2, 3], "audio": [0, 1, 2]}
+MEDIUM = SearchSpace.from_dict(
+    {"ops": {"attention": {}, "concat": {}, "low_rank": {"rank": [2, 4, 8]}, "tensor": {"proj_dim": [4, 8]}},
+     "widths": [16, 32, 64], "trunks": [[], [64]]},
+    catalogue=CATALOGUE, depths=DEPTHS,
+)
+# 21 specs: early 3 cells x 2 trunks, late 3, one-cell hybrid 3 x 4 tap pairs
+SMALL = SearchSpace.from_dict(
+    {"ops": {"concat": {}, "tensor": {"proj_dim": [4, 8]}}, "widths": [16], "activations": ["relu"],
+     "max_cells": 1, "trunks": [[], [8]], "depths": {"image": [0, 3], "audio": [0, 2]}},
+    catalogue=CATALOGUE, depths=DEPTHS,
+)
+QUALITY = {"concat": 0.5, "attention": 0.55, "low_rank": 0.7, "tensor": 0.9}  # accuracy is mostly the op
+WEIGHT = {"concat": 1, "attention": 3, "low_rank": 4, "tensor": 12}
+REF = [0.0, 7.0, 8.0]
+FAST = {"mfas": {"batch_size": 5, "surrogate_steps": 60, "max_candidates": 96}, "nsga2": {"population_size": 8}}
+
+
+def jitter(spec: ArchSpec) -> float:
+    return int(hashlib.sha256(spec.arch_id.encode()).hexdigest()[:8], 16) / 16**8
+
+
+def accuracy(spec: ArchSpec) -> float:
+    return sum(QUALITY[c.op] for c in spec.cells) / len(spec.cells) + 0.02 * len(spec.cells) + 0.02 * jitter(spec)
+
+
+def cost(spec: ArchSpec) -> tuple[int, int]:
+    scale = [max(c.op_args.get("proj_dim", 4), c.op_args.get("rank", 4)) / 4 for c in spec.cells]
+    params = sum(int(c.width * WEIGHT[c.op] * 50 * s) for c, s in zip(spec.cells, scale, strict=True)) + 100 * sum(spec.head)
+    return params, 6 * params
+
+
+def objectives(spec: ArchSpec) -> dict[str, float]:
+    params, flops = cost(spec)
+    return {"accuracy": accuracy(spec), "params": params, "flops": flops}
+
+
+def strategy(name: str, space: SearchSpace = MEDIUM, seed: int = 0, budget: int | None = 40, **kw):
+    return make_strategy(name, space, seed=seed, budget=budget, cost_fn=cost, **{**FAST.get(name, {}), **kw})
+
+
+def run(s, n: int, fail_every: int = 0, nan_every: int = 0) -> list[ArchSpec]:
+    """Ask/tell `n` times; every `fail_every`-th trial fails (None), every `nan_every`-th gives NaN."""
+    asked = []
+    for i in range(1, n + 1):
+        spec = s.ask()
+        asked.append(spec)
+        if fail_every and i % fail_every == 0:
+            s.tell(spec, None)
+        elif nan_every and i % nan_every == 0:
+            s.tell(spec, {**objectives(spec), "accuracy": float("nan")})
+        else:
+            s.tell(spec, objectives(spec))
+    return asked
+
+
+def front_volume(specs: list[ArchSpec]) -> float:
+    c = [cost(s) for s in specs]
+    return hypervolume(objective_matrix([accuracy(s) for s in specs], *zip(*c, strict=True)), REF)
+
+
+# ---- every strategy ------------------------------------------------------------------
+SEARCHING = ["random", "mfas", "nsga2"]  # grid refuses MEDIUM (128 million specs)
+
+
+def test_the_table_lists_every_strategy_and_unknown_names_list_them() -> None:
+    assert sorted(STRATEGIES) == ["grid", "mfas", "nsga2", "random"]
+    with pytest.raises(ValueError, match="unknown search strategy 'bayes'; known: grid, mfas, nsga2, random"):
+        make_strategy("bayes", MEDIUM, seed=0)
+
+
+@pytest.mark.parametrize("name", SEARCHING)
+def test_asks_are_valid_new_and_repeat_for_a_seed(name: str) -> None:
+    first = run(strategy(name), 40, fail_every=7, nan_every=5)
+    for spec in first:
+        MEDIUM.validate(spec)
+    assert len({s.arch_id for s in first}) == len(first)
+    assert run(strategy(name), 40, fail_every=7, nan_every=5) == first
+    assert run(strategy(name, seed=1), 40, fail_every=7, nan_every=5) != first
+
+
+@pytest.mark.parametrize("name", [*SEARCHING, "grid"])
+def test_a_small_space_is_asked_whole_before_any_repeat(name: str) -> None:
+    s = strategy(name, SMALL, budget=SMALL.size())
+    asked = run(s, SMALL.size(), nan_every=4)
+    assert sorted(a.arch_id for a in asked) == sorted(x.arch_id for x in SMALL.enumerate()) and SMALL.size() == 21
+    if name == "grid":
+        assert s.done
+        with pytest.raises(SpaceExhausted):
+            s.ask()
+    else:  # exhausted: repeats are allowed, and still valid
+        assert not s.done
+        SMALL.validate(s.ask())
+    if name == "nsga2":  # the GA's repeats were answered with their twin's result, none left open
+        assert optuna.trial.TrialState.RUNNING not in [t.state for t in s.study.trials[:-1]]
+
+
+@pytest.mark.parametrize("name", SEARCHING)
+def test_many_asks_before_any_tell_as_parallel_trials_do(name: str) -> None:
+    s = strategy(name)
+    pending = [s.ask() for _ in range(25)]
+    assert len(set(pending)) == 25
+    for spec in pending:
+        MEDIUM.validate(spec)
+        s.tell(spec, objectives(spec))
+    assert len(set(pending + run(s, 10))) == 35
+
+
+@pytest.mark.parametrize("name", SEARCHING)
+def test_a_run_of_failures_then_successes_is_survived(name: str) -> None:
+    s = strategy(name)
+    failed = run(s, 15, fail_every=1)
+    later = run(s, 15)
+    assert len({x.arch_id for x in failed + later}) == 30
+    assert sum(r is None for _, r in s.history) == 15
+
+
+@pytest.mark.parametrize("name", [*SEARCHING, "grid"])
+def test_a_pickled_strategy_carries_on_as_the_original(name: str) -> None:
+    """The Ray adapter snapshots its strategy with pickle, pending trials included."""
+    s = strategy(name, SMALL if name == "grid" else MEDIUM)
+    pending = [s.ask() for _ in range(3)]
+    run(s, 5 if name == "grid" else 12)
+    copy = pickle.loads(pickle.dumps(s))
+    for x in (s, copy):
+        for spec in pending:
+            x.tell(spec, objectives(spec))
+    assert run(copy, 8) == run(s, 8)
+
+
+def test_tell_refuses_a_spec_not_asked_or_told_twice_and_bad_objectives() -> None:
+    s = strategy("random")
+    spec = s.ask()
+    with pytest.raises(ValueError, match="never asked"):
+        s.tell(MEDIUM.sample(random.Random(99)), objectives(spec))
+    with pytest.raises(ValueError, match="missing flops"):
+        s.tell(spec, {"accuracy": 0.5, "params": 10})
+    with pytest.raises(ValueError, match="objectives.params: expected a finite number > 0"):
+        s.tell(spec, {"accuracy": 0.5, "params": 0, "flops": 10})
+    s.tell(spec, objectives(spec))
+    with pytest.raises(ValueError, match="already told"):
+        s.tell(spec, objectives(spec))
+
+
+def test_nan_or_infinite_accuracy_is_a_failure() -> None:
+    assert parse_objectives(None) is None
+    assert parse_objectives({"accuracy": float("nan"), "params": 1, "flops": 1}) is None
+    assert parse_objectives({"accuracy": float("inf"), "params": 1, "flops": 1}) is None
+    assert parse_objectives({"accuracy": 0.5, "params": 3, "flops": 7}).params == 3.0
+
+
+def test_strategies_never_import_ray() -> None:
+    for path in Path("search/strategies").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n == "ray" or n.startswith("ray.") for n in names), path
+
+
+# ---- grid --------------------------------------------------------------------------
+def test_grid_asks_exactly_the_space_in_a_seeded_order() -> None:
+    orders = [run(strategy("grid", SMALL, seed=seed), SMALL.size()) for seed in (0, 0, 1)]
+    assert orders[0] == orders[1] and orders[0] != orders[2]
+    assert set(orders[0]) == set(orders[2]) == set(SMALL.enumerate())
+
+
+def test_grid_refuses_a_big_space_naming_the_alternatives() -> None:
+    with pytest.raises(ValueError, match=r"128278710 specs, more than the grid limit .* random, mfas or nsga2"):
+        strategy("grid")
+
+
+# ---- mfas ----------------------------------------------------------------------------
+def test_temperature_follows_the_mfas_schedule() -> None:
+    assert temperature(0) == pytest.approx(9.8 * math.exp(-1 / 16) + 0.2) == pytest.approx(9.40625, abs=1e-5)
+    assert temperature(3) == pytest.approx(9.8 * math.exp(-1.0) + 0.2)
+    values = [temperature(it) for it in range(20)]
+    assert all(a > b for a, b in zip(values, values[1:], strict=False)) and values[-1] == pytest.approx(0.2)
+
+
+def test_sampling_probabilities_are_p_to_the_one_over_t_renormalised() -> None:
+    scores = np.array([1.0, 2.0, 3.0, 4.0])
+    assert sampling_probabilities(scores, 1.0) == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert sampling_probabilities(scores, 0.5) == pytest.approx(np.array([1, 4, 9, 16]) / 30)
+    assert sampling_probabilities(scores, 1e3) == pytest.approx([0.25] * 4, abs=1e-3)
+    assert sampling_probabilities(np.array([0.0, 2.0]), 0.2) == pytest.approx([0.0, 1.0])
+    assert sampling_probabilities(np.zeros(3), 0.2) == pytest.approx([1 / 3] * 3)
+    with pytest.raises(ValueError):
+        sampling_probabilities(np.array([1.0, -1.0]), 1.0)
+
+
+def test_sample_k_draws_distinct_indices_and_goes_greedy_when_cold() -> None:
+    rng = np.random.default_rng(0)
+    scores = np.arange(1.0, 21.0)
+    assert len(set(sample_k(scores, 8, 10.0, rng))) == 8
+    assert sorted(sample_k(scores, 3, 0.01, rng)) == [17, 18, 19]
+    assert len(sample_k(np.array([0.0, 0.0, 5.0]), 3, 1.0, rng)) == 1  # only non-zero odds are drawn
+
+
+def test_hypervolume_gains_equal_the_pareto_module_gains() -> None:
+    rng = np.random.default_rng(1)
+    front, candidates, ref = rng.random((12, 3)), rng.random((40, 3)), np.ones(3)
+    expected = [hypervolume_gain(front, c, ref) for c in candidates]
+    assert hypervolume_gains(front, candidates, ref) == pytest.approx(expected)
+    assert np.count_nonzero(expected) > 0
+
+
+def test_surrogate_fits_the_observed_accuracies() -> None:
+    rng = random.Random(0)
+    specs = list({s.arch_id: s for s in (MEDIUM.sample(rng) for _ in range(80))}.values())
+    x, y = np.stack([MEDIUM.encode(s) for s in specs]), np.array([accuracy(s) for s in specs])
+    model = Surrogate(MEDIUM.encode_length, seed=0, steps=150)
+    losses = model.fit(x, y)
+    assert losses[-1] < 0.1 * losses[0]
+    mean, std = model.predict(x)
+    assert np.mean((mean - y) ** 2) < 0.1 * np.var(y) and std.shape == y.shape and np.all(std >= 0)
+    again = Surrogate(MEDIUM.encode_length, seed=0, steps=150)
+    again.fit(x, y)
+    assert np.array_equal(again.predict(x)[0], mean)
+
+
+def test_the_one_cell_pool_builds_every_one_cell_spec_from_its_index() -> None:
+    pool = one_cell_pool(SMALL)  # SMALL has max_cells 1: its one-cell specs are the whole space
+    assert len(pool) == SMALL.size() and {pool[i] for i in range(len(pool))} == set(SMALL.enumerate())
+    medium = one_cell_pool(MEDIUM)
+    assert len(medium) == MEDIUM.stage_size("early") + MEDIUM.stage_size("late") + len(CellTable(MEDIUM, "hybrid"))
+    for spec in medium.draw(random.Random(0), 50):
+        MEDIUM.validate(spec)
+
+
+def test_mfas_grows_chains_level_by_level_within_budget() -> None:
+    s = strategy("mfas")
+    asked = run(s, 40)
+    first = s.batches[0]["size"]
+    assert first == 10 and all(len(a.cells) == 1 for a in asked[:first])  # level 0: one-cell specs
+    assert [b["level"] for b in s.batches[:4]] == [0, 1, 2, 0]
+    assert max(len(a.cells) for a in asked[first : first + 5]) == 2  # level 1 unfolds to 2 cells
+    assert max(len(a.cells) for a in asked[first + 5 : first + 10]) == 3
+    assert s.batches[1]["temperature"] == pytest.approx(temperature(0))
+    assert sum(b["size"] for b in s.batches) == 40  # planned up to the budget, no further
+    assert s.fit_losses[-1] < s.fit_losses[0]
+
+
+def test_mfas_finds_a_better_front_than_random() -> None:
+    volumes, best = {}, {}
+    for name in ("mfas", "random"):
+        runs = [run(strategy(name, seed=seed), 40) for seed in range(4)]
+        volumes[name] = np.mean([front_volume(r) for r in runs])
+        best[name] = np.mean([max(map(accuracy, r)) for r in runs])
+    assert volumes["mfas"] > volumes["random"]
+    assert best["mfas"] >= best["random"] and best["mfas"] > 0.93  # tensor, the best op, was found
+
+
+def test_mfas_without_costs_scores_by_predicted_accuracy() -> None:
+    s = make_strategy("mfas", MEDIUM, seed=0, budget=30, **FAST["mfas"])
+    asked = run(s, 30, nan_every=6)
+    assert len(set(asked)) == 30
+
+
+# ---- nsga2 ---------------------------------------------------------------------------
+def test_suggest_spec_gives_valid_specs_covering_the_space() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    specs = []
+    for _ in range(300):
+        trial = study.ask()
+        specs.append(suggest_spec(trial, MEDIUM))
+        study.tell(trial, 0.0)
+    for spec in specs:
+        MEDIUM.validate(spec)
+    cells = [c for s in specs for c in s.cells]
+    assert {s.stage for s in specs} == set(MEDIUM.stages)
+    assert {len(s.cells) for s in specs if s.stage == "hybrid"} == {1, 2, 3}
+    assert {s.head for s in specs if s.stage == "early"} == set(MEDIUM.trunks)
+    assert {c.op for c in cells} == set(MEDIUM.op_map) and {c.width for c in cells} == set(MEDIUM.widths)
+    assert {c.op_args["rank"] for c in cells if c.op == "low_rank"} == {2, 4, 8}
+    assert {c.depths["image"] for s in specs if s.stage == "hybrid" for c in s.cells} == {0, 1, 2, 3}
+    assert {"stage", "n_cells", "c0.op", "c0.depth.image", "c2.tensor.proj_dim", "trunk"} <= {
+        p for t in study.trials for p in t.params
+    }
+
+
+def test_spec_params_round_trip() -> None:
+    rng = random.Random(0)
+    for _ in range(100):
+        spec = MEDIUM.sample(rng)
+        assert spec_from_params(spec_to_params(spec, MEDIUM), MEDIUM) == spec
+    late = ArchSpec("late", (MEDIUM.random_cell(rng, "late"),))
+    assert "c0.depth.image" not in spec_to_params(late, MEDIUM)  # late taps are fixed
+
+
+def test_nsga2_tells_the_study_values_and_failures() -> None:
+    level = logging.getLogger("optuna").level
+    s = strategy("nsga2")
+    asked = run(s, 30, fail_every=6, nan_every=5)
+    assert logging.getLogger("optuna").level == level  # optuna was quietened only while in use
+    trials = s.study.trials
+    states = [t.state for t in trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.FAIL) >= 10  # every 5th and 6th (and their repeats)
+    done = {s.spec_of(t).arch_id: t.values for t in trials if t.values}
+    spec = asked[0]
+    p, f = cost(spec)
+    assert done[spec.arch_id] == pytest.approx([accuracy(spec), math.log10(p), math.log10(f)])
+    assert {x.arch_id for x in asked} <= {s.spec_of(t).arch_id for t in trials}  # every ask is a trial
