@@ -1,0 +1,253 @@
+"""The run store: one directory per search run, safe against a driver killed at any moment.
+
+Layout of `root/<name>/<run-id>/`:
+- `config.yaml`: the resolved configuration the run was started with;
+- `trials.jsonl`: one JSON line per finished trial, append-only (the source of truth);
+- `pareto.json`: the current Pareto front, rewritten atomically after each trial;
+- `ray/`: Ray Tune's own experiment state (used to resume).
+
+A line is appended with one `write` and fsynced, so a crash leaves at most one torn
+line, which `trials()` skips. Other files are written to a temporary file in the
+same directory and moved into place with `os.replace`: never seen half-written.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import secrets
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from search import pareto
+
+STATUSES = ("ok", "failed", "errored", "early_stopped")
+OBJECTIVES = {
+    "names": ["val_accuracy", "params_total", "flops_total"],
+    "modes": list(pareto.FUSION_MODES),
+    "scale": ["linear", "log10", "log10"],
+    "minimised": "[-val_accuracy, log10(params_total), log10(flops_total)]",
+}
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601, e.g. `2025-01-31T12:00:00.123456+00:00`."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
+
+
+def new_run_id() -> str:
+    """`20250131T120000Z-1a2b3c`: sortable by start time, random suffix against clashes."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON data: numpy scalars/arrays unwrapped, paths as strings, NaN/inf as None
+    (strict JSON has no NaN; a missing value reads the same to every consumer)."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset, np.ndarray)):
+        return [to_jsonable(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class RunStore:
+    """Handle on one run directory; create it with `create`, reopen it with `open`."""
+
+    run_dir: Path
+
+    @classmethod
+    def create(cls, root: str | Path, name: str, config: Mapping[str, Any]) -> RunStore:
+        """Make a fresh `root/<name>/<run-id>/` and write `config.yaml` into it."""
+        parent = Path(root).resolve() / name
+        parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            run_dir = parent / new_run_id()
+            try:
+                run_dir.mkdir()  # exist_ok=False: two runs never share a directory
+            except FileExistsError:
+                continue
+            store = cls(run_dir)
+            atomic_write(store.config_path, yaml.safe_dump(to_jsonable(config), sort_keys=False))
+            return store
+        raise RuntimeError(f"could not make a unique run directory under {parent}")
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> RunStore:
+        """The run in `run_dir` (to resume or show it); raises if it is not a run directory."""
+        run_dir = Path(run_dir).resolve()
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run_dir} is not a fusion-nas run directory (no config.yaml)")
+        return cls(run_dir)
+
+    # ---- paths --------------------------------------------------------------------
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_dir / "config.yaml"
+
+    @property
+    def trials_path(self) -> Path:
+        return self.run_dir / "trials.jsonl"
+
+    @property
+    def pareto_path(self) -> Path:
+        return self.run_dir / "pareto.json"
+
+    @property
+    def ray_dir(self) -> Path:
+        """Absolute directory for Ray Tune's state (Tune's `storage_path` must be absolute)."""
+        return self.run_dir.resolve() / "ray"
+
+    def config(self) -> dict[str, Any]:
+        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+
+    # ---- trials -------------------------------------------------------------------
+    def append_trial(self, record: Mapping[str, Any]) -> None:
+        """Append one finished trial as one JSON line: a single write, then fsync."""
+        if "trial_id" not in record:
+            raise ValueError("a trial record needs a 'trial_id'")
+        line = json.dumps(to_jsonable(record), sort_keys=True, allow_nan=False) + "\n"
+        fd = os.open(self.trials_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            # a torn line left by a crash would swallow this one: end it first
+            if os.fstat(fd).st_size and os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n":
+                line = "\n" + line
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def trials(self) -> list[dict[str, Any]]:
+        """The finished trials, in order of first appearance, one per `trial_id`.
+
+        Lines that do not parse (a write torn by a crash) are skipped. A trial recorded
+        twice (rerun after a resume) keeps its first position and its last record.
+        """
+        if not self.trials_path.exists():
+            return []
+        by_id: dict[str, dict[str, Any]] = {}
+        with open(self.trials_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and "trial_id" in record:
+                    by_id[str(record["trial_id"])] = record
+        return list(by_id.values())
+
+    # ---- json files ---------------------------------------------------------------
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write `obj` as `run_dir/name` atomically (temp file in the same dir + os.replace)."""
+        path = self.run_dir / name
+        atomic_write(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+        return path
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Write `run_dir/name` atomically."""
+        path = self.run_dir / name
+        atomic_write(path, data)
+        return path
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.run_dir / name).read_text(encoding="utf-8"))
+
+    def write_pareto(self, front: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Write `pareto.json` (by default the front of the stored trials) and return it."""
+        data = dict(front) if front is not None else front_from_trials(self.trials())
+        self.write_json(self.pareto_path.name, data)
+        return data
+
+
+# ---- the front ----------------------------------------------------------------------
+def _usable(record: Mapping[str, Any]) -> bool:
+    """An ok trial whose objectives are all finite (costs > 0 for the log scale)."""
+    if record.get("status") != "ok":
+        return False
+    m = record.get("metrics") or {}
+    try:
+        acc, params, flops = (float(m[k]) for k in OBJECTIVES["names"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return math.isfinite(acc) and math.isfinite(params) and math.isfinite(flops) and params > 0 and flops > 0
+
+
+def objective_points(trials: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """`(n, 3)` minimisation matrix of `trials` (all must be usable)."""
+    cols = [[float(t["metrics"][k]) for t in trials] for k in OBJECTIVES["names"]]
+    return pareto.objective_matrix(*cols).reshape(len(trials), 3)
+
+
+def front_from_trials(trials: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The Pareto front of the ok trials (failed, errored, early-stopped never enter it),
+    with its hypervolume, reference point and knee, in the `OBJECTIVES` convention."""
+    trials = list(trials)
+    ok = [t for t in trials if _usable(t)]
+    out: dict[str, Any] = {
+        "objectives": OBJECTIVES,
+        "n_trials": len(trials),
+        "n_ok": len(ok),
+        "front": [],
+        "trial_ids": [],
+        "hypervolume": 0.0,
+        "reference": None,
+        "knee": None,
+        "best_val_accuracy": None,
+    }
+    if not ok:
+        return out
+    points = objective_points(ok)
+    ref = pareto.default_reference(*([float(t["metrics"][k]) for t in ok] for k in OBJECTIVES["names"][1:]))
+    mask = pareto.pareto_mask(points)
+    knee = ok[pareto.knee_point(points)]["trial_id"]
+    out["front"] = [
+        {
+            "trial_id": t["trial_id"],
+            "arch_id": t.get("arch_id"),
+            "spec": t.get("spec"),
+            "metrics": t["metrics"],
+            "objectives": p.tolist(),
+        }
+        for t, p, on in zip(ok, points, mask, strict=True)
+        if on
+    ]
+    out["trial_ids"] = [f["trial_id"] for f in out["front"]]
+    out["hypervolume"] = pareto.hypervolume(points, ref)
+    out["reference"] = ref.tolist()
+    out["knee"] = knee
+    out["best_val_accuracy"] = max(float(t["metrics"]["val_accuracy"]) for t in ok)
+    return out

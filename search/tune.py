@@ -1,0 +1,247 @@
+"""Ray Tune adapter: run a plain search strategy as a Tune experiment, recording to a RunStore.
+
+- `StrategySearcher` (search/tune_searcher.py) wraps the strategy as a Tune `Searcher`.
+- `run_search` trains each candidate as a function trial (`evaluate(spec, shared)`),
+  appends every finished trial to `trials.jsonl` from the driver the moment it ends,
+  and rewrites `pareto.json`. A candidate that raises is one errored trial.
+
+A trial's last report carries `_final=True` and the evaluate metrics as JSON (Tune
+adds its own keys and flattens nested dicts, so the JSON keeps them exact). A trial
+that ends without that report was stopped by the scheduler: `early_stopped`.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import re
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.cloudpickle as cloudpickle
+import torch
+from ray import tune
+from ray.tune.error import TuneError
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from search.store import RunStore, front_from_trials, to_jsonable, utc_now
+from search.tune_searcher import FINAL, METRIC, METRICS_JSON, SNAPSHOT, StrategySearcher, result_metrics
+from spaces.spec import ArchSpec
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "tune"  # Tune's experiment directory name under `store.ray_dir`
+Progress = Callable[[int, int, "float | None", int, float], None]
+_PROGRESS: dict[str, Progress] = {}  # driver-side hooks by run dir: never pickled into Tune state
+_AUTH_HINT = ("`ray start` (Ray >= 2.60) enables token auth: with an explicit address, set RAY_AUTH_MODE=token "
+              "and give the cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), "
+              "or use address='auto' on the head node")
+
+
+# ---- the trial ----------------------------------------------------------------------
+def _accepts_report(fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "report" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _report_epoch(epoch: int, val_accuracy: float) -> bool:
+    """The per-epoch `report` given to `evaluate` (search.train's `Report`): an intermediate
+    Tune result for the scheduler. Never asks to stop: a stopping scheduler ends the trial."""
+    tune.report({"epoch": int(epoch), METRIC: float(val_accuracy), FINAL: False})
+    return False
+
+
+def make_trainable(evaluate: Callable[..., dict], shared: Any, cpus_per_trial: int = 1) -> Any:
+    """The Tune function trainable: `evaluate(spec, shared)` once, its metrics as the final report.
+    `shared` goes to the object store once (`tune.with_parameters`)."""
+    with_report = _accepts_report(evaluate)
+
+    def fusion_trial(config: dict[str, Any], shared: Any = None) -> None:
+        torch.set_num_threads(cpus_per_trial)  # concurrent trials must not fight over cores
+        spec = ArchSpec.from_dict(config["spec"])
+        start = time.perf_counter()
+        try:
+            metrics = dict(evaluate(spec, shared, report=_report_epoch) if with_report else evaluate(spec, shared))
+        except Exception as exc:  # one bad candidate must not end the search
+            metrics = {"status": "errored", "reason": f"{type(exc).__name__}: {exc}",
+                       "traceback": traceback.format_exc(limit=-8)}
+        metrics.setdefault("status", "ok")
+        metrics.setdefault("seconds", time.perf_counter() - start)
+        metrics.setdefault("arch_id", spec.arch_id)
+        metrics = to_jsonable(metrics)
+        acc = metrics.get(METRIC)
+        tune.report({METRIC: math.nan if acc is None else float(acc), "status": metrics["status"],
+                     FINAL: True, METRICS_JSON: json.dumps(metrics)})
+
+    return tune.with_resources(tune.with_parameters(fusion_trial, shared=shared), {"cpu": cpus_per_trial})
+
+
+def trial_record(trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any] | None,
+                 error: str | None = None) -> dict[str, Any]:
+    """The `trials.jsonl` line of a finished trial."""
+    spec = ArchSpec.from_dict(config["spec"])
+    result = result or {}
+    metrics = None if error is not None else result_metrics(result)
+    if error is not None:
+        status, reason, metrics = "errored", error, {}
+    elif metrics is None:
+        epochs = int(result.get("training_iteration", 0))
+        status, reason = "early_stopped", f"stopped by the scheduler after {epochs} epoch(s)"
+        metrics = {METRIC: result.get(METRIC), "epochs": epochs}
+    else:
+        status, reason = str(metrics.get("status", "ok")), metrics.get("reason")
+    seconds = metrics.get("seconds", result.get("time_total_s"))
+    return {"trial_id": trial_id, "spec": spec.to_dict(), "arch_id": spec.arch_id, "metrics": metrics,
+            "status": status, "reason": reason, "seconds": seconds, "finished_at": utc_now()}
+
+
+def _error_reason(trial: Any) -> str:
+    """One line saying why Tune failed a trial (a dead worker, a lost node): the last
+    `SomeError: ...` line of its error text, else its headline and the exit detail."""
+    path = trial.error_file  # the driver's copy: storage may not have it yet
+    text = Path(path).read_text(errors="replace") if path and Path(path).exists() else str(trial.get_error() or "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Failure #")]
+    errors = [ln for ln in lines if re.fullmatch(r"[\w.]*(Error|Exception)", ln.split(":", 1)[0])]
+    if errors or not lines:
+        return errors[-1][:300] if errors else "the trial's worker failed"
+    detail = re.search(r"Worker exit detail: ([^.]*\.)", text)
+    return lines[0][:200] + (f" ({detail.group(1)})" if detail else "")
+
+
+class StoreCallback(tune.Callback):
+    """Driver side: append each finished trial to the store at once, rewrite pareto.json,
+    report progress. A trial seen again after a resume keeps its first record."""
+
+    def __init__(self, store: RunStore, total: int) -> None:
+        self.run_dir, self.total = str(store.run_dir), total
+        self._records: dict[str, dict[str, Any]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled into Tune's state: no cache
+        return {"run_dir": self.run_dir, "total": self.total, "_records": None}
+
+    def _store(self) -> RunStore:
+        return RunStore(Path(self.run_dir))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial_record(trial.trial_id, trial.config, trial.last_result))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial_record(trial.trial_id, trial.config, trial.last_result, error=_error_reason(trial)))
+
+    def _record(self, record: dict[str, Any]) -> None:
+        store = self._store()
+        if self._records is None:
+            self._records = {str(r["trial_id"]): r for r in store.trials()}
+        old = self._records.get(record["trial_id"])
+        if old is not None and old["status"] != "errored":
+            return
+        store.append_trial(record)
+        self._records[record["trial_id"]] = record
+        front = store.write_pareto(front_from_trials(self._records.values()))
+        hook = _PROGRESS.get(self.run_dir)
+        try:
+            if hook is not None:
+                hook(len(self._records), self.total, front["best_val_accuracy"], len(front["front"]),
+                     front["hypervolume"])
+        except Exception:  # a broken progress display must not end the search
+            log.exception("the progress hook failed")
+
+
+# ---- the search ---------------------------------------------------------------------
+def _scheduler(scheduler: str | TrialScheduler | None, max_epochs: int) -> TrialScheduler | None:
+    if scheduler is None or isinstance(scheduler, TrialScheduler):
+        return scheduler
+    if scheduler == "asha":  # the final report is one more iteration: at max_t=epochs ASHA would cut every trial
+        return ASHAScheduler(metric=METRIC, mode="max", max_t=max_epochs + 1, grace_period=1, reduction_factor=2)
+    raise ValueError(f"unknown scheduler {scheduler!r}; known: asha (or none)")
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"  # Tune's default spells out the whole config
+
+
+def _check_not_moved(store: RunStore) -> None:
+    """Tune's state pickles the run dir's path: refuse to resume a run dir that moved."""
+    snap = store.run_dir / SNAPSHOT
+    if snap.exists() and (old := cloudpickle.loads(snap.read_bytes())["_run_dir"]) != str(store.run_dir):
+        raise ValueError(f"this run was started in {old} and its Ray state points there: resume it from that path")
+
+
+def _init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Connect to `address`, or start an embedded Ray; True if this call started it."""
+    if ray.is_initialized():
+        return False
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:
+            raise ConnectionError(f"{exc}. {_AUTH_HINT}") from exc
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num_samples: int, store: RunStore,
+               cpus_per_trial: int = 1, max_concurrent: int | None = None, address: str | None = None,
+               scheduler: str | TrialScheduler | None = None, resume: bool = False,
+               progress: Progress | None = None, num_cpus: int | None = None,
+               max_epochs: int = 100) -> list[dict[str, Any]]:
+    """Run `num_samples` trials of `strategy`; returns the store's trial records.
+
+    `evaluate(spec, shared)` returns the metrics dict of one candidate; if it takes a
+    `report` argument it gets `report(epoch, val_accuracy)` to call after each epoch, so
+    that `scheduler="asha"` (with `max_t=max_epochs`) can stop it early.
+    `progress(done, total, best_val_accuracy, front_size, hypervolume)` runs after each
+    trial. `address` joins a running cluster instead of starting Ray here.
+
+    Resuming restores Tune's state from `store.ray_dir` with the original `num_samples`
+    and searcher (not `strategy`): the recorded trials are kept, and the run ends with
+    `num_samples` of them. Without Ray state, it starts Tune afresh for the remainder.
+    """
+    sched = _scheduler(scheduler, max_epochs)
+    if resume:
+        _check_not_moved(store)
+    started = _init_ray(address, num_cpus)
+    if progress is not None:
+        _PROGRESS[str(store.run_dir)] = progress
+    try:
+        trainable = make_trainable(evaluate, shared, cpus_per_trial)
+        path = str(store.ray_dir / EXPERIMENT)
+        if resume and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            remaining = num_samples - len(store.trials())
+            if remaining <= 0:
+                store.write_pareto()
+                return store.trials()
+            searcher = StrategySearcher(strategy, max_trials=num_samples, store=store)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, reuse_actors=True,
+                                            max_concurrent_trials=max_concurrent,
+                                            scheduler=sched,
+                                            trial_dirname_creator=_trial_dirname),
+                run_config=tune.RunConfig(
+                    storage_path=str(store.ray_dir.resolve()), name=EXPERIMENT, verbose=0,
+                    callbacks=[StoreCallback(store, num_samples)],
+                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+            )
+        try:
+            tuner.fit()
+        except TuneError as exc:  # every finished trial is already in trials.jsonl
+            log.warning("Ray Tune ended with an error: %s", exc)
+        store.write_pareto()
+        return store.trials()
+    finally:
+        _PROGRESS.pop(str(store.run_dir), None)
+        if started:
+            ray.shutdown()

@@ -1,0 +1,383 @@
+"""The Ray Tune adapter on an embedded 2-CPU Ray, with fake strategies and a cheap fake evaluate."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from search.store import RunStore, front_from_trials  # noqa: E402
+from search.tune import run_search  # noqa: E402
+from search.tune_searcher import StrategySearcher  # noqa: E402
+from spaces.args import Arg  # noqa: E402
+from spaces.space import SearchSpace  # noqa: E402
+from spaces.spec import ArchSpec, CellSpec  # noqa: E402
+
+ROOT = str(Path(__file__).resolve().parents[1])
+CATALOGUE = {"concat": (), "tensor": (Arg("proj_dim", "int", 8, low=1, high=64),),
+             "low_rank": (Arg("rank", "int", 4, low=1, high=64),)}
+SPACE = SearchSpace.from_dict({"widths": [8, 16], "max_cells": 2}, catalogue=CATALOGUE,
+                              depths={"a": [0, 1], "b": [0, 1]})
+ACC = {"concat": 0.6, "tensor": 0.8, "low_rank": 0.7}
+
+
+class RandomStrategy:
+    """A tiny stand-in for search/strategies: seeded `space.sample`, a budget, a log of tells."""
+
+    def __init__(self, space: SearchSpace = SPACE, seed: int = 0, budget: int = 10**9) -> None:
+        self.space, self.rng, self.budget = space, random.Random(seed), budget
+        self.asked: list[ArchSpec] = []
+        self.told: list[tuple[str, dict | None]] = []
+
+    @property
+    def done(self) -> bool:
+        return len(self.asked) >= self.budget
+
+    def ask(self) -> ArchSpec:
+        self.asked.append(self.space.sample(self.rng))
+        return self.asked[-1]
+
+    def tell(self, spec: ArchSpec, metrics: dict | None) -> None:
+        self.told.append((spec.arch_id, metrics))
+
+
+class ListStrategy(RandomStrategy):
+    def __init__(self, specs: list[ArchSpec]) -> None:
+        super().__init__(budget=len(specs))
+        self.specs = list(specs)
+
+    def ask(self) -> ArchSpec:
+        self.asked.append(self.specs[len(self.asked)])
+        return self.asked[-1]
+
+
+def late(op: str, width: int = 8) -> ArchSpec:
+    args = {"tensor": (("proj_dim", 8),), "low_rank": (("rank", 4),)}.get(op, ())
+    return ArchSpec("late", (CellSpec(("a@1", "b@1"), op, width, "relu", args),))
+
+
+def fake_metrics(spec: ArchSpec, shared: Any) -> dict[str, Any]:
+    """Accuracy from the first op (plus `shared["bonus"]`), costs from widths and cell count."""
+    params = 100 * sum(c.width for c in spec.cells)
+    return {"status": "ok", "reason": None, "val_accuracy": ACC[spec.ops[0]] + shared["bonus"] - 0.01 * len(spec.cells),
+            "test_accuracy": 0.5, "params_total": params, "flops_total": 20 * params, "epochs": 3,
+            "arch_id": spec.arch_id}
+
+
+def evaluate_ok(spec: ArchSpec, shared: Any) -> dict[str, Any]:
+    return fake_metrics(spec, shared)
+
+
+def evaluate_raises_on_tensor(spec: ArchSpec, shared: Any) -> dict[str, Any]:
+    if "tensor" in spec.ops:
+        raise ValueError("tensor is broken")
+    return fake_metrics(spec, shared)
+
+
+def evaluate_low_rank_diverges(spec: ArchSpec, shared: Any) -> dict[str, Any]:
+    metrics = fake_metrics(spec, shared)
+    if spec.ops[0] == "low_rank":  # a diverged run claiming a great score must not reach the front
+        metrics.update(status="failed", reason="loss is NaN", val_accuracy=0.99, params_total=1, flops_total=1)
+    return metrics
+
+
+def evaluate_per_epoch(spec: ArchSpec, shared: Any, report=None) -> dict[str, Any]:
+    metrics = fake_metrics(spec, shared)
+    for epoch in range(1, 5):
+        assert report(epoch, metrics["val_accuracy"]) is False  # search.train's Report: (epoch, val_accuracy)
+    return metrics | {"epochs": 4}
+
+
+def evaluate_crashes_on_tensor(spec: ArchSpec, shared: Any) -> dict[str, Any]:
+    if "tensor" in spec.ops:
+        os._exit(3)  # the worker dies: Tune itself sees the trial fail
+    return fake_metrics(spec, shared)
+
+
+def evaluate_slowly(spec: ArchSpec, shared: Any) -> dict[str, Any]:
+    time.sleep(shared["sleep"])
+    return fake_metrics(spec, shared)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One small embedded Ray for the module; workers import `tests` through PYTHONPATH.
+    The environment is put back afterwards (ray.init also sets RAY_AUTH_MODE)."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_AUTH_MODE")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, saved["PYTHONPATH"]) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def lines(store: RunStore) -> list[dict]:
+    return [json.loads(ln) for ln in store.trials_path.read_text().splitlines()]
+
+
+def search(tmp_path, evaluate, strategy, n: int, **kw) -> tuple[RunStore, list[dict]]:
+    store = RunStore.create(tmp_path, "t", {"n": n})
+    out = run_search(evaluate=evaluate, shared={"bonus": 0.01, "sleep": 0.0}, strategy=strategy,
+                     num_samples=n, store=store, **kw)
+    return store, out
+
+
+# ---- the searcher alone (no Ray actors) ---------------------------------------------
+def ok_result(spec: ArchSpec) -> dict[str, Any]:
+    return {"_final": True, "_metrics_json": json.dumps(fake_metrics(spec, {"bonus": 0.0}))}
+
+
+def test_searcher_asks_tells_and_finishes() -> None:
+    strat = RandomStrategy(budget=2)
+    s = StrategySearcher(strat, max_trials=5)
+    a, b = s.suggest("t1"), s.suggest("t2")
+    assert ArchSpec.from_dict(a["spec"]) == strat.asked[0] and ArchSpec.from_dict(b["spec"]) == strat.asked[1]
+    assert s.suggest("t3") == StrategySearcher.FINISHED  # the strategy's budget
+    s.on_trial_complete("t1", ok_result(strat.asked[0]))
+    s.on_trial_complete("t2", None, error=True)
+    s.on_trial_complete("t2", None, error=True)  # told once only
+    m = fake_metrics(strat.asked[0], {"bonus": 0.0})
+    assert strat.told == [(strat.asked[0].arch_id, {"accuracy": m["val_accuracy"], "params": m["params_total"],
+                                                    "flops": m["flops_total"]}),
+                          (strat.asked[1].arch_id, None)]
+
+
+def test_searcher_drives_a_real_strategy() -> None:
+    strategies = pytest.importorskip("search.strategies")
+    strat = strategies.make_strategy("random", SPACE, seed=0, budget=4)
+    s = StrategySearcher(strat, max_trials=4)
+    specs = {f"t{i}": ArchSpec.from_dict(s.suggest(f"t{i}")["spec"]) for i in range(4)}
+    assert s.suggest("t4") == StrategySearcher.FINISHED
+    s.on_trial_complete("t0", ok_result(specs["t0"]))
+    s.on_trial_complete("t1", {"_final": True, "_metrics_json": json.dumps({"status": "failed", "val_accuracy": 0.9})})
+    s.on_trial_complete("t2", {"val_accuracy": 0.9, "training_iteration": 1})  # stopped by ASHA
+    s.on_trial_complete("t3", None, error=True)
+    assert [r is None for _, r in strat.history] == [False, True, True, True]
+
+
+def test_searcher_state_survives_save_and_restore(tmp_path) -> None:
+    s = StrategySearcher(RandomStrategy(seed=3), max_trials=3)
+    s.suggest("t1")
+    s.suggest("t2")
+    s.save(str(tmp_path / "state.pkl"))
+    fresh = StrategySearcher(RandomStrategy(seed=99), max_trials=3)
+    fresh.restore(str(tmp_path / "state.pkl"))
+    assert fresh.suggest("t1") == s.suggest("t1")  # a live trial keeps its spec
+    assert fresh.suggest("t3") == s.suggest("t3")  # and the strategy continues where it was
+    assert fresh.suggest("t4") == StrategySearcher.FINISHED
+
+
+def test_a_restored_searcher_takes_its_newer_snapshot_and_reruns_lost_asks(tmp_path) -> None:
+    store = RunStore.create(tmp_path, "r", {})
+    s = StrategySearcher(RandomStrategy(seed=7), max_trials=5, store=store)
+    for t in ("t1", "t2", "t3"):
+        s.suggest(t)
+    s.save(str(tmp_path / "tune_state.pkl"))  # Tune's last checkpoint: three live trials
+    specs = {t: ArchSpec.from_dict(s.suggest(t)["spec"]) for t in ("t1", "t2", "t3", "t4")}
+    for t in ("t1", "t2"):  # they finish, the callback records them, then the driver dies
+        s.on_trial_complete(t, ok_result(specs[t]))
+        store.append_trial({"trial_id": t, "spec": specs[t].to_dict(), "status": "ok", "metrics": {}})
+    asked_before = [a.arch_id for a in s.strategy.asked]
+
+    back = StrategySearcher(RandomStrategy(seed=99), max_trials=5, store=store)
+    back.restore(str(tmp_path / "tune_state.pkl"))  # Tune reruns t1, t2, t3; it never knew t4
+    assert back.suggest("t5") == {"spec": specs["t4"].to_dict()}  # t4's spec again, not a new ask
+    back.on_trial_complete("t1", ok_result(specs["t1"]))  # a rerun of a told trial: told once only
+    assert [a.arch_id for a in back.strategy.asked] == asked_before and len(back.strategy.told) == 2
+    assert back.suggest("t6") is not None and len(back.strategy.asked) == 5  # t1 t2 t3 t5 + t6 = 5
+    assert back.suggest("t7") == StrategySearcher.FINISHED
+
+
+# ---- searches on Ray ----------------------------------------------------------------
+def test_a_search_records_every_trial_and_its_front(tmp_path, ray_local) -> None:
+    strat, seen = RandomStrategy(seed=1), []
+    store = RunStore.create(tmp_path, "t", {})
+    out = run_search(evaluate=evaluate_ok, shared={"bonus": 0.01}, strategy=strat, num_samples=6, store=store,
+                     progress=lambda *a: seen.append(a))
+    assert len(lines(store)) == 6 and len({r["trial_id"] for r in out}) == 6
+    assert all(r["status"] == "ok" and r["reason"] is None for r in out)
+    for r in out:
+        spec = ArchSpec.from_dict(r["spec"])
+        assert r["arch_id"] == spec.arch_id
+        assert r["metrics"]["val_accuracy"] == pytest.approx(fake_metrics(spec, {"bonus": 0.01})["val_accuracy"])
+    assert sorted(r["arch_id"] for r in out) == sorted(s.arch_id for s in strat.asked)
+    assert store.read_json("pareto.json") == json.loads(json.dumps(front_from_trials(store.trials())))
+    assert [a[:2] for a in seen] == [(i, 6) for i in range(1, 7)]
+    assert sorted(t[0] for t in strat.told) == sorted(r["arch_id"] for r in out)  # the strategy heard of each
+    final = front_from_trials(out)
+    assert seen[-1][2:] == (final["best_val_accuracy"], len(final["front"]), final["hypervolume"])
+
+
+def test_a_candidate_that_raises_is_one_errored_trial(tmp_path, ray_local) -> None:
+    specs = [late("concat"), late("tensor"), late("low_rank"), late("concat", 16)]
+    store, out = search(tmp_path, evaluate_raises_on_tensor, ListStrategy(specs), 4, max_concurrent=1)
+    status = {r["arch_id"]: r for r in out}
+    bad = status[late("tensor").arch_id]
+    assert bad["status"] == "errored" and bad["reason"] == "ValueError: tensor is broken"
+    assert "raise ValueError" in bad["metrics"]["traceback"]
+    assert sum(r["status"] == "ok" for r in out) == 3 and len(lines(store)) == 4
+    assert bad["trial_id"] not in store.read_json("pareto.json")["trial_ids"]
+
+
+def test_failed_trials_stay_out_of_the_front(tmp_path, ray_local) -> None:
+    specs = [late("concat"), late("low_rank"), late("tensor")]
+    store, out = search(tmp_path, evaluate_low_rank_diverges, ListStrategy(specs), 3, max_concurrent=1)
+    failed = [r for r in out if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["reason"] == "loss is NaN"
+    front = store.read_json("pareto.json")
+    assert failed[0]["trial_id"] not in front["trial_ids"] and front["n_ok"] == 2
+    assert front["best_val_accuracy"] == pytest.approx(0.8 + 0.01 - 0.01)
+
+
+def test_asha_early_stopped_trials_are_recorded_and_kept_out_of_the_front(tmp_path, ray_local) -> None:
+    specs = [late("tensor"), late("concat"), late("tensor", 16)]
+    strat = ListStrategy(specs)
+    store, out = search(tmp_path, evaluate_per_epoch, strat, 3, scheduler="asha", max_concurrent=1, max_epochs=4)
+    by_arch = {r["arch_id"]: r for r in out}
+    stopped = by_arch[late("concat").arch_id]  # worse than the first trial at the first rung
+    assert stopped["status"] == "early_stopped" and stopped["metrics"]["epochs"] == 1
+    assert by_arch[late("tensor").arch_id]["status"] == by_arch[late("tensor", 16).arch_id]["status"] == "ok"
+    assert stopped["trial_id"] not in store.read_json("pareto.json")["trial_ids"]
+    assert len(lines(store)) == 3
+    assert dict(strat.told)[late("concat").arch_id] is None  # the strategy never sees a partial result
+
+
+
+def test_a_dead_worker_is_one_errored_trial(tmp_path, ray_local) -> None:
+    specs = [late("concat"), late("tensor"), late("low_rank")]
+    store, out = search(tmp_path, evaluate_crashes_on_tensor, ListStrategy(specs), 3, max_concurrent=1)
+    by_arch = {r["arch_id"]: r for r in out}
+    dead = by_arch[late("tensor").arch_id]
+    assert dead["status"] == "errored" and dead["metrics"] == {}
+    assert "died" in dead["reason"] and len(dead["reason"]) < 300 and "\n" not in dead["reason"]
+    assert [by_arch[late(op).arch_id]["status"] for op in ("concat", "low_rank")] == ["ok", "ok"]
+    assert len(lines(store)) == 3
+
+
+def test_resume_without_ray_state_runs_the_remainder_from_the_snapshot(tmp_path, ray_local) -> None:
+    store, first = search(tmp_path, evaluate_ok, RandomStrategy(seed=2), 2, max_concurrent=1)
+    shutil.rmtree(store.ray_dir)  # e.g. only trials.jsonl and searcher.pkl were copied
+    out = run_search(evaluate=evaluate_ok, shared={"bonus": 0.01}, strategy=RandomStrategy(seed=123),
+                     num_samples=4, store=store, resume=True, max_concurrent=1)
+    assert len(out) == 4 and out[:2] == first and len(lines(store)) == 4
+    seed2 = RandomStrategy(seed=2)  # the snapshot's strategy carried on, not the one passed in
+    assert sorted(r["arch_id"] for r in out) == sorted(seed2.ask().arch_id for _ in range(4))
+
+
+def test_bad_arguments_fail_before_ray_starts(tmp_path) -> None:
+    store = RunStore.create(tmp_path, "m", {})
+    kw = {"evaluate": evaluate_ok, "shared": None, "strategy": RandomStrategy(), "num_samples": 2}
+    with pytest.raises(ValueError, match="unknown scheduler 'hyperband'; known: asha"):
+        run_search(store=store, scheduler="hyperband", **kw)
+    StrategySearcher(RandomStrategy(), store=store).suggest("t1")  # leaves a snapshot naming its run dir
+    moved = RunStore.open(shutil.move(store.run_dir, tmp_path / "elsewhere"))
+    with pytest.raises(ValueError, match="resume it from that path"):
+        run_search(store=moved, resume=True, **kw)
+
+
+# ---- a killed driver, resumed on a `ray start` cluster joined by address ------------
+def drive(run_dir: str, n: int, address: str, resume: bool) -> None:
+    """The driver the subprocesses run: a slow search of `n` trials on the cluster at `address`."""
+    run_search(evaluate=evaluate_slowly, shared={"bonus": 0.0, "sleep": 0.5}, strategy=RandomStrategy(seed=5),
+               num_samples=n, store=RunStore.open(run_dir), address=address, resume=resume)
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
+
+
+def _cluster_pids(temp_dir: str) -> set[int]:
+    """The processes of the cluster started with `--temp-dir=temp_dir` and all their children."""
+    roots = set()
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if temp_dir.encode() in cmd.read_bytes():
+                roots.add(int(cmd.parent.name))
+        except OSError:
+            continue
+    return _descendants(roots - {os.getpid()})
+
+
+def _kill_all(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_killed_driver_resumes_on_a_cluster_joined_by_address(tmp_path) -> None:
+    n, temp, port = 8, tempfile.mkdtemp(prefix="fnr", dir="/tmp"), _free_port()  # short: socket paths
+    # `ray start` turns token auth on; an explicit address needs the mode and the token too
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    store = RunStore.create(tmp_path, "kill", {"n": n})
+    bin_dir = Path(sys.executable).parent
+    code = "from tests.test_tune import drive; drive({!r}, {}, '127.0.0.1:{}', {})"
+    log = open(tmp_path / "driver.log", "w")
+    driver = None
+    try:
+        subprocess.run([str(bin_dir / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
+                        f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats"],
+                       env=env, check=True, capture_output=True, timeout=90)
+        driver = subprocess.Popen([sys.executable, "-c", code.format(str(store.run_dir), n, port, False)],
+                                  env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while len(store.trials()) < 3:
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trials recorded in time"
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        before = store.trials()
+        assert 3 <= len(before) < n
+        subprocess.run([sys.executable, "-c", code.format(str(store.run_dir), n, port, True)],
+                       env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=150)
+    finally:
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+        log.close()
+        _kill_all(_cluster_pids(temp))
+        shutil.rmtree(temp, ignore_errors=True)
+    after = store.trials()
+    assert len(after) == n and all(r["status"] == "ok" for r in after)
+    first_asks = RandomStrategy(seed=5)  # nothing evaluated twice, nothing skipped: the first n asks
+    assert sorted(r["arch_id"] for r in after) == sorted(first_asks.ask().arch_id for _ in range(n))
+    assert after[: len(before)] == before  # every earlier trial kept, as recorded
+    assert len([ln for ln in store.trials_path.read_text().splitlines() if ln.endswith("}")]) == n  # no reruns
+    assert store.read_json("pareto.json") == json.loads(json.dumps(front_from_trials(after)))
