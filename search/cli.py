@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from search.datasets import DataError
 from spaces import ConfigError
@@ -41,7 +43,69 @@ def cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"ops": cmd_ops, "space": cmd_space}
+def cmd_search(args: argparse.Namespace) -> int:
+    """Run a search (or resume one) and print the front."""
+    import os
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's banners off the progress line
+    from search import run
+    from search.config import load_config
+    from search.display import Progress
+    from search.store import RunStore
+
+    if args.resume:
+        try:
+            store = RunStore.open(args.resume)
+        except FileNotFoundError as err:
+            raise UsageError(str(err)) from None
+        cfg = run.resolved_config(store)
+        print(f"resuming {store.run_dir}")
+    else:
+        if not args.config:
+            raise UsageError("search needs a CONFIG file (or --resume RUN_DIR)")
+        overrides = {k: v for k, v in (("strategy", args.strategy), ("num_samples", args.num_samples),
+                                       ("seed", args.seed), ("address", args.address)) if v is not None}
+        cfg = load_config(args.config, overrides)
+        if args.name:
+            cfg = dataclasses.replace(cfg, name=args.name)
+        store = run.start_run(cfg)
+        print(f"run {store.run_dir}")
+    print(f"{cfg.search.strategy} search: {cfg.search.num_samples} candidates from {cfg.space.size():,}"
+          f" architectures, {cfg.search.cpus_per_trial} CPU per trial"
+          f" on {cfg.search.address or 'an embedded local Ray'}")
+    trials = run.search(cfg, store, resume=bool(args.resume), progress=Progress())
+    _print_front(store, trials)
+    print(f"run directory: {store.run_dir}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print the front of a finished (or running) search."""
+    from search.store import RunStore
+
+    try:
+        store = RunStore.open(args.run)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
+    _print_front(store, store.trials())
+    return 0
+
+
+def _print_front(store: Any, trials: list) -> None:
+    from search.display import front_table
+    from search.run import front_rows
+    from search.store import front_from_trials
+
+    front = front_from_trials(trials, store.reference)
+    counts = {s: sum(t.get("status") == s for t in trials) for s in ("ok", "failed", "errored", "early_stopped")}
+    print(f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}); "
+          f"front of {len(front['trial_ids'])}, hypervolume {front['hypervolume']:.4f}")
+    print(front_table(front_rows(trials, front)))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "ops": cmd_ops, "space": cmd_space, "search": cmd_search, "show": cmd_show,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fusion-nas", description="Multi-objective NAS over multimodal fusion strategies."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    search = sub.add_parser("search", help="search a config's space; prints the Pareto front")
+    search.add_argument("config", nargs="?", help="the run's YAML config")
+    search.add_argument("--strategy", choices=["mfas", "nsga2", "random", "grid"])
+    search.add_argument("--num-samples", type=int, help="candidates to train")
+    search.add_argument("--name", help="run name (default: the config's)")
+    search.add_argument("--seed", type=int)
+    search.add_argument("--address", help="join an existing Ray cluster (`ray start --head`)")
+    search.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
+    show = sub.add_parser("show", help="the Pareto front of a run, as a table")
+    show.add_argument("run", metavar="RUN_DIR")
     sub.add_parser("ops", help="list fusion operators and their arguments")
     space = sub.add_parser("space", help="size of a config's search space, and samples")
     space.add_argument("config")

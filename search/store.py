@@ -186,9 +186,15 @@ class RunStore:
     def read_json(self, name: str) -> Any:
         return json.loads((self.run_dir / name).read_text(encoding="utf-8"))
 
+    @property
+    def reference(self) -> list[float] | None:
+        """The run's fixed hypervolume reference point (`reference.json`), if one was set."""
+        path = self.run_dir / "reference.json"
+        return json.loads(path.read_text())["reference"] if path.is_file() else None
+
     def write_pareto(self, front: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Write `pareto.json` (by default the front of the stored trials) and return it."""
-        data = dict(front) if front is not None else front_from_trials(self.trials())
+        data = dict(front) if front is not None else front_from_trials(self.trials(), self.reference)
         self.write_json(self.pareto_path.name, data)
         return data
 
@@ -212,9 +218,13 @@ def objective_points(trials: Sequence[Mapping[str, Any]]) -> np.ndarray:
     return pareto.objective_matrix(*cols).reshape(len(trials), 3)
 
 
-def front_from_trials(trials: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def front_from_trials(trials: Iterable[Mapping[str, Any]], reference: Sequence[float] | None = None) -> dict[str, Any]:
     """The Pareto front of the ok trials (failed, errored, early-stopped never enter it),
-    with its hypervolume, reference point and knee, in the `OBJECTIVES` convention."""
+    with its hypervolume, reference point and knee, in the `OBJECTIVES` convention.
+
+    `reference` fixes the hypervolume's reference point (a run sets one before its first
+    trial, so hypervolumes over the course of the search compare); by default it is
+    `pareto.default_reference` of these trials' costs."""
     trials = list(trials)
     ok = [t for t in trials if _usable(t)]
     out: dict[str, Any] = {
@@ -231,7 +241,8 @@ def front_from_trials(trials: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     if not ok:
         return out
     points = objective_points(ok)
-    ref = pareto.default_reference(*([float(t["metrics"][k]) for t in ok] for k in OBJECTIVES["names"][1:]))
+    ref = (np.asarray(reference, dtype=float) if reference is not None else
+           pareto.default_reference(*([float(t["metrics"][k]) for t in ok] for k in OBJECTIVES["names"][1:])))
     mask = pareto.pareto_mask(points)
     knee = ok[pareto.knee_point(points)]["trial_id"]
     out["front"] = [

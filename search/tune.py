@@ -146,7 +146,7 @@ class StoreCallback(tune.Callback):
             return
         store.append_trial(record)
         self._records[record["trial_id"]] = record
-        front = store.write_pareto(front_from_trials(self._records.values()))
+        front = store.write_pareto(front_from_trials(self._records.values(), store.reference))
         hook = _PROGRESS.get(self.run_dir)
         try:
             if hook is not None:

@@ -1,0 +1,52 @@
+"""What the terminal shows: the live progress line and the Pareto front table."""
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+
+def human(n: float) -> str:
+    """`12345678 -> '12.3M'`: counts of params and FLOPs at a glance."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+class Progress:
+    """`trials 7/24 | best val 0.912 | front 4 | HV 1.83 | 0:42` — one line, redrawn in a
+    terminal, one line per trial otherwise (logs stay readable)."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self.stream = stream
+        self.start = time.monotonic()
+        self.live = stream.isatty()
+
+    def __call__(self, done: int, total: int, best: float | None, front: int, hv: float) -> None:
+        secs = int(time.monotonic() - self.start)
+        best_s = "-" if best is None else f"{best:.3f}"
+        line = (f"trials {done}/{total} | best val {best_s} | front {front} | HV {hv:.3f}"
+                f" | {secs // 60}:{secs % 60:02d}")
+        if self.live:
+            self.stream.write("\r" + line.ljust(78))
+            if done >= total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def front_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The front as a fixed-width table (rows from `search.run.front_rows`)."""
+    if not rows:
+        return "no finished trial yet: the front is empty"
+    head = f"{'':1} {'trial':>10} {'val':>6} {'test':>6} {'params':>8} {'FLOPs':>8}  architecture"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        mark = "*" if r["knee"] else " "
+        lines.append(f"{mark} {r['trial']:>10} {r['val']:6.3f} {r['test']:6.3f} "
+                     f"{human(r['params']):>8} {human(r['flops']):>8}  {r['arch']}")
+    lines.append("* knee of the front. FLOPs: forward, per sample, 2 per multiply-add (elementwise work not counted).")
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""One search, end to end: config -> data -> pretrained backbones -> tap cache -> Ray Tune.
+
+`prepare` does the once-per-run work (backbones come from the disk cache after the
+first run); `search` runs the trials and leaves everything in a run directory.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fusion_ops import Backbone, FusionHead, count_flops, count_params, required_taps
+from search import pareto
+from search.config import Config, config_from_dict
+from search.datasets import Dataset, load_dataset
+from search.pretrain import pretrain_backbones
+from search.store import RunStore
+from search.taps import TapCache
+from search.train import TrainConfig, evaluate_candidate, evaluate_with_backbones
+from spaces import ArchSpec, ConfigError, SearchSpace
+from spaces.spec import make_tap, parse_tap
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What every trial of a run shares."""
+
+    config: Config
+    dataset: Dataset
+    backbones: dict[str, Backbone]
+    backbone_info: dict[str, dict[str, Any]]
+    taps: TapCache
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """The data a trial needs, put once into Ray's object store (plain, picklable)."""
+
+    taps: TapCache
+    backbones: dict[str, Backbone]
+    train: TrainConfig
+    dataset: Dataset | None = None  # only when backbones train end to end (freeze: false)
+
+
+def prepare(config: Config, say: Say = print) -> Prepared:
+    """Load the data, pretrain (or load) the backbones, and compute the tap cache."""
+    dataset = load_dataset(config.data, config.path.parent)
+    missing = sorted(set(dataset.modalities) - set(config.space.modalities))
+    if missing:
+        raise ConfigError(f"{config.path}: backbones.modalities: the data has modality {missing[0]!r} "
+                          f"with no backbone; it has {', '.join(dataset.modalities)}")
+    backbones, info = pretrain_backbones(dataset, config.backbones, config.data, progress=say)
+    offered = [make_tap(m, d) for m, ds in config.space.depth_map.items() for d in ds]
+    taps = TapCache.from_backbones(dataset, backbones, only=offered)
+    say(f"tap cache: {len(taps.tap_names)} taps, {taps.nbytes / 2**20:.1f} MiB")
+    return Prepared(config, dataset, backbones, info, taps)
+
+
+def trial_context(prepared: Prepared) -> TrialContext:
+    frozen = prepared.config.backbones.freeze
+    return TrialContext(prepared.taps, prepared.backbones, prepared.config.train,
+                        None if frozen else prepared.dataset)
+
+
+def evaluate_trial(spec: ArchSpec, ctx: TrialContext, report: Callable[[int, float], bool] | None = None) -> dict:
+    """Train and score one candidate inside a Ray trial (a module-level function: picklable)."""
+    if ctx.dataset is not None:
+        return evaluate_with_backbones(spec, ctx.dataset, ctx.backbones, ctx.train, freeze=False)
+    return evaluate_candidate(spec, ctx.taps, ctx.train, backbones=ctx.backbones, report=report)
+
+
+def cost_function(prepared: Prepared) -> Callable[[ArchSpec], tuple[int, int]]:
+    """Exact (params_total, flops_total) of a spec, known before training (for strategies).
+
+    Equal to `candidate_cost`'s totals; each backbone is counted once up front, so a spec
+    costs only the build and count of its fusion part (strategies score hundreds).
+    """
+    backbone_cost = {
+        m: (count_params(b), count_flops(b, torch.zeros(1, *b.input_shape)))
+        for m, b in prepared.backbones.items()
+    }
+    cache: dict[str, tuple[int, int]] = {}
+
+    def cost(spec: ArchSpec) -> tuple[int, int]:
+        if spec.arch_id not in cache:
+            head = FusionHead(spec, prepared.taps.tap_shapes, prepared.taps.num_classes)
+            used = {parse_tap(t)[0] for t in required_taps(spec)}
+            cache[spec.arch_id] = (
+                count_params(head) + sum(backbone_cost[m][0] for m in used),
+                count_flops(head, head.example_taps(1)) + sum(backbone_cost[m][1] for m in used),
+            )
+        return cache[spec.arch_id]
+
+    return cost
+
+
+def reference_point(space: SearchSpace, cost: Callable[[ArchSpec], tuple[int, int]], seed: int,
+                    n: int = 64) -> list[float]:
+    """A fixed hypervolume reference for a run, known before any training: accuracy 0 and,
+    per cost, the decade above 10x the largest of `n` sampled specs' exact costs."""
+    rng = random.Random(seed)
+    costs = [cost(space.sample(rng)) for _ in range(n)]
+    return pareto.default_reference([c[0] for c in costs], [c[1] for c in costs]).tolist()
+
+
+def resolved_config(store: RunStore) -> Config:
+    """The config a run was started with (as stored in its directory)."""
+    raw = dict(store.config)
+    source = Path(raw.pop("source", store.config_path))
+    return config_from_dict(raw, source)
+
+
+def start_run(config: Config) -> RunStore:
+    """A fresh run directory holding the resolved config (and where it came from)."""
+    root = Path(config.search.runs_dir)
+    if not root.is_absolute():
+        root = Path.cwd() / root
+    return RunStore.create(root, config.name, {**config.to_dict(), "source": str(config.path.resolve())})
+
+
+def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = print,
+           progress: Callable[..., None] | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) the search of `config` into `store`; returns the trial records."""
+    from search.strategies import make_strategy
+    from search.tune import run_search
+
+    prepared = prepare(config, say)
+    s = config.search
+    cost = cost_function(prepared)
+    if store.reference is None:
+        store.write_json("reference.json", {"reference": reference_point(config.space, cost, s.seed),
+                                            "objectives": ["-val_accuracy", "log10 params_total",
+                                                           "log10 flops_total"]})
+    strategy = make_strategy(s.strategy, config.space, seed=s.seed, budget=s.num_samples, cost_fn=cost)
+    return run_search(
+        evaluate=evaluate_trial, shared=trial_context(prepared), strategy=strategy,
+        num_samples=s.num_samples, store=store, cpus_per_trial=s.cpus_per_trial,
+        max_concurrent=s.max_concurrent or None, address=s.address or None,
+        scheduler=None if s.scheduler == "none" else s.scheduler, resume=resume,
+        progress=progress, max_epochs=config.train.epochs,
+    )
+
+
+def front_rows(trials: list[Mapping[str, Any]], front: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The front's trials as table rows, most accurate first."""
+    by_id = {t["trial_id"]: t for t in trials}
+    rows = []
+    for tid in front.get("trial_ids", []):
+        t = by_id[tid]
+        m = t["metrics"]
+        rows.append({"trial": tid, "val": m["val_accuracy"], "test": m["test_accuracy"],
+                     "params": m["params_total"], "flops": m["flops_total"],
+                     "knee": tid == front.get("knee"),
+                     "arch": ArchSpec.from_dict(t["spec"]).describe()})
+    return sorted(rows, key=lambda r: -r["val"])
