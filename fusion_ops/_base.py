@@ -23,6 +23,9 @@ class FusionOp(nn.Module):
     NAME: ClassVar[str] = ""
     ARGS: ClassVar[tuple[Arg, ...]] = ()
     TOKEN_INPUTS: ClassVar[bool] = False
+    # Operators with a training-only auxiliary loss (e.g. an adversarial or orthogonality
+    # term) set `self.aux_loss` in `forward` and declare its default weight here.
+    AUX_WEIGHT: ClassVar[float] = 0.0
 
     def __init__(self, in_dims: Mapping[str, int], out_dim: int, **args: Any) -> None:
         super().__init__()
@@ -41,6 +44,7 @@ class FusionOp(nn.Module):
         self.in_dims: dict[str, int] = {m: in_dims[m] for m in self.names}
         self.out_dim = out_dim
         self.args: dict[str, Any] = resolve_args(self.ARGS, args, where)
+        self.aux_loss: Tensor | None = None  # the last forward's auxiliary loss, if the op has one
 
     def extra_repr(self) -> str:
         return f"in_dims={self.in_dims}, out_dim={self.out_dim}, " + ", ".join(
@@ -72,6 +76,19 @@ class FusionOp(nn.Module):
     def interaction_flops(self, feats: Mapping[str, Tensor]) -> int:
         """FLOPs of interaction work that `FlopCounterMode` cannot see (see `cost.py`)."""
         return 0
+
+
+def auxiliary_loss(model: nn.Module, weight: float | None = None) -> Tensor | None:
+    """`Σ w · op.aux_loss` over the fusion ops in `model` after a forward (None if there is none).
+
+    `weight` overrides every op's `AUX_WEIGHT`. Inference costs never include this term.
+    """
+    total = None
+    for m in model.modules():
+        if isinstance(m, FusionOp) and m.aux_loss is not None:
+            term = (m.AUX_WEIGHT if weight is None else weight) * m.aux_loss
+            total = term if total is None else total + term
+    return total
 
 
 def with_one(h: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusion_ops._base import auxiliary_loss
 from fusion_ops.backbones import Backbone, seeded_init
 from fusion_ops.cost import count_flops, count_params
 from fusion_ops.model import FusionHead, build_model, candidate_cost, check_spec, required_taps
@@ -43,6 +44,7 @@ class TrainConfig:
     patience: int = 6  # epochs without a new best val accuracy before stopping
     threads: int = 1  # torch intra-op threads while training (one per trial under Ray)
     seed: int = 0
+    aux_weight: float | None = None  # weight of fusion ops' auxiliary losses; None: each op's default
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> TrainConfig:
@@ -57,17 +59,19 @@ class TrainConfig:
                 raise ConfigError(f"{at(where, str(key))}: unknown key; known: {', '.join(known)}")
         for key, value in d.items():
             _check_field(key, value, at(where, key))
-        return cls(**{k: (float(v) if k in _FLOATS else v) for k, v in d.items()})
+        return cls(**{k: (float(v) if k in _FLOATS and v is not None else v) for k, v in d.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-_FLOATS = ("lr", "weight_decay")
+_FLOATS = ("lr", "weight_decay", "aux_weight")
 _LOWEST = {"epochs": 1, "batch_size": 1, "patience": 1, "threads": 1, "seed": 0}
 
 
 def _check_field(key: str, value: Any, where: str) -> None:
+    if key == "aux_weight" and value is None:
+        return
     if key in _FLOATS:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
@@ -138,7 +142,8 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, report:
         torch.manual_seed(cfg.seed)
         model.train()
         for epoch in range(1, cfg.epochs + 1):
-            reason = _one_epoch(model, opt, xs, y, torch.randperm(n, generator=shuffle), cfg.batch_size)
+            reason = _one_epoch(model, opt, xs, y, torch.randperm(n, generator=shuffle), cfg.batch_size,
+                                cfg.aux_weight)
             if not reason and not all(bool(torch.isfinite(p).all()) for p in params):
                 reason = "weights became non-finite"
             if reason:
@@ -167,11 +172,14 @@ def _adam(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def _one_epoch(model: nn.Module, opt: torch.optim.Optimizer, xs: Mapping[str, Tensor], y: Tensor,
-               order: Tensor, batch_size: int) -> str:
+               order: Tensor, batch_size: int, aux_weight: float | None = None) -> str:
     """One pass over the shuffled data; the reason to stop ('' when fine)."""
     xs, y = {k: v[order] for k, v in xs.items()}, y[order]  # one gather per epoch; batches are views
     for i in range(0, len(order), batch_size):
         loss = F.cross_entropy(model({k: v[i : i + batch_size] for k, v in xs.items()}), y[i : i + batch_size])
+        aux = auxiliary_loss(model, aux_weight)  # fusion ops' training-only terms
+        if aux is not None:
+            loss = loss + aux
         if not torch.isfinite(loss):
             return f"loss became {loss.item()}"
         opt.zero_grad(set_to_none=True)

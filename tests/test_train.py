@@ -70,7 +70,7 @@ PLANTED_TRAIN = TrainConfig(epochs=40, patience=6)
 def test_train_config_defaults_round_trip_and_errors():
     cfg = TrainConfig.from_dict(None)
     assert cfg == TrainConfig() and cfg.to_dict()["threads"] == 1
-    doc = {"epochs": 40, "batch_size": 128, "lr": 3.0e-3, "weight_decay": 1.0e-4, "patience": 6, "threads": 1, "seed": 0}
+    doc = {"epochs": 40, "batch_size": 128, "lr": 3.0e-3, "weight_decay": 1.0e-4, "patience": 6, "threads": 1, "seed": 0, "aux_weight": None}
     assert TrainConfig.from_dict(doc).to_dict() == doc
     assert TrainConfig.from_dict({"lr": 1, "weight_decay": 0}).lr == 1.0
     for doc, message in (
@@ -81,7 +81,7 @@ def test_train_config_defaults_round_trip_and_errors():
         ({"batch_size": 0}, "train.batch_size: expected an integer >= 1, got 0"),
         ({"seed": -1}, "train.seed: expected an integer >= 0, got -1"),
         ({"patience": 2.5}, "train.patience: expected an integer >= 1, got 2.5"),
-        ({"epoch": 3}, "train.epoch: unknown key; known: epochs, batch_size, lr, weight_decay, patience, threads, seed"),
+        ({"epoch": 3}, "train.epoch: unknown key; known: epochs, batch_size, lr, weight_decay, patience, threads, seed, aux_weight"),
         ("fast", "train: expected a mapping, got 'fast'"),
     ):
         with pytest.raises(ConfigError) as err:
@@ -236,3 +236,33 @@ def test_av_digits_fusion_beats_the_best_modality(cache_dir):
     late = ArchSpec("late", (cell(["audio@2", "image@2"], "concat", width=32),))
     best, fused = _gain(info, taps, late, {"epochs": 30, "batch_size": 64, "patience": 6}, (0, 1))
     assert best > 0.85 and fused >= best + 0.02, (info, fused)  # measured audio 0.889, fused 0.939
+
+
+def test_auxiliary_loss_sums_the_weighted_terms_of_fusion_ops():
+    """An op that sets `aux_loss` in forward contributes `weight * aux_loss` (the training loop adds it)."""
+    import torch
+    from torch import nn
+
+    from fusion_ops import FusionOp
+    from fusion_ops._base import auxiliary_loss
+
+    class Penalised(FusionOp):
+        NAME = "penalised_test_op"
+        AUX_WEIGHT = 0.5
+
+        def __init__(self, in_dims, out_dim):
+            super().__init__(in_dims, out_dim)
+            self.lin = nn.Linear(sum(in_dims.values()), out_dim)
+
+        def forward(self, feats):
+            out = self.lin(torch.cat(self.vectors(feats), dim=1))
+            self.aux_loss = (out ** 2).mean()
+            return out
+
+    model = nn.Sequential()
+    op = Penalised({"a": 2, "b": 3}, 4)
+    model.add_module("op", op)
+    assert auxiliary_loss(model) is None  # nothing before a forward
+    out = op({"a": torch.randn(5, 2), "b": torch.randn(5, 3)})
+    torch.testing.assert_close(auxiliary_loss(model), 0.5 * (out**2).mean())
+    torch.testing.assert_close(auxiliary_loss(model, weight=2.0), 2.0 * (out**2).mean())
