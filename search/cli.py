@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, UsageError) as err:
+    except (ConfigError, DataError, UsageError, ConnectionError) as err:
         print(f"fusion-nas: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
