@@ -13,7 +13,18 @@ Public API::
 from __future__ import annotations
 
 # Importing an operator's module registers it.
-from fusion_ops import attention, bottleneck, circulant, concat, low_rank, ptp, shared_private, tensor  # noqa: F401
+from fusion_ops import (  # noqa: F401
+    adversarial,
+    attention,
+    bottleneck,
+    circulant,
+    concat,
+    low_rank,
+    memory,
+    ptp,
+    shared_private,
+    tensor,
+)
 from fusion_ops._base import FusionOp
 from fusion_ops._registry import create_fusion, fusion_args, fusion_class, list_fusions, register_fusion
 from fusion_ops.backbones import Backbone, BackboneConfig, UnimodalClassifier, build_backbone

@@ -26,6 +26,9 @@ class FusionOp(nn.Module):
     # Operators with a training-only auxiliary loss (e.g. an adversarial or orthogonality
     # term) set `self.aux_loss` in `forward` and declare its default weight here.
     AUX_WEIGHT: ClassVar[float] = 0.0
+    # Submodules that only the auxiliary loss uses (e.g. a discriminator): they train,
+    # but are not part of the inference path, so parameter counts leave them out.
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, in_dims: Mapping[str, int], out_dim: int, **args: Any) -> None:
         super().__init__()

@@ -14,6 +14,10 @@ counted. Three kinds of work the stock counter misses are added here:
 - the multiplicative interactions that define a fusion operator (the TFN outer
   product, the LMF product over modalities, the MCF spectral product): 1 per
   multiply, reported by each operator's `interaction_flops`.
+
+Costs are those of the inference path: an operator's auxiliary loss is computed
+outside `forward` (when read), and the parameters of its training-only submodules
+(`FusionOp.TRAINING_ONLY`, e.g. the adversarial operator's discriminator) are not counted.
 """
 from __future__ import annotations
 
@@ -30,9 +34,20 @@ from fusion_ops._base import FusionOp
 aten = torch.ops.aten
 
 
+def training_only_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the `TRAINING_ONLY` submodules of the fusion ops in `module` (unused at inference)."""
+    return [
+        p
+        for op in module.modules()
+        if isinstance(op, FusionOp)
+        for name in op.TRAINING_ONLY
+        for p in getattr(op, name).parameters()
+    ]
+
+
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (shared tensors counted once)."""
-    seen: set[int] = set()
+    """Number of inference parameters (shared tensors counted once, training-only ones not at all)."""
+    seen: set[int] = {id(p) for p in training_only_parameters(module)}
     total = 0
     for p in module.parameters():
         if id(p) in seen or (trainable_only and not p.requires_grad):

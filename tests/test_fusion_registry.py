@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fusion_ops as F
+from fusion_ops._base import auxiliary_loss
 
 DIMS = {2: {"image": 6, "audio": 5}, 3: {"image": 6, "audio": 5, "text": 4}}
 OUT = 3
@@ -40,8 +41,13 @@ def test_operator_contract(name, n_mod, batch):
     assert list(reordered) != list(feats)
     torch.testing.assert_close(op(reordered), out, rtol=0, atol=0)
 
-    # backward reaches every parameter
-    (out * torch.randn_like(out)).sum().backward()
+    # backward reaches every parameter; training-only ones (a discriminator) through the
+    # op's auxiliary loss, which the training loop adds to the task loss
+    loss = (out * torch.randn_like(out)).sum()
+    aux = auxiliary_loss(op)
+    if aux is not None:
+        loss = loss + aux
+    loss.backward()
     for pname, p in op.named_parameters():
         assert p.grad is not None, f"{name}: no gradient reaches {pname}"
         assert p.grad.abs().sum() > 0, f"{name}: zero gradient at {pname}"

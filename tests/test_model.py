@@ -9,6 +9,7 @@ import torch
 
 import fusion_ops as F
 from fusion_ops.backbones import BackboneConfig, build_backbone
+from fusion_ops.cost import training_only_parameters
 from fusion_ops.model import (
     ACTIVATION_MODULES,
     build_model,
@@ -286,7 +287,9 @@ def test_candidate_cost_adds_up(op, stage):
     assert all(p.requires_grad for b in backbones.values() for p in b.parameters()), "costing froze a backbone"
 
     model = build_model(spec, backbones, NUM_CLASSES)
+    # costs are the inference path's: a discriminator trains but is not counted
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable -= sum(p.numel() for p in training_only_parameters(model))
     assert cost["params_fusion"] == trainable == F.count_params(model.fusion)
     used = ("audio", "vec")
     assert cost["params_total"] == cost["params_fusion"] + sum(F.count_params(backbones[m]) for m in used)
