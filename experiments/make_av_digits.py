@@ -3,8 +3,9 @@
 Images: scikit-learn's 8x8 digits, scaled to [0, 1], one random square patch
 zeroed, Gaussian noise added. Audio: the same digit spoken by espeak-ng (many
 voices, variants, speeds and pitches), placed at a random offset in a 1 s window
-at 16 kHz, white noise at a fixed SNR, then MFCCs pooled in time to a small
-(T, F) array. Test images are paired with utterances never used for train/val.
+at 16 kHz, white noise at a fixed SNR, a random gain, then MFCCs pooled in time to
+a small (T, F) array. Each digit's utterances are split into disjoint train, val and
+test pools: val and test images only hear utterances that training never heard.
 
 Usage: ``.venv/bin/python experiments/make_av_digits.py [--out PATH] [--seed N] [--check]``
 """
@@ -25,23 +26,32 @@ from sklearn.datasets import load_digits
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 VOICES = tuple("en-us en-gb en-gb-scotland en-gb-x-rp en-gb-x-gbclan en-gb-x-gbcwmd en-029 en-us-nyc".split())
-# "" = the voice's default; the rest are espeak-ng variants (`espeak-ng --voices=variant`).
+# "" = the voice's default; the rest are all of espeak-ng 1.51's variants (the files in
+# espeak-ng-data/voices/!v) but "fast" (a speed test) and "Mr serious" (a space in its name).
 VARIANTS = ("",) + tuple(
-    "m1 m2 m3 m4 m5 m6 m7 f1 f2 f3 f4 f5 croak whisper klatt klatt2 klatt3 grandpa grandma "
-    "Andy Annie aunty boris edward linda max steph zac".split()
+    "Alex Alicia Andrea Andy Annie AnxiousAndy Demonic Denis Diogo Gene Gene2 Henrique Hugo Jacky "
+    "Lee Marco Mario Michael Mike Nguyen RicishayMax RicishayMax2 RicishayMax3 Storm Tweaky "
+    "UniRobot adam anika anikaRobot announcer antonio aunty belinda benjamin boris caleb croak "
+    "david ed edward edward2 f1 f2 f3 f4 f5 grandma grandpa gustave iven iven2 iven3 iven4 john "
+    "kaukovalta klatt klatt2 klatt3 klatt4 klatt5 klatt6 linda m1 m2 m3 m4 m5 m6 m7 m8 marcelo "
+    "max michel miguel norbert pablo paul pedro quincy rob robert robosoft robosoft2 robosoft3 "
+    "robosoft4 robosoft5 robosoft6 robosoft7 robosoft8 sandro shelby steph steph2 steph3 travis "
+    "victor whisper whisperf zac".split()
 )
 SPEED = (140, 250)  # espeak-ng -s, words per minute
 PITCH = (20, 80)  # espeak-ng -p, 0..99
 
-# Degradation knobs (tuned so that single modalities land near 70 % and fusion well above).
+# Degradation knobs (tuned so that each modality alone, with the backbones of
+# experiments/configs/av_digits.yaml, lands near 70 % test and fusion well above).
 PATCH = 3  # side of the zeroed square in each 8x8 image
-IMAGE_SIGMA = 0.27  # Gaussian noise on [0, 1] pixels
-SNR_DB = 6.0  # white noise relative to the active speech power
-POOL_PER_DIGIT = 80  # distinct utterances synthesised per digit
-TEST_UTT_FRAC = 0.3  # share of each digit's pool held out for test images
+IMAGE_SIGMA = 0.25  # Gaussian noise on [0, 1] pixels
+SNR_DB = 0.0  # white noise relative to the active speech power
+GAIN_DB = 10.0  # each sample's overall level is scaled by a gain drawn from +-GAIN_DB
+POOL_PER_DIGIT = 100  # distinct utterances synthesised per digit
+UTT_FRACS = (0.6, 0.2)  # shares of each digit's pool kept for train and val images (the rest: test)
 
 SR_IN, SR = 22050, 16000
-WIN, HOP, NFFT, NMELS, NMFCC, TIME_POOL = 400, 160, 512, 40, 20, 4
+WIN, HOP, NFFT, NMELS, NMFCC, TIME_POOL = 400, 160, 512, 40, 20, 8
 
 
 def espeak(word: str, voice: str, speed: int, pitch: int, timeout: float = 10.0) -> np.ndarray:
@@ -85,7 +95,7 @@ def mel_filterbank() -> np.ndarray:
 
 
 def mfcc(x: np.ndarray, fbank: np.ndarray) -> np.ndarray:
-    """MFCCs of a 1 s signal: 25 ms Hann window, 10 ms hop, 40 mel -> 20 MFCC, time-pooled by 4."""
+    """MFCCs of a 1 s signal: 25 ms Hann window, 10 ms hop, 40 mel -> NMFCC MFCCs, mean over TIME_POOL frames."""
     n = 1 + (len(x) - WIN) // HOP
     frames = np.lib.stride_tricks.sliding_window_view(x, WIN)[::HOP][:n] * np.hanning(WIN)
     power = np.abs(np.fft.rfft(frames, NFFT)) ** 2
@@ -115,36 +125,50 @@ def degrade_images(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def place_audio(wav: np.ndarray, rng: np.random.Generator, fbank: np.ndarray) -> np.ndarray:
-    """Random offset in a 1 s window, unit speech power, white noise at SNR_DB; return MFCCs."""
+    """Random offset in a 1 s window, unit speech power, white noise at SNR_DB, random gain; MFCCs."""
     x = np.zeros(SR, dtype=np.float64)
     off = int(rng.integers(0, SR - len(wav) + 1))
     x[off : off + len(wav)] = wav / np.sqrt(np.mean(wav.astype(np.float64) ** 2) + 1e-12)
     x += rng.normal(0.0, 10.0 ** (-SNR_DB / 20.0), size=SR)
+    x *= 10.0 ** (rng.uniform(-GAIN_DB, GAIN_DB) / 20.0)
     return mfcc(x, fbank)
 
 
+def split_pool(utt_digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """0 = train, 1 = val, 2 = test pool: each digit's utterances cut by UTT_FRACS, disjoint."""
+    utt_split = np.full(len(utt_digit), 2, dtype=np.int8)
+    for d in np.unique(utt_digit):
+        idx = rng.permutation(np.flatnonzero(utt_digit == d))
+        n_tr, n_va = round(UTT_FRACS[0] * len(idx)), round(UTT_FRACS[1] * len(idx))
+        utt_split[idx[:n_tr]], utt_split[idx[n_tr : n_tr + n_va]] = 0, 1
+    return utt_split
+
+
 def build(seed: int) -> dict[str, np.ndarray]:
-    """Build every array of the dataset for ``seed``."""
-    rng = np.random.default_rng(seed)
+    """Build every array of the dataset for ``seed``.
+
+    Each step draws from its own generator (spawned from ``seed``), so changing one
+    knob (say the SNR) leaves the images, the split and the utterance pool as they were.
+    """
+    rng_image, rng_split, rng_pool, rng_pool_split, rng_audio = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
+    )
     digits = load_digits()
     y = digits.target.astype(np.int64)
-    image = degrade_images(digits.images / 16.0, rng)
-    split = stratified_split(y, rng)
+    image = degrade_images(digits.images / 16.0, rng_image)
+    split = stratified_split(y, rng_split)
 
-    pool = synth_pool(rng)
+    pool = synth_pool(rng_pool)
     utt_digit = np.array([u["digit"] for u in pool], dtype=np.int64)
-    utt_split = np.zeros(len(pool), dtype=np.int8)  # 0 = train/val pool, 1 = test pool
-    for d in range(10):
-        idx = rng.permutation(np.flatnonzero(utt_digit == d))
-        utt_split[idx[: round(TEST_UTT_FRAC * len(idx))]] = 1
+    utt_split = split_pool(utt_digit, rng_pool_split)
 
     fbank = mel_filterbank()
     utt_id = np.empty(len(y), dtype=np.int16)
     audio = []
     for i, (label, s) in enumerate(zip(y, split, strict=True)):
-        choices = np.flatnonzero((utt_digit == label) & (utt_split == int(s == 2)))
-        utt_id[i] = choices[rng.integers(len(choices))]
-        audio.append(place_audio(pool[utt_id[i]]["wav"], rng, fbank))
+        choices = np.flatnonzero((utt_digit == label) & (utt_split == s))  # the sample's own split's pool
+        utt_id[i] = choices[rng_audio.integers(len(choices))]
+        audio.append(place_audio(pool[utt_id[i]]["wav"], rng_audio, fbank))
 
     info = {
         "seed": seed,
@@ -156,11 +180,13 @@ def build(seed: int) -> dict[str, np.ndarray]:
         "n_mfcc": NMFCC,
         "time_pool": TIME_POOL,
         "snr_db": SNR_DB,
+        "gain_db": GAIN_DB,
         "image_sigma": IMAGE_SIGMA,
         "patch": PATCH,
         "pool_per_digit": POOL_PER_DIGIT,
-        "test_utterance_frac": TEST_UTT_FRAC,
+        "utterance_fracs": list(UTT_FRACS),
         "split": "0=train 1=val 2=test",
+        "utterance_split": "0=train pool 1=val pool 2=test pool",
     }
     return {
         "image": image.astype(np.float16),

@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 import pickle
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import search.train as T
 from fusion_ops.cost import count_flops, count_params
@@ -219,23 +221,19 @@ def test_mfeat_fusion_beats_the_best_view_by_five_points(cache_dir):
     assert best > 0.8 and fused >= best + 0.05, (info, fused)  # measured fou 0.848, fused 0.910
 
 
-def test_av_digits_fusion_beats_the_best_modality(cache_dir):
-    """MLP backbones (near the linear baselines the data was tuned for): +5 points at least.
+AV_DIGITS = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / "configs" / "av_digits.yaml").read_text())
 
-    The shipped config's CNN backbones make audio alone much stronger (0.89 test); fusion
-    still helps, by less (the numbers are in experiments/RESULTS.md).
-    """
-    mlp = {m: {"kind": "mlp", "widths": [128]} for m in ("audio", "image")}
-    _, _, info, taps = prepared({"kind": "av_digits"}, mlp, cache_dir, epochs=60, batch_size=64, patience=10)
-    late = ArchSpec("late", (cell(["audio@1", "image@1"], "concat", width=32),))
-    cfg = {"epochs": 40, "batch_size": 64, "patience": 8}
-    best, fused = _gain(info, taps, late, cfg, (0, 1))
-    assert best > 0.65 and fused >= best + 0.05, (info, fused)  # measured audio 0.728, fused 0.841
-    cnn = {"image": {"kind": "cnn2d", "channels": [16, 32]}, "audio": {"kind": "conv1d", "channels": [32, 32]}}
-    _, _, info, taps = prepared({"kind": "av_digits"}, cnn, cache_dir, epochs=40, batch_size=64, patience=8)
+
+def test_av_digits_fusion_beats_the_best_modality_with_the_config_backbones(cache_dir):
+    """The shipped config's backbones (cnn2d image, conv1d audio) and train settings: each modality
+    alone lands near 70 % test (the benchmark's design), late concat of their embeddings >= +5 points."""
+    bb = AV_DIGITS["backbones"]
+    _, _, info, taps = prepared(AV_DIGITS["data"], bb["modalities"], cache_dir, **bb["pretrain"])
+    acc = {m: i["test_accuracy"] for m, i in info.items()}
+    assert all(0.62 <= a <= 0.80 for a in acc.values()), acc  # measured audio 0.753, image 0.692
     late = ArchSpec("late", (cell(["audio@2", "image@2"], "concat", width=32),))
-    best, fused = _gain(info, taps, late, {"epochs": 30, "batch_size": 64, "patience": 6}, (0, 1))
-    assert best > 0.85 and fused >= best + 0.02, (info, fused)  # measured audio 0.889, fused 0.939
+    best, fused = _gain(info, taps, late, AV_DIGITS["train"], (0, 1, 2))
+    assert best + 0.05 <= fused < 0.95, (acc, fused)  # measured 0.869 (+11.6 points)
 
 
 def test_auxiliary_loss_sums_the_weighted_terms_of_fusion_ops():
