@@ -29,6 +29,7 @@ from fusion_ops._base import FusionOp
 from fusion_ops._registry import create_fusion, fusion_args, fusion_class, list_fusions, register_fusion
 from fusion_ops.backbones import Backbone, BackboneConfig, UnimodalClassifier, build_backbone
 from fusion_ops.cost import count_flops, count_params
+from fusion_ops.load import load_model
 from fusion_ops.model import FusionHead, FusionModel, build_model, candidate_cost, model_cost, required_taps
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "required_taps",
     "FusionOp",
     "count_flops",
+    "load_model",
     "count_params",
     "create_fusion",
     "fusion_args",

@@ -1,4 +1,4 @@
-"""`fusion-nas` (also `python -m search`): search, show, ops, space."""
+"""`fusion-nas` (also `python -m search`): search, show, report, export, evaluate, ops, space."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from search import cli_report
 from search.datasets import DataError
 from spaces import ConfigError
 
@@ -75,6 +76,12 @@ def cmd_search(args: argparse.Namespace) -> int:
           f" on {cfg.search.address or 'an embedded local Ray'}")
     trials = run.search(cfg, store, resume=bool(args.resume), progress=Progress())
     _print_front(store, trials)
+    from search.report import write_report
+
+    try:
+        print(f"report: {write_report(store.run_dir, say=print)}")
+    except Exception as err:  # the trials are safe on disk; `fusion-nas report RUN` redoes it
+        print(f"fusion-nas: could not write the report ({type(err).__name__}: {err})", file=sys.stderr)
     print(f"run directory: {store.run_dir}")
     return 0
 
@@ -106,6 +113,7 @@ def _print_front(store: Any, trials: list) -> None:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ops": cmd_ops, "space": cmd_space, "search": cmd_search, "show": cmd_show,
 }
+COMMANDS.update(cli_report.COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="the Pareto front of a run, as a table")
     show.add_argument("run", metavar="RUN_DIR")
     sub.add_parser("ops", help="list fusion operators and their arguments")
+    cli_report.add_parsers(sub)
     space = sub.add_parser("space", help="size of a config's search space, and samples")
     space.add_argument("config")
     space.add_argument("--samples", type=int, default=5)

@@ -111,7 +111,7 @@ def reference_point(space: SearchSpace, cost: Callable[[ArchSpec], tuple[int, in
 
 def resolved_config(store: RunStore) -> Config:
     """The config a run was started with (as stored in its directory)."""
-    raw = dict(store.config)
+    raw = dict(store.config())
     source = Path(raw.pop("source", store.config_path))
     return config_from_dict(raw, source)
 

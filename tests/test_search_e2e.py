@@ -85,3 +85,19 @@ def test_hypervolume_uses_the_runs_fixed_reference(xor_run):
     _, run_dir = xor_run
     ref = json.loads((run_dir / "reference.json").read_text())["reference"]
     assert json.loads((run_dir / "pareto.json").read_text())["reference"] == ref
+
+
+def test_search_writes_the_report_page(xor_run):
+    proc, run_dir = xor_run
+    assert (run_dir / "report.html").is_file()
+    assert f"report: {run_dir / 'report.html'}" in proc.stdout
+
+
+def test_resume_of_a_finished_run_keeps_every_trial(xor_run, tmp_path):
+    _, run_dir = xor_run
+    before = (run_dir / "trials.jsonl").read_text()
+    proc = fusion_nas("search", "--resume", str(run_dir), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming {run_dir}" in proc.stdout
+    assert (run_dir / "trials.jsonl").read_text() == before
+    assert "25 trials (25 ok)" in proc.stdout

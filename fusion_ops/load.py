@@ -1,0 +1,194 @@
+"""An exported candidate on disk, and the one line that loads it back.
+
+An export directory holds `arch.yaml` (the `ArchSpec`), `model.json` (what to build:
+each modality's backbone and input shape, the classes, the format version and the
+SHA-256 of the weights) and `weights.safetensors` (every tensor: backbones, fusion
+cells, head, and the train split's input standardisation). safetensors holds tensors
+and nothing else, so loading an export never runs code from the file; the digest in
+`model.json` catches a weights file changed or cut short after export before any of
+it is parsed.
+
+    from fusion_ops.load import load_model
+    model = load_model("export/")                    # nn.Module, eval mode
+    logits = model({"m1": x1, "m2": x2})             # raw inputs (B, *input_shape) -> (B, C)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fusion_ops.backbones import BackboneConfig, build_backbone
+from fusion_ops.model import FusionModel, build_model
+from spaces.spec import ArchSpec
+
+FORMAT = "fusion-nas-export"
+VERSION = 1
+ARCH_FILE, MODEL_FILE, WEIGHTS_FILE = "arch.yaml", "model.json", "weights.safetensors"
+
+
+class ExportError(ValueError):
+    """An export directory that cannot be loaded: missing, damaged or changed files."""
+
+
+class ExportedModel(nn.Module):
+    """Standardises raw inputs with the train split's statistics, then runs a `FusionModel`.
+
+    `forward(inputs)`: `{m: (B, *input_shape_m)}` (tensors or arrays; extra modalities
+    ignored) -> logits `(B, num_classes)`; `classes[i]` is class i's label in the data.
+    """
+
+    def __init__(self, model: FusionModel, mean: Mapping[str, Any], std: Mapping[str, Any],
+                 classes: Sequence[Any] = ()) -> None:
+        super().__init__()
+        self.model = model
+        self.modalities: tuple[str, ...] = model.modalities
+        self.classes = tuple(classes)
+        # buffers by position in sorted order: modality names need not be valid attribute names
+        for i, m in enumerate(self.modalities):
+            self.register_buffer(f"mean_{i}", torch.as_tensor(mean[m], dtype=torch.float32).clone())
+            self.register_buffer(f"std_{i}", torch.as_tensor(std[m], dtype=torch.float32).clone())
+
+    @property
+    def spec(self) -> ArchSpec:
+        return self.model.spec
+
+    @property
+    def arch_id(self) -> str:
+        return self.model.arch_id
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {m: b.input_shape for m, b in zip(self.modalities, self.model.backbones, strict=True)}
+
+    def standardize(self, inputs: Mapping[str, Any]) -> dict[str, Tensor]:
+        """`(x - mean) / std` per modality, in float32: the same arithmetic the dataset loaders do."""
+        missing = [m for m in self.modalities if m not in inputs]
+        if missing:
+            raise ValueError(f"missing input for modality {missing[0]!r}; the model reads {', '.join(self.modalities)}")
+        out: dict[str, Tensor] = {}
+        for i, m in enumerate(self.modalities):
+            x = torch.as_tensor(inputs[m], dtype=torch.float32)
+            out[m] = (x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")
+        return out
+
+    def forward(self, inputs: Mapping[str, Any]) -> Tensor:
+        return self.model(self.standardize(inputs))
+
+
+def save_model(model: ExportedModel, out: str | Path, backbones: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Write `arch.yaml`, `weights.safetensors` and `model.json` of `model` into `out`; returns model.json.
+
+    `backbones[m]` is modality m's `BackboneConfig.to_dict()` (how to rebuild it).
+    """
+    from safetensors.torch import save
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # clones: safetensors refuses tensors that share storage
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    data = save(tensors, metadata={"format": FORMAT, "arch_id": model.arch_id})
+    info = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch_id": model.arch_id,
+        "num_classes": int(model.model.fusion.head[-1].out_features),
+        "classes": list(model.classes),
+        "modalities": {
+            m: {"input_shape": list(shape), "backbone": dict(backbones[m])} for m, shape in model.input_shapes.items()
+        },
+        "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
+    }
+    (out / WEIGHTS_FILE).write_bytes(data)
+    (out / ARCH_FILE).write_text(model.spec.to_yaml(), encoding="utf-8")
+    (out / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info
+
+
+def load_model(path: str | Path) -> ExportedModel:
+    """The model exported to directory `path`, in eval mode; `ExportError` says what is wrong otherwise."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    info = _read_info(path)
+    spec = _read_spec(path, info)
+    data = _read_weights(path, info)
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise ExportError(f"{path / WEIGHTS_FILE}: not a readable safetensors file ({err})") from None
+    model = _build(spec, info, tensors, path)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())
+        raise ExportError(f"{path / WEIGHTS_FILE}: the weights do not fit the architecture in {ARCH_FILE}: "
+                          f"{detail}") from None
+    return model.eval()
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    file = path / MODEL_FILE
+    if not file.is_file():
+        raise ExportError(f"{path} is not a fusion-nas export (no {MODEL_FILE})")
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ExportError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ExportError(f"{file}: not a fusion-nas export description (format is not {FORMAT!r})")
+    if info.get("version") != VERSION:
+        raise ExportError(f"{file}: export format version {info.get('version')!r}; this fusion-nas reads {VERSION}")
+    return info
+
+
+def _read_spec(path: Path, info: Mapping[str, Any]) -> ArchSpec:
+    file = path / ARCH_FILE
+    try:
+        spec = ArchSpec.from_yaml(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExportError(f"{file}: missing") from None
+    except Exception as err:  # yaml errors, missing keys, wrong types: all mean a damaged file
+        raise ExportError(f"{file}: not a valid architecture ({type(err).__name__}: {err})") from None
+    if spec.arch_id != info.get("arch_id"):
+        raise ExportError(f"{file}: architecture {spec.arch_id} is not the exported one ({info.get('arch_id')})")
+    return spec
+
+
+def _read_weights(path: Path, info: Mapping[str, Any]) -> bytes:
+    weights = info.get("weights") or {}
+    file = path / WEIGHTS_FILE
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise ExportError(f"{file}: missing") from None
+    if len(data) != weights.get("bytes") or hashlib.sha256(data).hexdigest() != weights.get("sha256"):
+        raise ExportError(f"{file}: {len(data)} bytes that do not match the SHA-256 in {MODEL_FILE}: "
+                          "the file was changed or truncated after export")
+    return data
+
+
+def _build(spec: ArchSpec, info: Mapping[str, Any], tensors: Mapping[str, Tensor], path: Path) -> ExportedModel:
+    """The exported model's modules (weights still untrained: `load_state_dict` fills them)."""
+    try:
+        mods = info["modalities"]
+        generator = torch.Generator().manual_seed(0)  # initial values are overwritten; the caller's RNG is untouched
+        backbones = {
+            m: build_backbone(BackboneConfig.from_dict(d["backbone"], f"modalities.{m}.backbone"),
+                              tuple(d["input_shape"]), generator)
+            for m, d in mods.items()
+        }
+        model = build_model(spec, backbones, int(info["num_classes"]), True, generator)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ExportError(f"{path / MODEL_FILE}: cannot build the exported model "
+                          f"({type(err).__name__}: {err})") from None
+    stats = {}
+    for kind in ("mean", "std"):
+        stats[kind] = {m: tensors.get(f"{kind}_{i}", torch.zeros(())) for i, m in enumerate(model.modalities)}
+    return ExportedModel(model, stats["mean"], stats["std"], info.get("classes") or ())

@@ -1,0 +1,91 @@
+"""`fusion-nas report | export | evaluate`: what a user does after a search.
+
+Hooked into `search.cli` by `add_parsers(sub)` (in `build_parser`) and
+`COMMANDS.update(cli_report.COMMANDS)`; a user's mistake raises `UsageError`
+(one line, exit 2) like every other command.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+
+def _usage(err: BaseException) -> NoReturn:
+    from search.cli import UsageError  # here, not at the top: search.cli imports this module
+
+    raise UsageError(str(err)) from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write RUN/report.html (and static images)."""
+    from search.report import write_report
+
+    try:
+        path = write_report(args.run, args.format or (), say=print)
+    except FileNotFoundError as err:
+        _usage(err)
+    print(f"report: {path}")
+    for fmt in args.format or ():
+        print(f"images: {path.parent}/report-*.{fmt}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the picked trial of a run as a loadable model."""
+    from fusion_ops.load import ExportError
+    from search.export import export_run
+
+    try:
+        m = export_run(args.run, args.pick, args.out, retrain=args.retrain)
+    except (FileNotFoundError, ExportError) as err:
+        _usage(err)
+    reported = m["reported"]["test_accuracy"]
+    note = {True: "reproduces the trial's", False: "DIFFERS from the trial's", None: "retrained; the trial had"}
+    print(f"exported trial {m['trial_id']} ({m['arch']}) to {args.out}")
+    print(f"test accuracy {m['test_accuracy']:.4f} ({note[m['reproduced']]} {reported:.4f}), "
+          f"{m['params_total']:,} parameters, {m['flops_total']:,} FLOPs")
+    print(f'load it: from fusion_ops.load import load_model; model = load_model("{args.out}")')
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Re-score an export on the test split of a config's data."""
+    from fusion_ops.load import ExportError
+    from search.export import evaluate_export
+
+    try:
+        r = evaluate_export(args.export, args.config)
+    except (FileNotFoundError, ExportError) as err:
+        _usage(err)
+    line = f"{r['arch']}: test accuracy {r['test_accuracy']:.4f}"
+    if r["exported_test_accuracy"] is not None:
+        same = r["test_accuracy"] == r["exported_test_accuracy"]
+        line += f" ({'equal to' if same else 'exported with'} {r['exported_test_accuracy']:.4f}"
+        line += ")" if r["same_data"] else "; the config's data section differs from the export's)"
+    print(line)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "report": cmd_report, "export": cmd_export, "evaluate": cmd_evaluate,
+}
+
+
+def add_parsers(sub: Any) -> None:
+    """The three subcommands, on `parser.add_subparsers(dest="command")`."""
+    from search.report import IMAGE_FORMATS
+
+    report = sub.add_parser("report", help="write RUN_DIR/report.html: the front, interactive, offline")
+    report.add_argument("run", metavar="RUN_DIR")
+    report.add_argument("--format", action="append", choices=IMAGE_FORMATS,
+                        help="also write static images (repeatable), through kaleido")
+    export = sub.add_parser("export", help="export one trial as a model that loads in one line")
+    export.add_argument("run", metavar="RUN_DIR")
+    export.add_argument("--pick", default="knee", metavar="knee|accuracy|smallest|TRIAL_ID",
+                        help="which trial (default: knee of the front; accuracy is validation accuracy)")
+    export.add_argument("--retrain", action="store_true", help="train on train+val (for the trial's best epoch count)")
+    export.add_argument("--out", required=True, metavar="DIR", help="the export directory")
+    evaluate = sub.add_parser("evaluate", help="re-score an export on a config's test split")
+    evaluate.add_argument("export", metavar="EXPORT_DIR")
+    evaluate.add_argument("--config", required=True, metavar="CONFIG", help="a config file, or a run directory")

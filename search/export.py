@@ -1,0 +1,304 @@
+"""Export one trial of a run as a model a user loads in one line, and re-score an export.
+
+A search keeps no weights, only specs and scores: export trains the chosen spec again
+exactly as its trial did (same data, cached backbones, seed and loop, so the same
+weights and the same test accuracy), or with `retrain` on train+val, and writes the
+directory `fusion_ops.load` reads back: `arch.yaml`, `weights.safetensors` (backbones
+included: the export stands alone), `model.json`, plus `metrics.json` and a README.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusion_ops import FusionModel, build_model, model_cost, required_taps
+from fusion_ops.load import ExportedModel, ExportError, load_model, save_model
+from search.config import Config, config_from_dict, load_config
+from search.datasets import Dataset, load_dataset
+from search.run import Prepared, prepare
+from search.store import RunStore, front_from_trials, to_jsonable, utc_now
+from search.train import (
+    FitResult,
+    Split,
+    TrainConfig,
+    accuracy,
+    build_head,
+    dataset_tensors,
+    fit,
+    torch_threads,
+)
+from spaces import ArchSpec
+from spaces._yaml_errors import in_file, read_yaml
+
+Say = Callable[[str], None]
+EXPORT_FILES = {"arch.yaml", "model.json", "weights.safetensors", "metrics.json", "README.md"}
+FLOPS_NOTE = "forward FLOPs per sample, 2 per multiply-add; elementwise work not counted"
+
+# --pick NAME -> sort key over the front's trials (first = chosen); ties fall to the earlier trial
+PICKS: dict[str, Callable[[Mapping[str, Any]], tuple[float, ...]]] = {
+    "accuracy": lambda m: (-m["val_accuracy"], m["params_total"], m["flops_total"]),
+    "smallest": lambda m: (m["params_total"], -m["val_accuracy"], m["flops_total"]),
+}
+
+
+def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], how: str) -> dict[str, Any]:
+    """The trial `how` names: `knee` (of the front), `accuracy` (best val accuracy, then
+    fewest params), `smallest` (fewest params, then best val accuracy), or a trial id.
+    Accuracy here is always validation accuracy: test accuracy never chooses."""
+    by_id = {str(t["trial_id"]): dict(t) for t in trials}
+    if how in ("knee", *PICKS):
+        if not front.get("trial_ids"):
+            raise ExportError(f"--pick {how}: the run has no ok trial with finite scores, so no front to pick from")
+        if how == "knee":
+            return by_id[front["knee"]]
+        members = [by_id[tid] for tid in front["trial_ids"]]
+        return min(members, key=lambda t: PICKS[how](t["metrics"]))
+    trial = by_id.get(how)
+    if trial is None:
+        ids = ", ".join(list(by_id)[:8]) + (", ..." if len(by_id) > 8 else "")
+        raise ExportError(f"--pick {how}: no such trial; pick knee, accuracy, smallest or a trial id ({ids})")
+    if trial.get("status") != "ok":
+        raise ExportError(f"--pick {how}: trial {how} is {trial.get('status')} ({trial.get('reason') or 'no reason'});"
+                          " only ok trials can be exported")
+    return trial
+
+
+def read_config(path: str | Path) -> Config:
+    """A config from a user's YAML file, a run directory, or a run's stored `config.yaml`."""
+    path = Path(path)
+    if path.is_dir():
+        path = RunStore.open(path).config_path
+    raw = read_yaml(path)
+    if not (isinstance(raw, dict) and "source" in raw):
+        return load_config(path)
+    raw = dict(raw)
+    source = Path(raw.pop("source"))  # relative data paths are relative to the original config
+    with in_file(path):
+        return config_from_dict(raw, source)
+
+
+# ------------------------------------------------------------------ training the chosen spec
+def train_for_export(spec: ArchSpec, prepared: Prepared, *, retrain: bool = False,
+                     epochs: int | None = None) -> tuple[FusionModel, FitResult]:
+    """`spec` trained as its trial was (frozen backbones: on cached taps; else end to end),
+    or with `retrain` on train+val for `epochs` epochs, keeping the last weights."""
+    cfg, data = prepared.config.train, prepared.dataset
+    frozen = prepared.config.backbones.freeze
+    if frozen:
+        module: torch.nn.Module = build_head(spec, prepared.taps, cfg.seed)
+        sub = prepared.taps.subset(required_taps(spec))
+        train, val = sub.tensors("train"), sub.tensors("val")
+    else:  # end to end, as `evaluate_with_backbones(freeze=False)` trained the trial
+        module = model = build_model(spec, prepared.backbones, data.num_classes, False,
+                                     torch.Generator().manual_seed(cfg.seed))
+        train, val = dataset_tensors(data, "train"), dataset_tensors(data, "val")
+    if retrain:
+        result = _fit_last(module, _concat(train, val), val, cfg, epochs or cfg.epochs)
+    else:
+        result = fit(module, train, val, cfg)
+    if result.status != "ok":
+        raise ExportError(f"training {spec.arch_id} for export failed: {result.reason}")
+    if frozen:  # the trained head behind the frozen backbones it was trained on the taps of
+        model = build_model(spec, prepared.backbones, data.num_classes, True, torch.Generator().manual_seed(0))
+        model.fusion.load_state_dict(module.state_dict())
+    return model, result
+
+
+def _concat(a: Split, b: Split) -> Split:
+    return {k: torch.cat([a[0][k], b[0][k]]) for k in a[0]}, torch.cat([a[1], b[1]])
+
+
+def _fit_last(module: torch.nn.Module, train: Split, val: Split, cfg: TrainConfig, epochs: int) -> FitResult:
+    """`fit` for exactly `epochs` epochs, keeping the last weights: val is part of the
+    training data now, so "best on val" would choose on data the model was fitted to."""
+    cfg = dataclasses.replace(cfg, epochs=epochs, patience=epochs)
+    last: dict[str, torch.Tensor] = {}
+
+    def keep(epoch: int, _acc: float) -> None:
+        if epoch == epochs:
+            last.update({k: v.detach().clone() for k, v in module.state_dict().items()})
+
+    result = fit(module, train, val, cfg, report=keep)
+    if last:
+        module.load_state_dict(last)
+    return dataclasses.replace(result, best_epoch=result.epochs, val_accuracy=math.nan)
+
+
+# ------------------------------------------------------------------ export
+def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool = False,
+               say: Say = print) -> dict[str, Any]:
+    """Export the trial `how` picks from the run in `run_dir` into `out`; returns its metrics.json."""
+    out = Path(out)
+    _check_out(out)
+    store = RunStore.open(run_dir)
+    trials = store.trials()
+    front = front_from_trials(trials, store.reference)
+    trial = pick_trial(trials, front, how)
+    spec = ArchSpec.from_dict(trial["spec"])
+    config = read_config(store.run_dir)
+    say(f"trial {trial['trial_id']}: {spec.describe()}")
+    prepared = prepare(config, say)
+    say("retraining on train+val" if retrain else "training it again as its trial did")
+    model, result = train_for_export(spec, prepared, retrain=retrain, epochs=trial["metrics"].get("best_epoch"))
+    exported = ExportedModel(model, prepared.dataset.mean, prepared.dataset.std, prepared.dataset.classes)
+    with torch_threads(config.search.cpus_per_trial):  # score as the trial did, in a worker of that size
+        test = raw_test_accuracy(exported, config, prepared.dataset)
+    shapes = prepared.dataset.shapes
+    save_model(exported, out, {m: config.backbones.backbone_for(m, shapes[m]).to_dict() for m in exported.modalities})
+    metrics = _metrics(store, config, trial, front, how, retrain, exported, result, test)
+    store_json(out / "metrics.json", metrics)
+    (out / "README.md").write_text(readme(metrics, exported), encoding="utf-8")
+    if metrics["reproduced"] is False:
+        say(f"warning: test accuracy {test:.4f} differs from the trial's {trial['metrics'].get('test_accuracy')}")
+    return metrics
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to write into a file, or a directory holding anything but a previous export."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a directory")
+    others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES) if out.is_dir() else []
+    if others:
+        raise ExportError(f"--out {out}: holds other files ({', '.join(others[:3])}); give a new or empty directory")
+
+
+def raw_test_accuracy(model: ExportedModel, config: Config, standardised: Dataset | None = None) -> float:
+    """Test accuracy of `model` on the config's data as stored on disk (before standardisation),
+    the way a user feeds it; labels are checked against `standardised` when given."""
+    raw = load_dataset({**config.data, "normalize": "none"}, config.path.parent)
+    missing = [m for m in model.modalities if m not in raw.shapes]
+    if missing:
+        raise ExportError(f"the data has no modality {missing[0]!r}; the model reads {', '.join(model.modalities)}")
+    wrong = {m: raw.shapes[m] for m, s in model.input_shapes.items() if raw.shapes[m] != s}
+    if wrong:
+        m = next(iter(wrong))
+        raise ExportError(f"modality {m!r}: the data has samples of shape {wrong[m]}, "
+                          f"the model reads {model.input_shapes[m]}")
+    if standardised is not None and not np.array_equal(raw.y_test, standardised.y_test):
+        raise ExportError("the unstandardised data splits differently from the standardised one")
+    return accuracy(model, dataset_tensors(raw, "test", model.modalities))
+
+
+def _metrics(store: RunStore, config: Config, trial: Mapping[str, Any], front: Mapping[str, Any], how: str,
+             retrain: bool, model: ExportedModel, result: FitResult, test: float) -> dict[str, Any]:
+    reported = trial["metrics"]
+    tid = trial["trial_id"]
+    on_front = tid in front["trial_ids"]
+    by_acc = sorted(front["front"], key=lambda f: -f["metrics"]["val_accuracy"])
+    return {
+        "trial_id": tid,
+        "arch_id": model.arch_id,
+        "arch": model.spec.describe(),
+        "pick": how,
+        "run_dir": str(store.run_dir),
+        "run": config.name,
+        "data": config.data,
+        "trained_on": "train+val" if retrain else "train",
+        "seed": config.train.seed,
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "val_accuracy": None if retrain else result.val_accuracy,
+        "test_accuracy": test,
+        "reproduced": None if retrain else test == reported.get("test_accuracy"),
+        **model_cost(model.model),
+        "flops_convention": FLOPS_NOTE,
+        "reported": {k: reported.get(k) for k in ("val_accuracy", "test_accuracy", "params_total", "flops_total",
+                                                  "params_fusion", "flops_fusion", "epochs", "best_epoch")},
+        "front": {
+            "on_front": on_front,
+            "knee": tid == front["knee"],
+            "rank_by_val_accuracy": next((i + 1 for i, f in enumerate(by_acc) if f["trial_id"] == tid), None),
+            "size": len(front["trial_ids"]),
+            "n_ok": front["n_ok"],
+            "n_trials": front["n_trials"],
+        },
+        "exported_at": utc_now(),
+    }
+
+
+def store_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def readme(m: Mapping[str, Any], model: ExportedModel) -> str:
+    """The export's README.md: what the model is, where it sits on the front, how to load it."""
+    f = m["front"]
+    if f["on_front"]:
+        where = (f"on the Pareto front of its run: {_ordinal(f['rank_by_val_accuracy'])} most accurate of "
+                 f"{f['size']} front points{' and the knee' if f['knee'] else ''} "
+                 f"({f['n_ok']} ok trials of {f['n_trials']})")
+    else:
+        where = f"not on the Pareto front of its run (chosen by trial id; front of {f['size']})"
+    inputs = "\n".join(f"| `{mod}` | {tuple(s)} |" for mod, s in model.input_shapes.items())
+    example = ", ".join(f'"{mod}": x_{i}' for i, mod in enumerate(model.modalities))
+    val = "n/a (trained on it)" if m["val_accuracy"] is None else f"{m['val_accuracy']:.4f}"
+    return f"""# {m['run']} / trial {m['trial_id']}
+
+{m['arch']}
+
+A multimodal fusion classifier found by fusion-nas (`--pick {m['pick']}`), {where}.
+Trained on {m['trained_on']} ({m['epochs']} epochs, seed {m['seed']}); backbones included.
+
+| | |
+|---|---|
+| val accuracy | {val} |
+| test accuracy | {m['test_accuracy']:.4f} |
+| parameters | {m['params_total']:,} ({m['params_fusion']:,} in fusion + head) |
+| FLOPs | {m['flops_total']:,} ({m['flops_fusion']:,} in fusion + head) |
+
+FLOPs: {FLOPS_NOTE}.
+
+## Inputs
+
+Raw samples, as in the data files: the model standardises them with its training
+split's mean and std. Classes (logit index -> label): {list(model.classes)}.
+
+| modality | shape per sample |
+|---|---|
+{inputs}
+
+## Load
+
+```python
+from fusion_ops.load import load_model
+model = load_model("path/to/this/folder")
+logits = model({{{example}}})  # each x_i: (batch, *shape)
+```
+
+Re-score on a config's test split: `fusion-nas evaluate THIS_FOLDER --config CONFIG`.
+
+## Files
+
+- `arch.yaml`: the architecture (`spaces.ArchSpec`)
+- `weights.safetensors`: all weights (tensors only: loading runs no code)
+- `model.json`: how to rebuild it, and the weights' SHA-256
+- `metrics.json`: scores, costs and where the trial came from
+"""
+
+
+def _ordinal(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+# ------------------------------------------------------------------ evaluate
+def evaluate_export(export_dir: str | Path, config_path: str | Path) -> dict[str, Any]:
+    """Test accuracy of the export in `export_dir` on the data of `config_path`, next to the exported one."""
+    model = load_model(export_dir)
+    config = read_config(config_path)
+    test = raw_test_accuracy(model, config)
+    exported = {}
+    metrics_path = Path(export_dir) / "metrics.json"
+    if metrics_path.is_file():
+        exported = json.loads(metrics_path.read_text(encoding="utf-8"))
+    return {"test_accuracy": test, "exported_test_accuracy": exported.get("test_accuracy"),
+            "same_data": exported.get("data") == config.data if exported else None,
+            "arch": model.spec.describe(), "params_total": model_cost(model.model)["params_total"]}

@@ -1,0 +1,90 @@
+"""`fusion-nas report RUN`: a run directory -> `RUN/report.html` (and static images).
+
+Reads the run store only (`trials.jsonl`, `reference.json`, `config.yaml`); the front
+is recomputed from the trials exactly as `pareto.json` is. The data behind the page is
+`search.report_data`, the drawing `search.report_html`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from search import report_data as data
+from search.store import RunStore, atomic_write, front_from_trials
+
+IMAGE_FORMATS = ("png", "svg")
+
+
+def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs: bool = True,
+                 say: Callable[[str], Any] = lambda _msg: None) -> Path:
+    """Write `run_dir/report.html` (and `report-<figure>.<fmt>` for each of `formats`); returns its path.
+
+    `fill_costs` computes the exact params/FLOPs of trials whose record lacks them
+    (errored, early-stopped) from the run's config, so that every trial is drawn.
+    """
+    from search import report_html  # plotly: only when drawing
+
+    bad = [f for f in formats if f not in IMAGE_FORMATS]
+    if bad:
+        raise ValueError(f"unknown image format {bad[0]!r}; known: {', '.join(IMAGE_FORMATS)}")
+    store = RunStore.open(run_dir)
+    trials = store.trials()
+    front = front_from_trials(trials, store.reference)
+    costs = missing_costs(store, trials, say) if fill_costs else {}
+    points = data.trial_points(trials, front, costs)
+    hist = data.history(trials, store.reference)
+    figs = report_html.figures(points, hist)
+    title = f"fusion-nas report: {store.config().get('name', store.run_dir.parent.name)} / {store.run_id}"
+    page = report_html.render_html(title, points, hist, data.summary(points, front),
+                                   store.config_path.read_text(encoding="utf-8"), figs)
+    path = store.run_dir / "report.html"
+    atomic_write(path, page)
+    report_html.write_images(figs, store.run_dir, formats)
+    return path
+
+
+def missing_costs(store: RunStore, trials: Sequence[Mapping[str, Any]],
+                  say: Callable[[str], Any] = lambda _msg: None) -> dict[str, tuple[float, float]]:
+    """`{arch_id: (params_total, flops_total)}` of the trials whose record has no costs.
+
+    Costs do not depend on weights, so untrained backbones of the run's config do; the
+    data is read for its sample shapes. Best effort: when that fails, those trials are
+    listed on the page as not drawn.
+    """
+    from spaces import ArchSpec
+
+    need = {}
+    for t in trials:
+        m = t.get("metrics") or {}
+        if data.finite(m.get("params_total")) is None or data.finite(m.get("flops_total")) is None:
+            spec = ArchSpec.from_dict(t["spec"])
+            need[spec.arch_id] = spec
+    if not need:
+        return {}
+    try:
+        return _costs(store, need.values())
+    except Exception as err:  # a moved data file must not cost the user the whole report
+        say(f"note: the costs of {len(need)} trial(s) are unknown ({type(err).__name__}: {err}); not drawn")
+        return {}
+
+
+def _costs(store: RunStore, specs: Any) -> dict[str, tuple[float, float]]:
+    import torch
+
+    from fusion_ops import build_backbone, candidate_cost
+    from search.datasets import load_dataset
+    from search.export import read_config
+
+    config = read_config(store.run_dir)
+    dataset = load_dataset(config.data, config.path.parent)
+    g = torch.Generator().manual_seed(0)
+    backbones = {m: build_backbone(config.backbones.backbone_for(m, s), s, g) for m, s in dataset.shapes.items()}
+    out = {}
+    for spec in specs:
+        try:
+            c = candidate_cost(spec, backbones, dataset.num_classes)
+        except ValueError:  # cannot be built: it has no cost to draw
+            continue
+        out[spec.arch_id] = (float(c["params_total"]), float(c["flops_total"]))
+    return out

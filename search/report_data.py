@@ -1,0 +1,234 @@
+"""The data behind every part of `report.html`, computed apart from the drawing.
+
+Tests check these functions; `search.report_html` only turns their output into
+Plotly traces. Accuracy is validation accuracy throughout (what the search optimised
+and the front is made of); test accuracy is shown, never used to choose.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from search import pareto
+from search.store import STATUSES, _usable, objective_points
+from spaces import ArchSpec
+
+COSTS = ("params", "flops")
+GROUPINGS = ("stage", "op")
+Costs = Mapping[str, tuple[float, float]]  # arch_id -> (params_total, flops_total)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One trial as the report shows it. `accuracy` is None when the trial has none
+    (drawn at 0); `params`/`flops` are None when unknown (the trial cannot be placed)."""
+
+    trial_id: str
+    order: int  # position in trials.jsonl (the order trials finished)
+    status: str
+    reason: str
+    stage: str
+    op: str  # operator label: "tensor", or a chain "tensor→concat"
+    ops: tuple[str, ...]
+    arch: str  # ArchSpec.describe()
+    hover: str
+    accuracy: float | None
+    test_accuracy: float | None
+    params: float | None
+    flops: float | None
+    on_front: bool
+    knee: bool
+
+    def cost(self, name: str) -> float | None:
+        return self.params if name == "params" else self.flops
+
+    @property
+    def y(self) -> float:
+        """Plotted accuracy: a trial without one sits at 0."""
+        return 0.0 if self.accuracy is None else self.accuracy
+
+
+@dataclass(frozen=True)
+class Series:
+    """Points drawn alike: one group (stage or operator) in one status."""
+
+    name: str
+    group: str
+    status: str
+    trial_ids: list[str]
+    x: list[float]
+    y: list[float]
+    hover: list[str]
+
+
+def finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def human(n: float) -> str:
+    """`12345 -> '12.3k'`."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def op_label(ops: Sequence[str]) -> str:
+    return ops[0] if len(set(ops)) == 1 else "→".join(ops)
+
+
+def hover_text(trial: Mapping[str, Any], p: Mapping[str, Any]) -> str:
+    """What hovering a point shows: trial, status, stage, each cell (operator, taps, args,
+    width, activation), head, accuracies and costs. `<br>` separates lines (Plotly)."""
+    spec = ArchSpec.from_dict(trial["spec"])
+    lines = [f"<b>trial {trial['trial_id']}</b> ({p['status']}{', knee' if p['knee'] else ''}"
+             f"{', on the front' if p['on_front'] else ''})", f"stage: {spec.stage}"]
+    for i, c in enumerate(spec.cells, 1):
+        args = "".join(f", {k}={v}" for k, v in c.args)
+        lines.append(f"cell {i}: {c.op}({', '.join(c.taps)}{args}) → {c.width}, {c.activation}")
+    if spec.head:
+        lines.append(f"head: {list(spec.head)}")
+    acc = "-" if p["accuracy"] is None else f"{p['accuracy']:.4f}"
+    test = "-" if p["test_accuracy"] is None else f"{p['test_accuracy']:.4f}"
+    lines.append(f"val accuracy {acc} · test {test}")
+    costs = [f"{k} {human(p[k.lower()])}" for k in ("params", "FLOPs") if p[k.lower()] is not None]
+    lines.append(" · ".join(costs) if costs else "params and FLOPs unknown")
+    if p["status"] != "ok" and p["reason"]:
+        lines.append(f"reason: {p['reason'][:120]}")
+    return "<br>".join(lines)
+
+
+def trial_points(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any],
+                 costs: Costs | None = None) -> list[Point]:
+    """Every trial as a `Point`; `costs` fills params/FLOPs a trial record lacks (errored,
+    early-stopped trials), keyed by arch id."""
+    members, knee = set(front.get("trial_ids") or ()), front.get("knee")
+    out = []
+    for i, t in enumerate(trials):
+        m = t.get("metrics") or {}
+        spec = ArchSpec.from_dict(t["spec"])
+        params, flops = finite(m.get("params_total")), finite(m.get("flops_total"))
+        if (params is None or flops is None) and costs and spec.arch_id in costs:
+            params, flops = (float(c) for c in costs[spec.arch_id])
+        tid = str(t["trial_id"])
+        p = {"status": str(t.get("status")), "reason": str(t.get("reason") or ""),
+             "accuracy": finite(m.get("val_accuracy")), "test_accuracy": finite(m.get("test_accuracy")),
+             "params": params, "flops": flops, "on_front": tid in members, "knee": tid == knee}
+        out.append(Point(trial_id=tid, order=i, stage=spec.stage, op=op_label(spec.ops), ops=spec.ops,
+                         arch=spec.describe(), hover=hover_text(t, p), **p))
+    return out
+
+
+def scatter_series(points: Sequence[Point], cost: str, by: str) -> list[Series]:
+    """The placeable trials (cost known) split by group (`stage` or `op`) and status,
+    groups sorted by name, statuses in `STATUSES` order."""
+    if cost not in COSTS or by not in GROUPINGS:
+        raise ValueError(f"cost must be one of {COSTS} and by one of {GROUPINGS}, got {cost!r}, {by!r}")
+    placed = [p for p in points if p.cost(cost) is not None]
+    out = []
+    for group in sorted({getattr(p, by) for p in placed}):
+        for status in STATUSES + tuple(sorted({p.status for p in placed} - set(STATUSES))):
+            chosen = [p for p in placed if getattr(p, by) == group and p.status == status]
+            if chosen:
+                name = group if status == "ok" else f"{group} ({status.replace('_', '-')})"
+                out.append(Series(name, group, status, [p.trial_id for p in chosen],
+                                  [p.cost(cost) for p in chosen], [p.y for p in chosen], [p.hover for p in chosen]))
+    return out
+
+
+def front_points(points: Sequence[Point], cost: str, knee_only: bool = False) -> Series:
+    """The Pareto front's trials (of all three objectives: `pareto.json`), or just its knee."""
+    chosen = [p for p in points if (p.knee if knee_only else p.on_front) and p.cost(cost) is not None]
+    return Series("knee" if knee_only else "Pareto front", "", "ok", [p.trial_id for p in chosen],
+                  [p.cost(cost) for p in chosen], [p.y for p in chosen], [p.hover for p in chosen])
+
+
+def staircase(points: Sequence[Point], cost: str) -> tuple[list[float], list[float]]:
+    """The front as a step line in one plane: best accuracy among front trials costing at
+    most x, from the cheapest front trial to the costliest placed trial (draw with `hv`)."""
+    # cheapest first, and at equal cost the most accurate first (the others add no step)
+    front = sorted(((c, p.y) for p in points if p.on_front and (c := p.cost(cost)) is not None),
+                   key=lambda xy: (xy[0], -xy[1]))
+    xs: list[float] = []
+    ys: list[float] = []
+    for x, y in front:
+        if not ys or y > ys[-1]:
+            xs.append(x)
+            ys.append(y)
+    if xs:
+        right = max(c for p in points if (c := p.cost(cost)) is not None)
+        if right > xs[-1]:
+            xs.append(right)
+            ys.append(ys[-1])
+    return xs, ys
+
+
+def history(trials: Sequence[Mapping[str, Any]], reference: Sequence[float] | None = None) -> dict[str, list]:
+    """Hypervolume and best val accuracy after each finished trial, in the order they finished.
+
+    `reference` is the run's fixed point (`reference.json`); without one, the default
+    reference of all the run's ok trials, so the last value equals `pareto.json`'s.
+    """
+    ok = [t for t in trials if _usable(t)]
+    out: dict[str, list] = {"n": [], "trial_id": [], "hypervolume": [], "best_val_accuracy": []}
+    if reference is None and ok:
+        costs = ([float(t["metrics"][k]) for t in ok] for k in ("params_total", "flops_total"))
+        reference = pareto.default_reference(*costs)
+    front = np.empty((0, 3))
+    best = None
+    for i, t in enumerate(trials, 1):
+        if _usable(t):
+            front = np.vstack([front, objective_points([t])])
+            front = front[pareto.pareto_mask(front)]  # the hypervolume of the front is that of all points
+            acc = float(t["metrics"]["val_accuracy"])
+            best = acc if best is None else max(best, acc)
+        out["n"].append(i)
+        out["trial_id"].append(str(t["trial_id"]))
+        out["hypervolume"].append(pareto.hypervolume(front, reference) if len(front) else 0.0)
+        out["best_val_accuracy"].append(best)
+    return out
+
+
+def breakdown(points: Sequence[Point], by: str) -> list[dict[str, Any]]:
+    """Per stage or per operator (a trial counts once for each operator it uses): trials,
+    ok trials, trials on the front, best val accuracy; sorted by name."""
+    keys = (lambda p: {p.stage}) if by == "stage" else (lambda p: set(p.ops))
+    rows: dict[str, dict[str, Any]] = {}
+    for p in points:
+        for k in keys(p):
+            r = rows.setdefault(k, {"key": k, "trials": 0, "ok": 0, "on_front": 0, "best_val_accuracy": None})
+            r["trials"] += 1
+            r["ok"] += p.status == "ok"
+            r["on_front"] += p.on_front
+            if p.status == "ok" and p.accuracy is not None:
+                r["best_val_accuracy"] = max(p.accuracy, r["best_val_accuracy"] or -math.inf)
+    return [rows[k] for k in sorted(rows)]
+
+
+def front_table(points: Sequence[Point]) -> list[dict[str, Any]]:
+    """The front's trials, most accurate (val) first, as table rows."""
+    rows = [{"trial": p.trial_id, "knee": p.knee, "stage": p.stage, "op": p.op, "val": p.accuracy,
+             "test": p.test_accuracy, "params": p.params, "flops": p.flops, "arch": p.arch}
+            for p in points if p.on_front]
+    return sorted(rows, key=lambda r: (-(r["val"] or 0.0), r["params"] or 0.0))
+
+
+def summary(points: Sequence[Point], front: Mapping[str, Any]) -> dict[str, Any]:
+    """Counts by status, front size, hypervolume, best val accuracy, knee, unplaced trials."""
+    return {
+        "n_trials": len(points),
+        "status_counts": {s: n for s in STATUSES if (n := sum(p.status == s for p in points))},
+        "front_size": len(front.get("trial_ids") or ()),
+        "hypervolume": front.get("hypervolume", 0.0),
+        "best_val_accuracy": front.get("best_val_accuracy"),
+        "knee": front.get("knee"),
+        "unplaced": [p.trial_id for p in points if p.params is None or p.flops is None],
+    }

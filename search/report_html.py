@@ -1,0 +1,212 @@
+"""Drawing `report.html`: Plotly figures from `search.report_data`, one self-contained page.
+
+plotly.js is embedded once in the page's head (the same as `include_plotlyjs=True`):
+a CDN link would render a blank page offline. Nothing here computes what is drawn.
+"""
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+from search.report_data import (
+    Point,
+    Series,
+    breakdown,
+    front_points,
+    front_table,
+    human,
+    scatter_series,
+    staircase,
+)
+
+FLOPS_NOTE = ("FLOPs: forward, per sample, 2 per multiply-add, as torch.utils.flop_counter counts them "
+              "(plus FFTs, CPU attention kernels and fusion interactions); elementwise work is not counted.")
+SYMBOLS = {"ok": "circle", "early_stopped": "diamond-open", "failed": "x", "errored": "cross-open"}
+STAGE_COLOURS = {"early": "#1f77b4", "late": "#ff7f0e", "hybrid": "#2ca02c"}
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")
+AXIS_TITLES = {"params": "parameters (log)", "flops": "FLOPs per sample (log)"}
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+def _colours(series: Sequence[Series], by: str) -> dict[str, str]:
+    groups = sorted({s.group for s in series})
+    if by == "stage":
+        return {g: STAGE_COLOURS.get(g, PALETTE[i % len(PALETTE)]) for i, g in enumerate(groups)}
+    return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
+
+
+def scatter_figure(points: Sequence[Point], cost: str, by: str) -> go.Figure:
+    """Accuracy against one cost (log x): every placeable trial coloured by `by`, marked by
+    status; the front ringed and drawn as a step line; the knee a star."""
+    series = scatter_series(points, cost, by)
+    colours = _colours(series, by)
+    fig = go.Figure()
+    for s in series:
+        fig.add_trace(go.Scatter(
+            x=s.x, y=s.y, mode="markers", name=s.name, legendgroup=s.group, meta="trials",
+            customdata=s.trial_ids, hovertext=s.hover, hoverinfo="text",
+            marker={"symbol": SYMBOLS.get(s.status, "circle"), "color": colours[s.group], "size": 9,
+                    "line": {"width": 1.5 if s.status != "ok" else 0.5, "color": colours[s.group]}},
+        ))
+    xs, ys = staircase(points, cost)
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"shape": "hv", "color": "black", "width": 1.5},
+                             name="front: best accuracy at this cost", meta="staircase", hoverinfo="skip"))
+    for knee_only in (False, True):
+        f = front_points(points, cost, knee_only)
+        fig.add_trace(go.Scatter(
+            x=f.x, y=f.y, mode="markers", name=f.name, meta="knee" if knee_only else "front",
+            customdata=f.trial_ids, hovertext=f.hover, hoverinfo="text",
+            marker=({"symbol": "star", "size": 18, "color": "gold", "line": {"width": 1, "color": "black"}}
+                    if knee_only else
+                    {"symbol": "circle-open", "size": 16, "color": "black", "line": {"width": 2}}),
+        ))
+    label = "stage" if by == "stage" else "operator"
+    fig.update_layout(title=f"by {label}", xaxis={"type": "log", "title": AXIS_TITLES[cost]},
+                      yaxis={"title": "validation accuracy"}, hoverlabel={"align": "left"},
+                      legend={"orientation": "h", "y": -0.22, "x": 0}, height=520, margin={"t": 40, "r": 10})
+    return fig
+
+
+def history_figure(hist: Mapping[str, list]) -> go.Figure:
+    """Hypervolume and best val accuracy after each finished trial."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("hypervolume of the front", "best validation accuracy"))
+    for row, key in ((1, "hypervolume"), (2, "best_val_accuracy")):
+        fig.add_trace(go.Scatter(x=hist["n"], y=hist[key], mode="lines+markers", line={"shape": "hv"},
+                                 customdata=hist["trial_id"], meta="history", name=key.replace("_", " "),
+                                 hovertemplate="after trial %{x} (%{customdata}): %{y:.4f}<extra></extra>"),
+                      row=row, col=1)
+    fig.update_xaxes(title_text="trials finished", row=2, col=1)
+    fig.update_yaxes(range=[0, 1.02], row=2, col=1)  # accuracies: a constant line must not float mid-plot
+    fig.update_layout(title="Over the course of the search", showlegend=False, height=480, margin={"t": 70})
+    return fig
+
+
+def breakdown_figure(points: Sequence[Point]) -> go.Figure:
+    """Trials and front members per stage and per operator, best val accuracy in the hover."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("by stage", "by operator (each one a trial uses)"))
+    for col, by in ((1, "stage"), (2, "op")):
+        rows = breakdown(points, by)
+        keys = [r["key"] for r in rows]
+        best = ["-" if r["best_val_accuracy"] is None else f"{r['best_val_accuracy']:.4f}" for r in rows]
+        for name, field, colour in (("trials", "trials", "#b0b0b0"), ("on the front", "on_front", "#2ca02c")):
+            fig.add_trace(go.Bar(x=keys, y=[r[field] for r in rows], name=name, marker_color=colour,
+                                 showlegend=col == 1, legendgroup=name, customdata=best, meta="breakdown",
+                                 hovertemplate=f"%{{x}}: %{{y}} {name}, best val accuracy %{{customdata}}"
+                                               "<extra></extra>"),
+                          row=1, col=col)
+    fig.update_layout(title="Which fusion kinds reach the front", barmode="group", height=400, margin={"t": 70})
+    return fig
+
+
+def figures(points: Sequence[Point], hist: Mapping[str, list]) -> dict[str, go.Figure]:
+    """Every figure of the page by its id (also the static images' names)."""
+    out = {f"{cost}-{by}": scatter_figure(points, cost, by) for by in ("stage", "op") for cost in ("params", "flops")}
+    out["history"] = history_figure(hist)
+    out["breakdown"] = breakdown_figure(points)
+    return out
+
+
+def write_images(figs: Mapping[str, go.Figure], out_dir: Path, formats: Sequence[str]) -> list[Path]:
+    """`report-<figure>.<fmt>` for every figure and format, through kaleido (one browser start)."""
+    paths = [out_dir / f"report-{name}.{fmt}" for fmt in formats for name in figs]
+    if paths:
+        pio.write_images([figs[p.stem.removeprefix("report-")] for p in paths], paths,
+                         format=[p.suffix[1:] for p in paths], width=1000, height=560)
+    return paths
+
+
+# ------------------------------------------------------------------ the page
+def _fmt(v: Any, kind: str) -> tuple[str, str]:
+    """(shown text, sort key) of one table cell."""
+    if v is None:
+        return "-", ""
+    if kind == "acc":
+        return f"{v:.4f}", repr(v)
+    if kind == "cost":
+        return human(v), repr(v)
+    return html.escape(str(v)), html.escape(str(v))
+
+
+TABLE_COLUMNS = (("trial", "trial", "text"), ("knee", "knee", "text"), ("stage", "stage", "text"),
+                 ("operator", "op", "text"), ("val acc", "val", "acc"), ("test acc", "test", "acc"),
+                 ("params", "params", "cost"), ("FLOPs", "flops", "cost"), ("architecture", "arch", "text"))
+
+
+def front_table_html(points: Sequence[Point]) -> str:
+    head = "".join(f'<th data-kind="{k}" title="sort">{html.escape(t)}</th>' for t, _, k in TABLE_COLUMNS)
+    body = []
+    for r in front_table(points):
+        r = {**r, "knee": "★" if r["knee"] else ""}
+        cells = (_fmt(r[key], kind) for _, key, kind in TABLE_COLUMNS)
+        body.append("<tr>" + "".join(f'<td data-sort="{s}">{t}</td>' for t, s in cells) + "</tr>")
+    return (f'<table id="front-table" class="sortable"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+
+SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0], numeric = th.dataset.kind !== 'text';
+  const dir = th.dataset.dir === 'asc' ? -1 : 1; th.dataset.dir = dir === 1 ? 'asc' : 'desc';
+  const key = tr => tr.cells[col].dataset.sort;
+  const rows = Array.from(body.rows).sort((a, b) => numeric
+    ? dir * ((parseFloat(key(a)) || -Infinity) - (parseFloat(key(b)) || -Infinity))
+    : dir * key(a).localeCompare(key(b)));
+  rows.forEach(r => body.appendChild(r));
+}));
+"""
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
+.grid { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }
+table { border-collapse: collapse; font-size: 0.9em; } th, td { border: 1px solid #ccc; padding: 3px 8px; }
+th { background: #f0f0f0; cursor: pointer; } td:last-child { font-family: monospace; }
+pre { background: #f7f7f7; padding: 1em; overflow: auto; max-height: 28em; } .note { color: #555; font-size: 0.9em; }
+"""
+
+
+def _summary_html(title: str, s: Mapping[str, Any]) -> str:
+    counts = ", ".join(f"{n} {k.replace('_', '-')}" for k, n in s["status_counts"].items()) or "none finished yet"
+    best = "-" if s["best_val_accuracy"] is None else f"{s['best_val_accuracy']:.4f}"
+    knee = "-" if s["knee"] is None else f"trial {s['knee']}"
+    unplaced = (f" {len(s['unplaced'])} trial(s) with unknown params/FLOPs are not drawn: "
+                f"{', '.join(s['unplaced'])}." if s["unplaced"] else "")
+    return (f"<h1>{html.escape(title)}</h1><p>{s['n_trials']} trials ({counts}); Pareto front of "
+            f"{s['front_size']} over validation accuracy, parameters and FLOPs; hypervolume {s['hypervolume']:.4f}; "
+            f"best validation accuracy {best}; knee: {html.escape(knee)}.{html.escape(unplaced)}</p>"
+            "<p class='note'>Markers: ● ok, ◇ early-stopped (accuracy when stopped), × failed, ⊕ errored; a trial "
+            f"without an accuracy is drawn at 0. Rings: the 3-objective Pareto front; ★ its knee. {FLOPS_NOTE}</p>")
+
+
+def render_html(title: str, points: Sequence[Point], hist: Mapping[str, list], summary: Mapping[str, Any],
+                config_text: str, figs: Mapping[str, go.Figure] | None = None) -> str:
+    """The whole page as one string."""
+    figs = figs if figs is not None else figures(points, hist)
+    summary_json = json.dumps(summary).replace("</", "<\\/")  # "</script>" must not end the block
+    div = {name: pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{name}",
+                             config=PLOT_CONFIG) for name, fig in figs.items()}
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{STYLE}</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head><body>
+{_summary_html(title, summary)}
+<h2>Accuracy against cost</h2>
+<div class="grid">{div['params-stage']}{div['flops-stage']}{div['params-op']}{div['flops-op']}</div>
+<h2>The search over time</h2>{div['history']}
+<h2>Stages and operators</h2>{div['breakdown']}
+<h2>The Pareto front</h2><p class="note">Click a column to sort.</p>{front_table_html(points)}
+<h2>Configuration</h2><pre id="config">{html.escape(config_text)}</pre>
+<script type="application/json" id="report-summary">{summary_json}</script>
+<script>{SORT_JS}</script>
+</body></html>
+"""
