@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusion_ops._base import auxiliary_loss
+from fusion_ops._registry import fusion_class
 from fusion_ops.backbones import Backbone, seeded_init
 from fusion_ops.cost import count_flops, count_params
 from fusion_ops.model import FusionHead, build_model, candidate_cost, check_spec, required_taps
@@ -206,7 +207,20 @@ def train_fusion(
 
 def _fit_head(head: FusionHead, spec: ArchSpec, taps: TapCache, cfg: TrainConfig, report: Report | None) -> FitResult:
     sub = taps.subset(required_taps(spec))  # only the taps this spec reads become tensors
-    return fit(head, sub.tensors("train"), sub.tensors("val"), cfg, report=report)
+    pool = pooled_taps(spec)
+    return fit(head, _pooled(sub.tensors("train"), pool), _pooled(sub.tensors("val"), pool), cfg, report=report)
+
+
+def pooled_taps(spec: ArchSpec) -> set[str]:
+    """Taps that only vector operators read: they mean-pool tokens on every batch, so
+    pooling them once per candidate gives the same numbers with less work per step."""
+    token_readers = {t for c in spec.cells if fusion_class(c.op).TOKEN_INPUTS for t in c.taps}
+    return {t for c in spec.cells for t in c.taps} - token_readers
+
+
+def _pooled(split: Split, pool: set[str]) -> Split:
+    xs, y = split
+    return {k: (v.mean(dim=1) if k in pool and v.dim() == 3 else v) for k, v in xs.items()}, y
 
 
 def evaluate_candidate(

@@ -264,3 +264,23 @@ def test_auxiliary_loss_sums_the_weighted_terms_of_fusion_ops():
     out = op({"a": torch.randn(5, 2), "b": torch.randn(5, 3)})
     torch.testing.assert_close(auxiliary_loss(model), 0.5 * (out**2).mean())
     torch.testing.assert_close(auxiliary_loss(model, weight=2.0), 2.0 * (out**2).mean())
+
+
+def test_pooling_token_taps_once_changes_no_number():
+    """Vector ops mean-pool token taps on every batch; training pools them once instead."""
+    import torch
+
+    from search.train import _pooled, pooled_taps
+    from spaces import ArchSpec, CellSpec
+
+    spec = ArchSpec("hybrid", (
+        CellSpec(("a@1", "b@1"), "concat", 4),
+        CellSpec(("a@1", "b@2"), "attention", 4, args=(("dim", 4),)),
+    ))
+    # a@1 and b@2 are read by attention (a token op): they stay tokens
+    assert pooled_taps(spec) == {"b@1"}
+    x = torch.randn(37, 5, 3)
+    xs, _ = _pooled(({"a@1": x, "b@1": x, "b@2": x}, torch.zeros(37)), pooled_taps(spec))
+    assert xs["a@1"] is x and xs["b@2"] is x and xs["b@1"].shape == (37, 3)
+    # pooled once over the whole split == pooled per batch, bit for bit
+    assert torch.equal(xs["b@1"][10:20], x[10:20].mean(dim=1))
