@@ -25,8 +25,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -45,6 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from experiments.results_block import machine_line, write_block  # noqa: E402
 from search import pareto  # noqa: E402
 from search.config import Config, config_from_dict  # noqa: E402
 from search.pretrain import cache_key  # noqa: E402
@@ -54,8 +53,6 @@ from search.strategies import make_strategy  # noqa: E402
 from search.train import evaluate_candidate  # noqa: E402
 from spaces import ArchSpec, SearchSpace  # noqa: E402
 
-RESULTS = ROOT / "experiments" / "RESULTS.md"
-BEGIN, END = "<!-- bench_search:begin -->", "<!-- bench_search:end -->"
 CONFIGS = ROOT / "experiments" / "configs"
 DATASETS = {"planted xor": "bench_xor.yaml", "av_digits": "bench_av_digits.yaml"}
 STRATEGIES = ("random", "grid", "mfas", "nsga2")
@@ -324,18 +321,6 @@ def bench_overhead(args: argparse.Namespace, table: Table, say: Say = print) -> 
     return lines
 
 
-# ---- RESULTS.md --------------------------------------------------------------------------------
-def write_results(lines: list[str], command: str) -> None:
-    """Replace the generated block of the Search section (creating the file or section if missing)."""
-    block = "\n".join([BEGIN, f"Command: `{command}`", "", *lines, END])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n## Search\n\n" + block + "\n"
-    RESULTS.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke-test", action="store_true", help="tiny and fast; writes nothing")
@@ -353,8 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.smoke_test:  # everything in the temporary folder: no cache read or written elsewhere
             args.budgets, args.seeds, args.trials = [4, 8], [0], 4
             args.cache_dir, args.table_dir = str(Path(tmp) / "backbones"), str(Path(tmp) / "tables")
-        head = (f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                f"python {platform.python_version()}; budgets {args.budgets}, seeds {args.seeds}")
+        head = f"{machine_line()}; budgets {args.budgets}, seeds {args.seeds}"
         print(head, flush=True)
         lines, tables = [head, ""], {}
         for title, file in DATASETS.items():
@@ -363,8 +347,8 @@ def main(argv: list[str] | None = None) -> None:
         lines += ["### Ray overhead", "", *bench_overhead(args, tables["planted xor"], say=lambda s: print(s, flush=True))]
     if not (args.smoke_test or args.no_write):
         command = " ".join([".venv/bin/python", "experiments/bench_search.py", *(argv if argv is not None else sys.argv[1:])])
-        write_results(lines, command)
-        print(f"wrote {RESULTS.relative_to(ROOT)}")
+        write_block("bench_search", "Search", lines, command)
+        print("wrote experiments/RESULTS.md")
 
 
 if __name__ == "__main__":

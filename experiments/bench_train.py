@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -31,14 +29,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from experiments.results_block import machine_line, write_block  # noqa: E402
 from search.datasets import load_dataset  # noqa: E402
 from search.pretrain import BackbonesConfig, pretrain_backbones  # noqa: E402
 from search.taps import TapCache  # noqa: E402
 from search.train import TrainConfig, evaluate_candidate, evaluate_with_backbones  # noqa: E402
 from spaces.spec import ArchSpec, CellSpec  # noqa: E402
-
-RESULTS = ROOT / "experiments" / "RESULTS.md"
-BEGIN, END = "<!-- bench_train:begin -->", "<!-- bench_train:end -->"
 
 
 def cell(taps: list[str], op: str, width: int = 32, activation: str = "relu", **args: object) -> CellSpec:
@@ -143,17 +139,6 @@ def bench_gain(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def write_results(lines: list[str], command: str) -> None:
-    """Replace the generated block of the Training section (creating the file or section if missing)."""
-    block = "\n".join([BEGIN, f"Command: `{command}`", "", *lines, END])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n## Training\n\n" + block + "\n"
-    RESULTS.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke-test", action="store_true", help="tiny and fast; writes nothing")
@@ -168,14 +153,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         args.cache_dir = args.cache_dir or tmp
-        head = f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, python {platform.python_version()}"
+        head = machine_line()
         print(head, flush=True)
         lines = [head, "", "### Speed: cached taps vs backbones run on every batch", "", *bench_speed(args), ""]
         lines += bench_gain(args)
     if not (args.smoke_test or args.no_write):
         command = " ".join([".venv/bin/python", "experiments/bench_train.py", *(argv if argv is not None else sys.argv[1:])])
-        write_results(lines, command)
-        print(f"wrote {RESULTS.relative_to(ROOT)}")
+        write_block("bench_train", "Training", lines, command)
+        print("wrote experiments/RESULTS.md")
 
 
 if __name__ == "__main__":
