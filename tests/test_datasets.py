@@ -139,6 +139,71 @@ def test_noise_flips_each_modality_sign_alike(task, noise):
     assert abs(np.mean(rule == ds.y_train) - expected) < 0.03
 
 
+# ---------------------------------------------------------------- planted, sequence variant
+SEQ = {**SMALL, "seq_len": 5}
+
+
+@pytest.mark.parametrize("task", ["xor", "shift", "parity3"])
+def test_planted_sequences_shapes_and_one_marked_frame(task):
+    ds = load_dataset({**SEQ, "task": task, "normalize": "none"})
+    names = ("m1", "m2", "m3") if task == "parity3" else ("m1", "m2")
+    assert ds.modalities == names and ds.shapes == {m: (5, 9) for m in names}
+    assert ds.meta["seq_len"] == 5
+    for split in ("train", "val", "test"):
+        x, y = ds.split(split)
+        pos = ds.meta["positions"][split]
+        assert pos.shape == y.shape and pos.min() == 0 and pos.max() == 4
+        for m in names:
+            assert x[m].dtype == np.float32 and x[m].shape == (len(y), 5, 9)
+            marker = x[m][..., -1]
+            assert np.array_equal(marker, (np.arange(5)[None, :] == pos[:, None]).astype(np.float32))
+
+
+def test_planted_sequences_are_deterministic_by_seed():
+    a, b = load_dataset({**SEQ, "task": "xor"}), load_dataset({**SEQ, "task": "xor"})
+    c = load_dataset({**SEQ, "task": "xor", "seed": 4})
+    assert np.array_equal(a.train["m1"], b.train["m1"]) and np.array_equal(a.meta["positions"]["test"],
+                                                                              b.meta["positions"]["test"])
+    assert not np.array_equal(a.meta["positions"]["test"], c.meta["positions"]["test"])
+    assert not np.allclose(a.test["m2"][:50], c.test["m2"][:50])
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_planted_marked_frame_holds_the_vector_task_exactly(task):
+    vec = load_dataset({**SMALL, "task": task, "normalize": "none"})
+    seq = load_dataset({**SEQ, "task": task, "normalize": "none"})
+    distractors = []
+    for split in ("train", "val", "test"):
+        (xv, yv), (xs, ys) = vec.split(split), seq.split(split)
+        assert np.array_equal(yv, ys)
+        rows, pos = np.arange(len(ys)), seq.meta["positions"][split]
+        for m in vec.modalities:
+            assert np.array_equal(xs[m][rows, pos, :-1], xv[m])  # same seed: the very same x_m
+            others = np.ones(xs[m].shape[:2], bool)
+            others[rows, pos] = False
+            distractors.append(xs[m][others][:, :-1])
+    frames = np.concatenate(distractors)  # N(0, I) frames: ~90k values, mean within 4 standard errors
+    assert abs(frames.mean()) < 0.02 and abs(frames.std() - 1) < 0.02
+
+
+def test_planted_sequence_labels_follow_the_rule_only_from_the_marked_frame():
+    """The xor rule read off the marked frames is the label; read off any fixed frame it is chance."""
+    ds = load_dataset({**SEQ, "task": "xor", "noise": 0.0})
+    raw = {m: ds.test[m] * ds.std[m] + ds.mean[m] for m in ds.modalities}  # undo the standardisation
+    rows, pos = np.arange(len(ds.y_test)), ds.meta["positions"]["test"]
+    a = np.stack([raw[m][rows, pos, :-1] @ ds.meta["u"][m] for m in ds.modalities], 1)
+    assert np.mean((a.prod(1) > 0) == ds.y_test) > 0.999
+    elsewhere = pos != 0  # frame 0 of the samples whose x_m is hidden at another position
+    fixed = np.stack([raw[m][elsewhere, 0, :-1] @ ds.meta["u"][m] for m in ds.modalities], 1)
+    assert abs(np.mean((fixed.prod(1) > 0) == ds.y_test[elsewhere]) - 0.5) < 0.1
+
+
+@pytest.mark.parametrize("value", [1, 0, 2.5, "8", True])
+def test_planted_bad_seq_len_names_the_key(value):
+    with pytest.raises(DataError, match=rf"^data\.seq_len: expected an integer >= 2, got {value!r}"):
+        load_dataset({**SMALL, "task": "xor", "seq_len": value})
+
+
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [

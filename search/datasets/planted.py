@@ -16,6 +16,13 @@ the task. Which fusion can solve a task:
 - parity3:   three modalities, `y = [ã_1 ã_2 ã_3 > 0]`.
 
 Modalities are named `m1`, `m2` (`m3`). `meta` keeps the planted `u` (or `R`).
+
+Sequence variant (`seq_len: T`, for operators that read tokens, e.g. `memory`): every
+modality becomes `(n, T, d+1)`. Frames are `N(0, I_d)` distractors except at one position
+`p ~ U{0..T-1}` per sample, shared by the modalities, which holds the task's `x_m`; the
+last feature marks it (1 at `p`, 0 elsewhere). The positions and distractors come from a
+generator of their own, so the same seed gives the same `x_m`, labels and splits as the
+vector task; `meta['positions'][split]` keeps each sample's `p`.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from search.datasets._common import (
+    SPLITS,
     DataError,
     Dataset,
     build_dataset,
@@ -38,7 +46,7 @@ from search.datasets._common import (
 )
 
 Arrays = dict[str, np.ndarray]
-_KEYS = ("task", "n_train", "n_test", "n_val", "val_fraction", "d", "noise", "rank", "n_shifts")
+_KEYS = ("task", "n_train", "n_test", "n_val", "val_fraction", "d", "noise", "rank", "n_shifts", "seq_len")
 
 
 def _unit(rng: np.random.Generator, d: int) -> np.ndarray:
@@ -114,8 +122,30 @@ TASKS: dict[str, Callable[..., tuple[Arrays, np.ndarray, dict]]] = {
 }
 
 
+def _sequences(xs: Arrays, seq_len: int, rng: np.random.Generator) -> tuple[Arrays, np.ndarray]:
+    """Hide each sample's `x_m` in a sequence of `seq_len` frames at one shared position `p`.
+
+    Returns `{m: (n, T, d+1)}` (last feature: the marker) and the positions `(n,)`.
+    """
+    n = len(next(iter(xs.values())))
+    pos = rng.integers(0, seq_len, size=n)
+    rows = np.arange(n)
+    out = {}
+    for name in sorted(xs):
+        x = xs[name]
+        seq = np.zeros((n, seq_len, x.shape[1] + 1))
+        seq[..., :-1] = rng.standard_normal((n, seq_len, x.shape[1]))  # distractor frames
+        seq[rows, pos, :-1] = x  # (n, d) into frame p of each sample
+        seq[rows, pos, -1] = 1.0
+        out[name] = seq
+    return out, pos
+
+
 def load_planted(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Dataset:
-    """Generate planted task `cfg['task']`; val is held out of the `n_train` pool, stratified."""
+    """Generate planted task `cfg['task']`; val is held out of the `n_train` pool, stratified.
+
+    With `seq_len`, each modality is a sequence hiding the vector sample (see the module doc).
+    """
     check_keys(cfg, _KEYS, "planted")
     task = cfg.get("task")
     if task not in TASKS:
@@ -128,12 +158,17 @@ def load_planted(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Datase
         n_val = max(1, round(opt_float(cfg, "val_fraction", 0.2, 0.0, 1.0) * n_train))
     if n_val >= n_train:
         raise DataError(f"data.n_val: {n_val} validation samples leave none of n_train={n_train} to train on")
+    seq_len = opt_int(cfg, "seq_len", None, 2)
     rng = np.random.default_rng(seed_of(cfg))
     xs, y, params = TASKS[task](
         rng, n_train + n_test, d, noise, rank=opt_int(cfg, "rank", 2, 1), n_shifts=opt_int(cfg, "n_shifts", 8, 2)
     )
     y = np.asarray(y, dtype=np.int64)
     splits = stratified_split(y, [n_train - n_val, n_val, n_test], rng)
-    return build_dataset(
-        f"planted-{task}", f"planted:{task}", xs, y, splits, normalize_of(cfg), meta={"task": task, **params}
-    )
+    name, meta = f"planted-{task}", {"task": task, **params}
+    if seq_len is not None:
+        # a generator of its own: the vector task's draws (x_m, labels, splits) stay the same
+        xs, pos = _sequences(xs, seq_len, np.random.default_rng([seed_of(cfg), seq_len]))
+        name, meta = f"{name}-seq{seq_len}", {**meta, "seq_len": seq_len,
+                                             "positions": {s: pos[i] for s, i in zip(SPLITS, splits, strict=True)}}
+    return build_dataset(name, f"planted:{task}", xs, y, splits, normalize_of(cfg), meta=meta)
