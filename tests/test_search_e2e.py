@@ -2,22 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.cli_run import fusion_nas, run_dir_of
+
 MULTIPLICATIVE = {"tensor", "low_rank", "circulant"}
-
-
-def fusion_nas(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
 
 
 def xor_config(tmp_path: Path) -> Path:
@@ -45,8 +37,7 @@ def xor_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     proc = fusion_nas("search", str(xor_config(tmp)), cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = Path(proc.stdout.strip().splitlines()[-1].split(": ", 1)[1])
-    return proc, run_dir
+    return proc, run_dir_of(proc)
 
 
 def test_xor_front_is_led_by_a_multiplicative_operator(xor_run):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +11,8 @@ import yaml
 from search import report_data
 from search.store import RunStore, front_from_trials
 from spaces import ArchSpec
+from tests.cli_run import fusion_nas, run_dir_of
 
-ROOT = Path(__file__).resolve().parents[1]
 NEW_OPS = ("adversarial", "memory", "ptp", "shared_private")
 
 
@@ -42,12 +39,9 @@ def seq_config(tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def new_ops_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("new_ops")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "search", "search", str(seq_config(tmp))], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = fusion_nas("search", str(seq_config(tmp)), cwd=tmp, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = Path(proc.stdout.strip().splitlines()[-1].split(": ", 1)[1])
-    return proc, run_dir
+    return proc, run_dir_of(proc)
 
 
 def test_every_trial_of_the_new_ops_is_ok(new_ops_run):
