@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from search import pareto
-from search.store import STATUSES, _usable, objective_points
+from search.store import STATUSES, objective_points, on_front_candidate
 from spaces import ArchSpec
 
 COSTS = ("params", "flops")
@@ -177,7 +177,7 @@ def history(trials: Sequence[Mapping[str, Any]], reference: Sequence[float] | No
     `reference` is the run's fixed point (`reference.json`); without one, the default
     reference of all the run's ok trials, so the last value equals `pareto.json`'s.
     """
-    ok = [t for t in trials if _usable(t)]
+    ok = [t for t in trials if on_front_candidate(t)]
     out: dict[str, list] = {"n": [], "trial_id": [], "hypervolume": [], "best_val_accuracy": []}
     if reference is None and ok:
         costs = ([float(t["metrics"][k]) for t in ok] for k in ("params_total", "flops_total"))
@@ -185,7 +185,7 @@ def history(trials: Sequence[Mapping[str, Any]], reference: Sequence[float] | No
     front = np.empty((0, 3))
     best = None
     for i, t in enumerate(trials, 1):
-        if _usable(t):
+        if on_front_candidate(t):
             front = np.vstack([front, objective_points([t])])
             front = front[pareto.pareto_mask(front)]  # the hypervolume of the front is that of all points
             acc = float(t["metrics"]["val_accuracy"])

@@ -200,7 +200,7 @@ class RunStore:
 
 
 # ---- the front ----------------------------------------------------------------------
-def _usable(record: Mapping[str, Any]) -> bool:
+def on_front_candidate(record: Mapping[str, Any]) -> bool:
     """An ok trial whose objectives are all finite (costs > 0 for the log scale)."""
     if record.get("status") != "ok":
         return False
@@ -226,7 +226,7 @@ def front_from_trials(trials: Iterable[Mapping[str, Any]], reference: Sequence[f
     trial, so hypervolumes over the course of the search compare); by default it is
     `pareto.default_reference` of these trials' costs."""
     trials = list(trials)
-    ok = [t for t in trials if _usable(t)]
+    ok = [t for t in trials if on_front_candidate(t)]
     out: dict[str, Any] = {
         "objectives": OBJECTIVES,
         "n_trials": len(trials),
