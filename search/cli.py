@@ -107,7 +107,7 @@ def _print_front(store: Any, trials: list) -> None:
     counts = {s: sum(t.get("status") == s for t in trials) for s in ("ok", "failed", "errored", "early_stopped")}
     print(f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}); "
           f"front of {len(front['trial_ids'])}, hypervolume {front['hypervolume']:.4f}")
-    print(front_table(front_rows(trials, front)))
+    print(front_table(front_rows(front)))
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -36,6 +36,7 @@ class SearchSettings:
     address: str = ""  # "" = embedded local Ray; else an existing cluster's address
     runs_dir: str = "runs"
     seed: int = 0
+    confirm: int = 2  # more seeds for every front candidate; the front uses their mean
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "search") -> SearchSettings:
@@ -44,7 +45,8 @@ class SearchSettings:
         out = cls(**{k: d[k] for k in d})
         _choice(out.strategy, STRATEGY_NAMES, f"{where}.strategy")
         _choice(out.scheduler, SCHEDULERS, f"{where}.scheduler")
-        for key, low in (("num_samples", 1), ("cpus_per_trial", 1), ("max_concurrent", 0), ("seed", 0)):
+        for key, low in (("num_samples", 1), ("cpus_per_trial", 1), ("max_concurrent", 0), ("seed", 0),
+                         ("confirm", 0)):
             _int(getattr(out, key), low, f"{where}.{key}")
         for key in ("address", "runs_dir"):
             if not isinstance(getattr(out, key), str):

@@ -24,14 +24,15 @@ class Progress:
         self.start = time.monotonic()
         self.live = stream.isatty()
 
-    def __call__(self, done: int, total: int, best: float | None, front: int, hv: float) -> None:
+    def __call__(self, done: int, total: int, best: float | None, front: int, hv: float, confirm: int = 0) -> None:
         secs = int(time.monotonic() - self.start)
         best_s = "-" if best is None else f"{best:.3f}"
-        line = (f"trials {done}/{total} | best val {best_s} | front {front} | HV {hv:.3f}"
+        seeds = f" + {confirm} confirming" if confirm else ""
+        line = (f"trials {done}/{total}{seeds} | best val {best_s} | front {front} | HV {hv:.3f}"
                 f" | {secs // 60}:{secs % 60:02d}")
         if self.live:
             self.stream.write("\r" + line.ljust(78))
-            if done >= total:
+            if done >= total and not confirm:
                 self.stream.write("\n")
         else:
             self.stream.write(line + "\n")
@@ -42,11 +43,22 @@ def front_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The front as a fixed-width table (rows from `search.run.front_rows`)."""
     if not rows:
         return "no finished trial yet: the front is empty"
-    head = f"{'':1} {'trial':>10} {'val':>6} {'test':>6} {'params':>8} {'FLOPs':>8}  architecture"
+    seeds = max(int(r.get("n_seeds", 1)) for r in rows) > 1
+    width = 14 if seeds else 6
+    head = (f"{'':1} {'trial':>10} {'val':>{width}} {'test':>{width}} {'seeds':>5} {'params':>8} {'FLOPs':>8}"
+            "  architecture")
     lines = [head, "-" * len(head)]
     for r in rows:
         mark = "*" if r["knee"] else " "
-        lines.append(f"{mark} {r['trial']:>10} {r['val']:6.3f} {r['test']:6.3f} "
-                     f"{human(r['params']):>8} {human(r['flops']):>8}  {r['arch']}")
-    lines.append("* knee of the front. FLOPs: forward, per sample, 2 per multiply-add (elementwise work not counted).")
+        lines.append(f"{mark} {r['trial']:>10} {_score(r, 'val', seeds):>{width}} {_score(r, 'test', seeds):>{width}} "
+                     f"{int(r.get('n_seeds', 1)):>5} {human(r['params']):>8} {human(r['flops']):>8}  {r['arch']}")
+    lines.append("* knee of the front" + (". val, test: mean ± std over the seeds" if seeds else "")
+                 + ". FLOPs: forward, per sample, 2 per multiply-add (elementwise work not counted).")
     return "\n".join(lines)
+
+
+def _score(row: Mapping[str, Any], key: str, spread: bool) -> str:
+    value = row[key]
+    if value is None:
+        return "-"
+    return f"{value:.3f} ± {row.get(f'{key}_std') or 0.0:.3f}" if spread else f"{value:.3f}"

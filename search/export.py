@@ -30,6 +30,7 @@ from search.train import (
     TrainConfig,
     accuracy,
     build_head,
+    candidate_config,
     dataset_tensors,
     fit,
     torch_threads,
@@ -86,10 +87,11 @@ def read_config(path: str | Path) -> Config:
 
 # ------------------------------------------------------------------ training the chosen spec
 def train_for_export(spec: ArchSpec, prepared: Prepared, *, retrain: bool = False,
-                     epochs: int | None = None) -> tuple[FusionModel, FitResult]:
-    """`spec` trained as its trial was (frozen backbones: on cached taps; else end to end),
-    or with `retrain` on train+val for `epochs` epochs, keeping the last weights."""
-    cfg, data = prepared.config.train, prepared.dataset
+                     epochs: int | None = None, seed: int | None = None) -> tuple[FusionModel, FitResult]:
+    """`spec` trained as its trial was (its training settings and `seed`; frozen backbones: on
+    cached taps; else end to end), or with `retrain` on train+val for `epochs` epochs, keeping
+    the last weights."""
+    cfg, data = candidate_config(prepared.config.train, spec, seed), prepared.dataset
     frozen = prepared.config.backbones.freeze
     if frozen:
         module: torch.nn.Module = build_head(spec, prepared.taps, cfg.seed)
@@ -146,7 +148,8 @@ def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool 
     say(f"trial {trial['trial_id']}: {spec.describe()}")
     prepared = prepare(config, say)
     say("retraining on train+val" if retrain else "training it again as its trial did")
-    model, result = train_for_export(spec, prepared, retrain=retrain, epochs=trial["metrics"].get("best_epoch"))
+    model, result = train_for_export(spec, prepared, retrain=retrain, epochs=trial["metrics"].get("best_epoch"),
+                                     seed=trial["metrics"].get("seed"))
     exported = ExportedModel(model, prepared.dataset.mean, prepared.dataset.std, prepared.dataset.classes)
     with torch_threads(config.search.cpus_per_trial):  # score as the trial did, in a worker of that size
         test = raw_test_accuracy(exported, config, prepared.dataset)
@@ -201,7 +204,8 @@ def _metrics(store: RunStore, config: Config, trial: Mapping[str, Any], front: M
         "run": config.name,
         "data": config.data,
         "trained_on": "train+val" if retrain else "train",
-        "seed": config.train.seed,
+        "seed": candidate_config(config.train, model.spec, trial["metrics"].get("seed")).seed,
+        "train_settings": model.spec.train_settings,
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "val_accuracy": None if retrain else result.val_accuracy,

@@ -68,11 +68,13 @@ def trial_context(prepared: Prepared) -> TrialContext:
                         None if frozen else prepared.dataset)
 
 
-def evaluate_trial(spec: ArchSpec, ctx: TrialContext, report: Callable[[int, float], bool] | None = None) -> dict:
-    """Train and score one candidate inside a Ray trial (a module-level function: picklable)."""
+def evaluate_trial(spec: ArchSpec, ctx: TrialContext, report: Callable[[int, float], bool] | None = None,
+                   seed: int | None = None) -> dict:
+    """Train and score one candidate inside a Ray trial (a module-level function: picklable);
+    `seed` replaces the run's training seed (a confirmation trial)."""
     if ctx.dataset is not None:
-        return evaluate_with_backbones(spec, ctx.dataset, ctx.backbones, ctx.train, freeze=False)
-    return evaluate_candidate(spec, ctx.taps, ctx.train, backbones=ctx.backbones, report=report)
+        return evaluate_with_backbones(spec, ctx.dataset, ctx.backbones, ctx.train, freeze=False, seed=seed)
+    return evaluate_candidate(spec, ctx.taps, ctx.train, backbones=ctx.backbones, report=report, seed=seed)
 
 
 def cost_function(prepared: Prepared) -> Callable[[ArchSpec], tuple[int, int]]:
@@ -143,19 +145,18 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
         num_samples=s.num_samples, store=store, cpus_per_trial=s.cpus_per_trial,
         max_concurrent=s.max_concurrent or None, address=s.address or None,
         scheduler=None if s.scheduler == "none" else s.scheduler, resume=resume,
-        progress=progress, max_epochs=config.train.epochs,
+        progress=progress, max_epochs=config.train.epochs, confirm=s.confirm, base_seed=config.train.seed,
     )
 
 
-def front_rows(trials: list[Mapping[str, Any]], front: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The front's trials as table rows, most accurate first."""
-    by_id = {t["trial_id"]: t for t in trials}
+def front_rows(front: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The front's candidates as table rows (mean and spread over their seeds), most accurate first."""
     rows = []
-    for tid in front.get("trial_ids", []):
-        t = by_id[tid]
-        m = t["metrics"]
-        rows.append({"trial": tid, "val": m["val_accuracy"], "test": m["test_accuracy"],
-                     "params": m["params_total"], "flops": m["flops_total"],
-                     "knee": tid == front.get("knee"),
-                     "arch": ArchSpec.from_dict(t["spec"]).describe()})
+    for f in front.get("front", []):
+        m = f["metrics"]
+        rows.append({"trial": f["trial_id"], "val": m["val_accuracy"], "test": m["test_accuracy"],
+                     "val_std": m.get("val_std", 0.0), "test_std": m.get("test_std", 0.0),
+                     "n_seeds": m.get("n_seeds", 1), "params": m["params_total"], "flops": m["flops_total"],
+                     "knee": f["trial_id"] == front.get("knee"),
+                     "arch": ArchSpec.from_dict(f["spec"]).describe()})
     return sorted(rows, key=lambda r: -r["val"])

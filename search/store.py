@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 from search import pareto
+from spaces.spec import ArchSpec
 
 STATUSES = ("ok", "failed", "errored", "early_stopped")
 OBJECTIVES = {
@@ -199,6 +200,67 @@ class RunStore:
         return data
 
 
+# ---- candidates: a trial and its confirmation seeds ------------------------------------
+def candidate_key(record: Mapping[str, Any]) -> str:
+    """Which candidate a trial record belongs to: its spec's `candidate_id` (architecture and
+    training settings; the seed is not part of it), or its own id when it has no spec."""
+    spec = record.get("spec")
+    if isinstance(spec, Mapping):
+        try:
+            return ArchSpec.from_dict(dict(spec)).candidate_id
+        except (KeyError, TypeError, ValueError):
+            pass
+    return f"trial:{record.get('trial_id')}"
+
+
+def candidate_records(trials: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One record per candidate, in order of first appearance: each strategy trial joined by
+    the confirmation trials (`confirm: true`) of its candidate, with `val_accuracy` and `test_accuracy` replaced by their means over every
+    trial (seed) of it, and `val_std`, `test_std` (sample std, 0 for one seed), `n_seeds`,
+    `seeds` and `seed_trials` added to its metrics.
+
+    A candidate is ok only if every seed is: one seed that failed, diverged or errored
+    makes the candidate that status (with that seed's reason), and keeps it off the front.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}  # first trial id -> the candidate's trials
+    first: dict[str, str] = {}  # candidate key -> the first trial id of that candidate
+    for t in trials:
+        key = candidate_key(t)
+        if t.get("confirm") and key in first:  # a confirmation seed joins its candidate
+            groups[first[key]].append(t)
+        else:  # a strategy's trial is a point of its own, even if it repeats a candidate
+            first.setdefault(key, str(t.get("trial_id")))
+            groups[str(t.get("trial_id"))] = [t]
+    return [_aggregate(g) for g in groups.values()]
+
+
+def _aggregate(group: list[Mapping[str, Any]]) -> dict[str, Any]:
+    first = dict(group[0])
+    metrics = dict(first.get("metrics") or {})
+    bad = next((t for t in group if t.get("status") != "ok"), None)
+    if bad is not None and bad is not group[0]:
+        first["status"] = bad.get("status")
+        first["reason"] = f"seed {(bad.get('metrics') or {}).get('seed')}: {bad.get('reason')}"
+    for key in ("val_accuracy", "test_accuracy"):
+        values = [_number((t.get("metrics") or {}).get(key)) for t in group]
+        values = [v for v in values if v is not None]
+        metrics[key] = float(np.mean(values)) if values else None
+        metrics[key.replace("accuracy", "std")] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    metrics["n_seeds"] = len(group)
+    metrics["seeds"] = [t.get("seed", (t.get("metrics") or {}).get("seed")) for t in group]
+    metrics["seed_trials"] = [t.get("trial_id") for t in group]
+    first["metrics"] = metrics
+    return first
+
+
+def _number(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 # ---- the front ----------------------------------------------------------------------
 def on_front_candidate(record: Mapping[str, Any]) -> bool:
     """An ok trial whose objectives are all finite (costs > 0 for the log scale)."""
@@ -219,17 +281,23 @@ def objective_points(trials: Sequence[Mapping[str, Any]]) -> np.ndarray:
 
 
 def front_from_trials(trials: Iterable[Mapping[str, Any]], reference: Sequence[float] | None = None) -> dict[str, Any]:
-    """The Pareto front of the ok trials (failed, errored, early-stopped never enter it),
+    """The Pareto front of the ok candidates (failed, errored, early-stopped never enter it),
     with its hypervolume, reference point and knee, in the `OBJECTIVES` convention.
+
+    A candidate trained with several seeds (`search.confirm`) is one point at its mean
+    val accuracy (`candidate_records`); the front's entries carry the mean and spread and
+    name the candidate's first trial.
 
     `reference` fixes the hypervolume's reference point (a run sets one before its first
     trial, so hypervolumes over the course of the search compare); by default it is
     `pareto.default_reference` of these trials' costs."""
     trials = list(trials)
-    ok = [t for t in trials if on_front_candidate(t)]
+    candidates = candidate_records(trials)
+    ok = [t for t in candidates if on_front_candidate(t)]
     out: dict[str, Any] = {
         "objectives": OBJECTIVES,
         "n_trials": len(trials),
+        "n_candidates": len(candidates),
         "n_ok": len(ok),
         "front": [],
         "trial_ids": [],

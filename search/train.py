@@ -12,7 +12,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -197,10 +197,20 @@ def build_head(spec: ArchSpec, taps: TapCache, seed: int) -> FusionHead:
         return FusionHead(spec, taps.tap_shapes, taps.num_classes)
 
 
+def candidate_config(cfg: TrainConfig, spec: ArchSpec, seed: int | None = None) -> TrainConfig:
+    """How candidate `spec` trains: the run's `cfg` with the spec's searched training settings
+    in, and `seed` (a confirmation run's) instead of `cfg.seed` when given."""
+    settings = spec.train_settings
+    if seed is not None:
+        settings["seed"] = seed
+    return replace(cfg, **settings) if settings else cfg
+
+
 def train_fusion(
     spec: ArchSpec, taps: TapCache, train_cfg: TrainConfig, *, report: Report | None = None
 ) -> tuple[FusionHead, FitResult]:
-    """The candidate's trained cells + head (best-val weights) and how training went (export uses this)."""
+    """The candidate's trained cells + head (best-val weights) and how training went (export uses this).
+    `train_cfg` is the config to train with as it is (see `candidate_config`)."""
     head = build_head(spec, taps, train_cfg.seed)
     return head, _fit_head(head, spec, taps, train_cfg, report)
 
@@ -230,33 +240,36 @@ def evaluate_candidate(
     *,
     backbones: Mapping[str, Backbone] | None = None,
     report: Report | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Train `spec` on cached taps and score it: accuracies, exact params/FLOPs, time per epoch.
 
-    Keys: arch_id, status (ok | failed), reason, val_accuracy, test_accuracy,
-    params_fusion, flops_fusion, params_total, flops_total (with the `backbones` the taps
-    came from; else equal to the fusion part), epochs, best_epoch, seconds, seconds_per_epoch.
+    It trains with `candidate_config(train_cfg, spec, seed)`. Keys: arch_id, seed, status
+    (ok | failed), reason, val_accuracy, test_accuracy, params_fusion, flops_fusion,
+    params_total, flops_total (with the `backbones` the taps came from; else equal to the
+    fusion part), epochs, best_epoch, seconds, seconds_per_epoch.
     A spec that cannot be built or a diverging run gives status failed, not an exception.
     """
+    train_cfg = candidate_config(train_cfg, spec, seed)
     start = time.perf_counter()
     try:
         head = build_head(spec, taps, train_cfg.seed)
     except ValueError as err:
-        return _failed(spec, f"cannot build: {err}", start)
+        return _failed(spec, f"cannot build: {err}", start, train_cfg.seed)
     result = _fit_head(head, spec, taps, train_cfg, report)
     test = accuracy(head, taps.subset(required_taps(spec)).tensors("test")) if result.status == "ok" else math.nan
-    return _metrics(spec, head, result, test, backbones, taps.num_classes, start)
+    return _metrics(spec, head, result, test, backbones, taps.num_classes, start, train_cfg.seed)
 
 
-def _failed(spec: ArchSpec, reason: str, start: float) -> dict[str, Any]:
+def _failed(spec: ArchSpec, reason: str, start: float, seed: int) -> dict[str, Any]:
     seconds = time.perf_counter() - start
-    return {"arch_id": spec.arch_id, "status": "failed", "reason": reason, "val_accuracy": math.nan,
+    return {"arch_id": spec.arch_id, "seed": seed, "status": "failed", "reason": reason, "val_accuracy": math.nan,
             "test_accuracy": math.nan, "epochs": 0, "best_epoch": 0, "seconds": seconds, "seconds_per_epoch": math.nan}
 
 
 def _metrics(spec: ArchSpec, head: FusionHead, result: FitResult, test: float,
-             backbones: Mapping[str, Backbone] | None, num_classes: int, start: float) -> dict[str, Any]:
-    out = _failed(spec, result.reason, start)
+             backbones: Mapping[str, Backbone] | None, num_classes: int, start: float, seed: int) -> dict[str, Any]:
+    out = _failed(spec, result.reason, start, seed)
     ok = result.status == "ok"
     with torch.enable_grad():  # count_flops must run with grad on (see fusion_ops.cost)
         cost = {"params_fusion": count_params(head), "flops_fusion": count_flops(head, head.example_taps(1))}
@@ -294,6 +307,7 @@ def evaluate_with_backbones(
     *,
     freeze: bool = True,
     report: Report | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Like `evaluate_candidate`, but the backbones run on every batch (`FusionModel.forward(inputs)`).
 
@@ -301,12 +315,13 @@ def evaluate_with_backbones(
     against; same fusion initialisation, so the same result); `freeze=False` trains
     copies of the backbones end to end (`backbones.freeze: false`).
     """
+    train_cfg = candidate_config(train_cfg, spec, seed)
     start = time.perf_counter()
     try:
         model = build_model(spec, backbones, dataset.num_classes, freeze, torch.Generator().manual_seed(train_cfg.seed))
     except ValueError as err:
-        return _failed(spec, f"cannot build: {err}", start)
+        return _failed(spec, f"cannot build: {err}", start, train_cfg.seed)
     train, val, test = (dataset_tensors(dataset, s) for s in ("train", "val", "test"))
     result = fit(model, train, val, train_cfg, report=report)
     test_acc = accuracy(model, test) if result.status == "ok" else math.nan
-    return _metrics(spec, model.fusion, result, test_acc, backbones, dataset.num_classes, start)
+    return _metrics(spec, model.fusion, result, test_acc, backbones, dataset.num_classes, start, train_cfg.seed)

@@ -69,8 +69,11 @@ def make_trainable(evaluate: Callable[..., dict], shared: Any, cpus_per_trial: i
         torch.set_num_threads(cpus_per_trial)  # concurrent trials must not fight over cores
         spec = ArchSpec.from_dict(config["spec"])
         start = time.perf_counter()
+        kwargs: dict[str, Any] = {"report": _report_epoch} if with_report else {}
+        if config.get("seed") is not None:  # a confirmation seed
+            kwargs["seed"] = int(config["seed"])
         try:
-            metrics = dict(evaluate(spec, shared, report=_report_epoch) if with_report else evaluate(spec, shared))
+            metrics = dict(evaluate(spec, shared, **kwargs))
         except Exception as exc:  # one bad candidate must not end the search
             metrics = {"status": "errored", "reason": f"{type(exc).__name__}: {exc}",
                        "traceback": traceback.format_exc(limit=-8)}
@@ -100,8 +103,12 @@ def trial_record(trial_id: str, config: Mapping[str, Any], result: Mapping[str, 
     else:
         status, reason = str(metrics.get("status", "ok")), metrics.get("reason")
     seconds = metrics.get("seconds", result.get("time_total_s"))
-    return {"trial_id": trial_id, "spec": spec.to_dict(), "arch_id": spec.arch_id, "metrics": metrics,
-            "status": status, "reason": reason, "seconds": seconds, "finished_at": utc_now()}
+    record = {"trial_id": trial_id, "spec": spec.to_dict(), "arch_id": spec.arch_id,
+              "candidate_id": spec.candidate_id, "seed": config.get("seed", metrics.get("seed")), "metrics": metrics,
+              "status": status, "reason": reason, "seconds": seconds, "finished_at": utc_now()}
+    if config.get("confirm"):
+        record["confirm"] = True
+    return record
 
 
 def _error_reason(trial: Any) -> str:
@@ -148,10 +155,11 @@ class StoreCallback(tune.Callback):
         self._records[record["trial_id"]] = record
         front = store.write_pareto(front_from_trials(self._records.values(), store.reference))
         hook = _PROGRESS.get(self.run_dir)
+        n_confirm = sum(bool(r.get("confirm")) for r in self._records.values())
         try:
-            if hook is not None:
-                hook(len(self._records), self.total, front["best_val_accuracy"], len(front["front"]),
-                     front["hypervolume"])
+            if hook is not None:  # confirmation seeds are counted apart from the candidates asked for
+                hook(len(self._records) - n_confirm, self.total, front["best_val_accuracy"], len(front["front"]),
+                     front["hypervolume"], *((n_confirm,) if n_confirm else ()))
         except Exception:  # a broken progress display must not end the search
             log.exception("the progress hook failed")
 
@@ -194,7 +202,7 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
                cpus_per_trial: int = 1, max_concurrent: int | None = None, address: str | None = None,
                scheduler: str | TrialScheduler | None = None, resume: bool = False,
                progress: Progress | None = None, num_cpus: int | None = None,
-               max_epochs: int = 100) -> list[dict[str, Any]]:
+               max_epochs: int = 100, confirm: int = 0, base_seed: int = 0) -> list[dict[str, Any]]:
     """Run `num_samples` trials of `strategy`; returns the store's trial records.
 
     `evaluate(spec, shared)` returns the metrics dict of one candidate; if it takes a
@@ -202,6 +210,9 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
     that `scheduler="asha"` (with `max_t=max_epochs`) can stop it early.
     `progress(done, total, best_val_accuracy, front_size, hypervolume)` runs after each
     trial. `address` joins a running cluster instead of starting Ray here.
+
+    `confirm=K` then trains every front candidate with seeds `base_seed + 1 .. + K` (see
+    `StrategySearcher`); those trials come on top of `num_samples`.
 
     Resuming restores Tune's state from `store.ray_dir` with the original `num_samples`
     and searcher (not `strategy`): the recorded trials are kept, and the run ends with
@@ -219,14 +230,17 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
         if resume and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         else:
-            remaining = num_samples - len(store.trials())
-            if remaining <= 0:
+            remaining = num_samples - sum(not r.get("confirm") for r in store.trials())
+            if remaining <= 0 and not confirm:
                 store.write_pareto()
                 return store.trials()
-            searcher = StrategySearcher(strategy, max_trials=num_samples, store=store)
+            searcher = StrategySearcher(strategy, max_trials=num_samples, store=store, confirm=confirm,
+                                        base_seed=base_seed)
+            # an upper bound: the searcher ends the experiment when the front is confirmed
+            bound = max(remaining, 0) + confirm * num_samples + 1
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, reuse_actors=True,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=bound, reuse_actors=True,
                                             max_concurrent_trials=max_concurrent,
                                             scheduler=sched,
                                             trial_dirname_creator=_trial_dirname),

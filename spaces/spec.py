@@ -1,8 +1,10 @@
 """Architecture specs: what one candidate fusion network is, as plain data.
 
-An `ArchSpec` is a stage, a chain of fusion `CellSpec`s and an MLP head. It is
-frozen, hashable, round-trips through dicts/YAML/JSON, and its `arch_id` is a hash
-of its canonical JSON, so equal specs always get equal ids.
+An `ArchSpec` is a stage, a chain of fusion `CellSpec`s and an MLP head, plus the
+training settings searched with it (`train`: lr, weight decay, ...; empty when the
+space searches none). It is frozen, hashable and round-trips through
+dicts/YAML/JSON. `arch_id` hashes the architecture alone (equal networks, equal
+ids, however they train); `candidate_id` hashes architecture and training settings.
 """
 from __future__ import annotations
 
@@ -85,8 +87,20 @@ class ArchSpec:
     stage: str
     cells: tuple[CellSpec, ...]
     head: tuple[int, ...] = field(default=())
+    train: tuple[tuple[str, Any], ...] = field(default=())  # searched training settings, sorted by name
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "train", tuple(sorted((str(k), v) for k, v in dict(self.train).items())))
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data; `train` appears only when the spec has training settings."""
+        out = self.arch_dict()
+        if self.train:
+            out["train"] = dict(self.train)
+        return out
+
+    def arch_dict(self) -> dict[str, Any]:
+        """The architecture alone (what `arch_id` hashes)."""
         return {"stage": self.stage, "cells": [c.to_dict() for c in self.cells], "head": list(self.head)}
 
     @classmethod
@@ -95,10 +109,25 @@ class ArchSpec:
             stage=d["stage"],
             cells=tuple(CellSpec.from_dict(c) for c in d["cells"]),
             head=tuple(int(w) for w in d.get("head") or ()),
+            train=tuple(dict(d.get("train") or {}).items()),
         )
 
+    @property
+    def train_settings(self) -> dict[str, Any]:
+        """`{setting: value}` of the searched training settings (empty if none)."""
+        return dict(self.train)
+
+    @property
+    def architecture(self) -> ArchSpec:
+        """This spec without training settings."""
+        return ArchSpec(self.stage, self.cells, self.head)
+
+    def with_train(self, settings: dict[str, Any]) -> ArchSpec:
+        """This architecture with the training settings `settings` (replacing any it had)."""
+        return ArchSpec(self.stage, self.cells, self.head, tuple(settings.items()))
+
     def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no whitespace."""
+        """Canonical JSON of the whole candidate: sorted keys, no whitespace."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     def to_yaml(self) -> str:
@@ -110,8 +139,14 @@ class ArchSpec:
 
     @property
     def arch_id(self) -> str:
-        """12 hex digits of the SHA-256 of the canonical JSON."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+        """12 hex digits of the SHA-256 of the architecture's canonical JSON (training settings left out)."""
+        return _digest(self.arch_dict())
+
+    @property
+    def candidate_id(self) -> str:
+        """Like `arch_id`, over architecture and training settings: one id per distinct candidate
+        (equal to `arch_id` when the spec has no training settings)."""
+        return _digest(self.to_dict())
 
     @property
     def ops(self) -> tuple[str, ...]:
@@ -123,4 +158,10 @@ class ArchSpec:
             f"{c.op}({','.join(c.taps)}{''.join(f',{k}={v}' for k, v in c.args)})/{c.width}" for c in self.cells
         )
         head = f" | head {list(self.head)}" if self.head else ""
-        return f"{self.stage}: {cells}{head}"
+        train = f" | {' '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in self.train)}" \
+            if self.train else ""
+        return f"{self.stage}: {cells}{head}{train}"
+
+
+def _digest(d: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]

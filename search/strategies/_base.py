@@ -77,7 +77,7 @@ class Strategy:
         self._size = space.size()
         self._asked: dict[str, ArchSpec] = {}
         self._pending: Counter[str] = Counter()
-        self.results: dict[str, Result | None] = {}  # arch_id -> latest told result (None: failed)
+        self.results: dict[str, Result | None] = {}  # candidate_id -> latest told result (None: failed)
         self.history: list[tuple[ArchSpec, Result | None]] = []  # in tell order
 
     # ---- the contract -------------------------------------------------------------
@@ -91,13 +91,13 @@ class Strategy:
         if self.done:
             raise SpaceExhausted(f"{self.name}: nothing left to ask ({len(self._asked)} specs asked)")
         spec = self._propose()
-        self._asked[spec.arch_id] = spec
-        self._pending[spec.arch_id] += 1
+        self._asked[spec.candidate_id] = spec
+        self._pending[spec.candidate_id] += 1
         return spec
 
     def tell(self, spec: ArchSpec, objectives: Mapping[str, float] | None) -> None:
         """Report the objectives of an asked spec (None, or NaN accuracy: the trial failed)."""
-        aid = spec.arch_id
+        aid = spec.candidate_id
         if self._pending[aid] < 1:
             what = "was already told" if aid in self._asked else "was never asked"
             raise ValueError(f"tell: {spec.describe()} {what}")
@@ -119,7 +119,7 @@ class Strategy:
         return len(self._asked) >= self._size
 
     def is_new(self, spec: ArchSpec) -> bool:
-        return spec.arch_id not in self._asked
+        return spec.candidate_id not in self._asked
 
     def _propose(self) -> ArchSpec:
         raise NotImplementedError

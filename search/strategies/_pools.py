@@ -57,7 +57,7 @@ class Pool:
     def draw(self, rng: random.Random, k: int) -> list[ArchSpec]:
         """Up to `k` distinct specs, uniformly without replacement (all of them, shuffled, if k >= len)."""
         specs = (self[i] for i in rng.sample(range(len(self)), min(k, len(self))))
-        return list({s.arch_id: s for s in specs}.values())
+        return list({s.candidate_id: s for s in specs}.values())
 
 
 def one_cell_pool(space: SearchSpace) -> Pool:

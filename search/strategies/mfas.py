@@ -130,7 +130,7 @@ class MFASStrategy(Strategy):
             return []
         _, acc, params, flops = zip(*rows, strict=True)
         ranks = non_dominated_sort(objective_matrix(acc, params, flops))
-        order = sorted(range(len(rows)), key=lambda i: (ranks[i], -acc[i], rows[i][0].arch_id))
+        order = sorted(range(len(rows)), key=lambda i: (ranks[i], -acc[i], rows[i][0].candidate_id))
         return [rows[i][0] for i in order[: self.top_k]]
 
     def _candidates(self, level: int) -> list[ArchSpec]:
@@ -145,7 +145,7 @@ class MFASStrategy(Strategy):
         else:
             drawn = unfold.draw(self._rng, self.max_candidates // 2)
             drawn += self._pool0.draw(self._rng, self.max_candidates - len(drawn))
-        return list({s.arch_id: s for s in drawn if self.is_new(s)}.values())
+        return list({s.candidate_id: s for s in drawn if self.is_new(s)}.values())
 
     # ---- scoring and sampling -----------------------------------------------------------
     def _select(self, candidates: list[ArchSpec], k: int, temp: float) -> list[ArchSpec]:
@@ -175,7 +175,7 @@ class MFASStrategy(Strategy):
         return raw + self.floor * max(float(raw.max()), 1e-12)
 
     def _cost(self, spec: ArchSpec) -> tuple[float, float]:
-        aid = spec.arch_id
+        aid = spec.arch_id  # costs are the architecture's: training settings do not change them
         if aid not in self._costs:
             assert self.cost_fn is not None
             params, flops = self.cost_fn(spec)

@@ -48,7 +48,7 @@ class NSGA2Strategy(Strategy):
         super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn)
         self.retries = retries
         self._rng = random.Random(seed)
-        self._open: defaultdict[str, list[optuna.Trial]] = defaultdict(list)  # arch_id -> trials awaiting it
+        self._open: defaultdict[str, list[optuna.Trial]] = defaultdict(list)  # candidate_id -> trials awaiting it
         with quiet_optuna():
             sampler = optuna.samplers.NSGAIISampler(
                 seed=seed, population_size=population_size or default_population(budget)
@@ -60,21 +60,21 @@ class NSGA2Strategy(Strategy):
             for _ in range(self.retries):
                 trial = self.study.ask()
                 spec = suggest_spec(trial, self.space)
-                self._open[spec.arch_id].append(trial)
+                self._open[spec.candidate_id].append(trial)
                 if self.exhausted or self.is_new(spec):
                     return spec
-                if self._pending[spec.arch_id] == 0:  # a repeat of a finished spec: answer it now
-                    self._close(spec.arch_id, self.results[spec.arch_id])
+                if self._pending[spec.candidate_id] == 0:  # a repeat of a finished spec: answer it now
+                    self._close(spec.candidate_id, self.results[spec.candidate_id])
             spec = self._fresh_random(self._rng, self.space.sample)
             self.study.enqueue_trial(spec_to_params(spec, self.space))
             trial = self.study.ask()
             if suggest_spec(trial, self.space) != spec:
                 raise AssertionError(f"nsga2: the enqueued trial did not reproduce {spec.describe()}")
-            self._open[spec.arch_id].append(trial)
+            self._open[spec.candidate_id].append(trial)
             return spec
 
     def _observe(self, spec: ArchSpec, result: Result | None) -> None:
-        self._close(spec.arch_id, result)
+        self._close(spec.candidate_id, result)
 
     def _close(self, aid: str, result: Result | None) -> None:
         """Tell every open trial of `aid` (the asked one and its parked repeats)."""
