@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from search import report_data as data
-from search.store import RunStore, atomic_write, front_from_trials
+from search.store import RunStore, atomic_write, candidate_records, front_from_trials
 
 IMAGE_FORMATS = ("png", "svg")
 
@@ -32,8 +32,8 @@ def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs
     trials = store.trials()
     front = front_from_trials(trials, store.reference)
     costs = missing_costs(store, trials, say) if fill_costs else {}
-    points = data.trial_points(trials, front, costs)
-    hist = data.history(trials, store.reference)
+    points = data.trial_points(candidate_records(trials), front, costs)  # a confirmed candidate: one point
+    hist = data.history([t for t in trials if not t.get("confirm")], store.reference)
     figs = report_html.figures(points, hist)
     title = f"fusion-nas report: {store.config().get('name', store.run_dir.parent.name)} / {store.run_id}"
     page = report_html.render_html(title, points, hist, data.summary(points, front),

@@ -98,7 +98,13 @@ def hover_text(trial: Mapping[str, Any], p: Mapping[str, Any]) -> str:
         lines.append(f"head: {list(spec.head)}")
     acc = "-" if p["accuracy"] is None else f"{p['accuracy']:.4f}"
     test = "-" if p["test_accuracy"] is None else f"{p['test_accuracy']:.4f}"
-    lines.append(f"val accuracy {acc} · test {test}")
+    m = trial.get("metrics") or {}
+    if int(m.get("n_seeds") or 1) > 1 and p["accuracy"] is not None:  # a confirmed candidate: mean ± std
+        acc += f" ± {m.get('val_std') or 0:.4f}"
+        test += f" ± {m.get('test_std') or 0:.4f}" if p["test_accuracy"] is not None else ""
+        lines.append(f"val accuracy {acc} · test {test} (mean ± std of {m['n_seeds']} seeds)")
+    else:
+        lines.append(f"val accuracy {acc} · test {test}")
     costs = [f"{k} {human(p[k.lower()])}" for k in ("params", "FLOPs") if p[k.lower()] is not None]
     lines.append(" · ".join(costs) if costs else "params and FLOPs unknown")
     if p["status"] != "ok" and p["reason"]:

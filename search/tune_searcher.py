@@ -129,8 +129,10 @@ class StrategySearcher(Searcher):
         metrics = None if error or not result else result_metrics(result)
         self._finished[trial_id] = {"trial_id": trial_id, "spec": spec.to_dict(),
                                     "status": "errored" if error else str((metrics or {}).get("status", "early_stopped")),
-                                    "metrics": metrics or {}}
-        if trial_id not in self._seeds:
+                                    "metrics": metrics or {}, "seed": self._seeds.get(trial_id, self.base_seed)}
+        if trial_id in self._seeds:
+            self._finished[trial_id]["confirm"] = True
+        else:
             self.strategy.tell(spec, objectives_of(metrics))
         self._snapshot()
 

@@ -42,8 +42,9 @@ def xor_run(tmp_path_factory):
 
 def test_xor_front_is_led_by_a_multiplicative_operator(xor_run):
     proc, run_dir = xor_run
-    trials = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
-    assert len(trials) == 25 and all(t["status"] == "ok" for t in trials)
+    records = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
+    trials = [t for t in records if not t.get("confirm")]
+    assert len(trials) == 25 and all(t["status"] == "ok" for t in records)
     pareto = json.loads((run_dir / "pareto.json").read_text())
     best = max(pareto["front"], key=lambda f: f["metrics"]["val_accuracy"])
     ops = {c["op"] for c in best["spec"]["cells"]}
@@ -55,9 +56,30 @@ def test_xor_front_is_led_by_a_multiplicative_operator(xor_run):
     assert len(concat) == 5 and max(t["metrics"]["test_accuracy"] for t in concat) < 0.6
 
 
+def test_confirm_trains_every_front_candidate_with_two_more_seeds(xor_run):
+    """`search.confirm` defaults to 2: each front candidate has seeds 0, 1, 2 in trials.jsonl,
+    and the front's accuracy is their mean (what decides the front)."""
+    _, run_dir = xor_run
+    records = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
+    by_id = {r["trial_id"]: r for r in records}
+    pareto = json.loads((run_dir / "pareto.json").read_text())
+    assert pareto["front"]
+    for entry in pareto["front"]:
+        first = by_id[entry["trial_id"]]
+        seeds = [first] + [r for r in records if r.get("confirm") and r["candidate_id"] == first["candidate_id"]]
+        assert sorted(r["seed"] for r in seeds) == [0, 1, 2], entry["trial_id"]
+        assert [r["trial_id"] for r in seeds] == entry["metrics"]["seed_trials"]
+        vals = [r["metrics"]["val_accuracy"] for r in seeds]
+        assert entry["metrics"]["val_accuracy"] == pytest.approx(sum(vals) / 3)
+        assert entry["metrics"]["n_seeds"] == 3
+    confirmed = {r["candidate_id"] for r in records if r.get("confirm")}
+    assert len(confirmed) >= len(pareto["front"])  # a candidate confirmed off the front keeps its seeds
+
+
 def test_search_prints_progress_and_the_front_table(xor_run):
     proc, run_dir = xor_run
     assert "trials 25/25 | best val" in proc.stdout
+    assert "confirming" in proc.stdout and "± " in proc.stdout
     assert "architecture" in proc.stdout and "* knee of the front" in proc.stdout
     assert (run_dir / "config.yaml").is_file() and (run_dir / "reference.json").is_file()
 
@@ -91,4 +113,5 @@ def test_resume_of_a_finished_run_keeps_every_trial(xor_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resuming {run_dir}" in proc.stdout
     assert (run_dir / "trials.jsonl").read_text() == before
-    assert "25 trials (25 ok)" in proc.stdout
+    n = len((run_dir / "trials.jsonl").read_text().splitlines())
+    assert f"{n} trials ({n} ok)" in proc.stdout
