@@ -9,7 +9,7 @@ the comparison to `pareto.json`.
 Panels (`search.baselines:`): `basic` = each modality alone (its frozen backbone and a
 linear head), L2 logistic regression on the concatenated raw inputs, and a late concat
 of the embeddings; `classic` adds every registered operator as its paper places it
-(late fusion of the embeddings, default arguments); `none` trains nothing.
+(late fusion of the embeddings, default arguments: `classic <op>`); `none` trains nothing.
 """
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ def compare(front: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]]) ->
 
 
 def summary_line(cmp: Mapping[str, Any]) -> str:
-    """`front best 0.912 val / 0.897 test vs best baseline (logreg) 0.881 / 0.870: +3.1 / +2.7 points`."""
+    """`front best 0.912 val / 0.897 test vs best baseline (logreg) 0.881 / 0.870: +3.1 / +2.7 points
+    (above on val and test)`: the front's best point against the best basic baseline."""
     b = cmp.get("best")
     if not b:
         return "no comparison with the baselines: the front or the basic baselines are empty"
@@ -105,9 +106,11 @@ def summary_line(cmp: Mapping[str, Any]) -> str:
     def pts(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:+.1f}"
 
-    verdict = {(True, True): "above on val and test", (False, False): "below (or equal) on val and test",
-               (True, False): "above on val, below (or equal) on test",
-               (False, True): "below (or equal) on val, above on test"}[(b["beats_val"], b["beats_test"])]
+    def word(delta: float | None) -> str:
+        return "-" if delta is None else "above" if delta > 0 else "below" if delta < 0 else "level"
+
+    v, t = word(b["val_delta"]), word(b["test_delta"])
+    verdict = f"{v} on val and test" if v == t else f"{v} on val, {t} on test"
     return (f"front best {acc(b['front_val'])} val / {acc(b['front_test'])} test vs best baseline "
             f"({b['baseline']}) {acc(b['baseline_val'])} / {acc(b['baseline_test'])}: "
             f"{pts(b['val_delta'])} / {pts(b['test_delta'])} points ({verdict})")

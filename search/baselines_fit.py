@@ -131,16 +131,23 @@ def unimodal_baseline(modality: str, backbone: Backbone, taps: TapCache, cfg: Tr
 
 
 def spec_baseline(name: str, kind: str, panel: str, spec: ArchSpec, taps: TapCache, cfg: TrainConfig,
-                  backbones: Mapping[str, Backbone], n_seeds: int) -> dict[str, Any]:
-    """A baseline that is an ArchSpec, trained and costed exactly like a candidate, once per seed."""
+                  backbones: Mapping[str, Backbone], n_seeds: int,
+                  trained: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A baseline that is an ArchSpec, trained and costed exactly like a candidate, once per seed;
+    a spec already in `trained` (by arch id) is not trained again (training is deterministic)."""
+    if trained is not None and spec.arch_id in trained:
+        return {**trained[spec.arch_id], "name": name, "kind": kind, "panel": panel}
     start = time.perf_counter()
     runs = [evaluate_candidate(spec, taps, dataclasses.replace(cfg, seed=s), backbones=backbones)
             for s in range(n_seeds)]
     costed = [r for r in runs if "params_total" in r]
     reasons = sorted({r["reason"] for r in runs if r["status"] != "ok"})
-    return _record(name, kind, panel, [r["val_accuracy"] for r in runs], [r["test_accuracy"] for r in runs],
+    record = _record(name, kind, panel, [r["val_accuracy"] for r in runs], [r["test_accuracy"] for r in runs],
                    costed[0]["params_total"] if costed else None, costed[0]["flops_total"] if costed else None,
                    spec.to_dict(), start, **({"reason": "; ".join(reasons)} if reasons else {}))
+    if trained is not None:
+        trained[spec.arch_id] = record
+    return record
 
 
 def _stats(values: Sequence[float]) -> tuple[float | None, float | None, int]:
@@ -175,15 +182,16 @@ def train_baselines(dataset: Dataset, backbones: Mapping[str, Backbone], taps: T
     if not set(needed) <= set(taps.tap_shapes):  # the space may not offer the last depth
         taps = TapCache.from_backbones(dataset, backbones, only=needed)
     taps = taps.subset(needed)
+    trained: dict[str, dict[str, Any]] = {}  # arch_id -> record: `classic concat` is `late concat` again
     jobs: list[Callable[[], dict[str, Any]]] = [
         *(lambda m=m: unimodal_baseline(m, backbones[m], taps, cfg, n_seeds) for m in sorted(backbones)),
         lambda: linear_baseline(dataset),
         lambda: spec_baseline("late concat", "late_concat", "basic", late_spec("concat", needed), taps, cfg,
-                              backbones, n_seeds),
+                              backbones, n_seeds, trained),
     ]
     if panel == "classic":
-        jobs += [lambda op=op: spec_baseline(f"late {op}", "classic", "classic", late_spec(op, needed), taps, cfg,
-                                             backbones, n_seeds) for op in list_fusions()]
+        jobs += [lambda op=op: spec_baseline(f"classic {op}", "classic", "classic", late_spec(op, needed), taps,
+                                             cfg, backbones, n_seeds, trained) for op in list_fusions()]
     say(f"baselines ({panel} panel, {n_seeds} seed{'s' if n_seeds > 1 else ''} each): {len(jobs)} to train")
     out = []
     for job in jobs:

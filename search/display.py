@@ -57,7 +57,7 @@ def baselines_table(baselines: Sequence[Mapping[str, Any]], cmp: Mapping[str, An
     `search.baselines.compare` marks which classic ones the front dominates)."""
     if not baselines:
         return ""
-    dominated = {c["name"]: c["dominated_by"] for c in (cmp or {}).get("classic", ())}
+    dominated = {c["name"]: c["dominated_by"] for c in (cmp or {}).get("classic", ())}  # classic names
 
     def acc(v: Any, s: Any) -> str:
         return "     -" if v is None else f"{v:6.3f}" + (f"±{s:.3f}" if s is not None else "      ")
@@ -69,7 +69,7 @@ def baselines_table(baselines: Sequence[Mapping[str, Any]], cmp: Mapping[str, An
     lines = ["", "baselines (trained before the search; mean±std over seeds)", head, "-" * len(head)]
     for b in baselines:
         note = ""
-        if b["name"] in dominated:
+        if b["panel"] == "classic" and b["name"] in dominated:
             by = dominated[b["name"]]
             note = f"  dominated by front trial {by}" if by else "  not dominated by the front"
         lines.append(f"{b['name']:<22} {b['panel']:<7} {acc(b['val_accuracy'], b['val_std']):>12} "

@@ -268,7 +268,7 @@ def baseline_points(baselines: Sequence[Mapping[str, Any]],
                  f"val accuracy {'-' if acc is None else f'{acc:.4f}'}{'' if std is None else f' ± {std:.4f}'}"
                  f" · test {'-' if test is None else f'{test:.4f}'} · {b.get('n_seeds', 0)} seed(s)",
                  " · ".join(f"{k} {human(v)}" for k, v in (("params", params), ("FLOPs", flops)) if v is not None)]
-        if b["name"] in dominated:
+        if b["panel"] == "classic" and b["name"] in dominated:
             by = dominated[b["name"]]
             lines.append(f"dominated by front trial {by}" if by else "not dominated by the front")
         if b.get("spec"):

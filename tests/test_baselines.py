@@ -87,6 +87,10 @@ def test_classic_panel_is_recorded_with_one_baseline_per_operator_and_reused(tin
     classic = [r for r in on_disk if r["panel"] == "classic"]
     assert sorted(r["spec"]["cells"][0]["op"] for r in classic) == list_fusions()
     assert all(r["spec"]["stage"] == "late" for r in classic)
+    by_name = {r["name"]: r for r in on_disk}
+    assert len(by_name) == len(on_disk)  # names label the plots' points: unique
+    same = ("val_accuracy", "test_accuracy", "params_total", "spec")
+    assert [by_name["classic concat"][k] for k in same] == [by_name["late concat"][k] for k in same]
     assert sum(line.startswith("baseline ") for line in lines) == len(on_disk)
 
     def no_training(*args, **kwargs):
@@ -140,7 +144,7 @@ def test_compare_front_below_on_test_and_equal_is_not_beating():
     b = cmp["best"]
     assert not b["beats_val"] and not b["beats_test"]
     assert b["val_delta"] == 0 and b["test_delta"] == pytest.approx(-0.03)
-    assert "below (or equal) on val and test" in bl.summary_line(cmp) and "+0.0 / -3.0 points" in bl.summary_line(cmp)
+    assert bl.summary_line(cmp).endswith(": +0.0 / -3.0 points (level on val, below on test)")
 
 
 def test_compare_classic_weak_dominance():
