@@ -99,7 +99,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _print_front(store: Any, trials: list) -> None:
-    from search.display import front_table
+    from search.baselines import compare, summary_line
+    from search.display import baselines_table, front_table
     from search.run import front_rows
     from search.store import front_from_trials
 
@@ -108,6 +109,11 @@ def _print_front(store: Any, trials: list) -> None:
     print(f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}); "
           f"front of {len(front['trial_ids'])}, hypervolume {front['hypervolume']:.4f}")
     print(front_table(front_rows(front)))
+    stored = store.baselines()
+    if stored:
+        cmp = compare(front, stored)
+        print(baselines_table(stored, cmp))
+        print(summary_line(cmp))
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fusion_ops import fusion_args, list_fusions
+from search.baselines import PANELS as BASELINE_PANELS
 from search.datasets import LOADERS, DataError, load_dataset
 from search.pretrain import BackbonesConfig
 from search.train import TrainConfig
@@ -37,6 +38,7 @@ class SearchSettings:
     runs_dir: str = "runs"
     seed: int = 0
     confirm: int = 2  # more seeds for every front candidate; the front uses their mean
+    baselines: str = "basic"  # which baselines train before the search (search.baselines.PANELS)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "search") -> SearchSettings:
@@ -45,6 +47,7 @@ class SearchSettings:
         out = cls(**{k: d[k] for k in d})
         _choice(out.strategy, STRATEGY_NAMES, f"{where}.strategy")
         _choice(out.scheduler, SCHEDULERS, f"{where}.scheduler")
+        _choice(out.baselines, BASELINE_PANELS, f"{where}.baselines")
         for key, low in (("num_samples", 1), ("cpus_per_trial", 1), ("max_concurrent", 0), ("seed", 0),
                          ("confirm", 0)):
             _int(getattr(out, key), low, f"{where}.{key}")

@@ -62,3 +62,29 @@ def _score(row: Mapping[str, Any], key: str, spread: bool) -> str:
     if value is None:
         return "-"
     return f"{value:.3f} ± {row.get(f'{key}_std') or 0.0:.3f}" if spread else f"{value:.3f}"
+
+
+def baselines_table(baselines: Sequence[Mapping[str, Any]], cmp: Mapping[str, Any] | None = None) -> str:
+    """The run's baselines under the front (records of `baselines.json`; `cmp` from
+    `search.baselines.compare` marks which classic ones the front dominates)."""
+    if not baselines:
+        return ""
+    dominated = {c["name"]: c["dominated_by"] for c in (cmp or {}).get("classic", ())}  # classic names
+
+    def acc(v: Any, s: Any) -> str:
+        return "     -" if v is None else f"{v:6.3f}" + (f"±{s:.3f}" if s is not None else "      ")
+
+    def cost(v: Any) -> str:
+        return "-" if v is None else human(v)
+
+    head = f"{'baseline':<22} {'panel':<7} {'val':>12} {'test':>12} {'params':>8} {'FLOPs':>8} {'seeds':>5}"
+    lines = ["", "baselines (trained before the search; mean±std over seeds)", head, "-" * len(head)]
+    for b in baselines:
+        note = ""
+        if b["panel"] == "classic" and b["name"] in dominated:
+            by = dominated[b["name"]]
+            note = f"  dominated by front trial {by}" if by else "  not dominated by the front"
+        lines.append(f"{b['name']:<22} {b['panel']:<7} {acc(b['val_accuracy'], b['val_std']):>12} "
+                     f"{acc(b['test_accuracy'], b['test_std']):>12} {cost(b['params_total']):>8} "
+                     f"{cost(b['flops_total']):>8} {b['n_seeds']:>5}{note}")
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from search import report_data as data
+from search.baselines import compare, summary_line
 from search.store import RunStore, atomic_write, candidate_records, front_from_trials
 
 IMAGE_FORMATS = ("png", "svg")
@@ -34,10 +35,14 @@ def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs
     costs = missing_costs(store, trials, say) if fill_costs else {}
     points = data.trial_points(candidate_records(trials), front, costs)  # a confirmed candidate: one point
     hist = data.history([t for t in trials if not t.get("confirm")], store.reference)
-    figs = report_html.figures(points, hist)
+    stored = store.baselines() or []
+    comparison = compare(front, stored)
+    baselines = data.baseline_points(stored, comparison)
+    figs = report_html.figures(points, hist, baselines)
     title = f"fusion-nas report: {store.config().get('name', store.run_dir.parent.name)} / {store.run_id}"
     page = report_html.render_html(title, points, hist, data.summary(points, front),
-                                   store.config_path.read_text(encoding="utf-8"), figs)
+                                   store.config_path.read_text(encoding="utf-8"), figs, baselines=baselines,
+                                   comparison_line=summary_line(comparison) if stored else "")
     path = store.run_dir / "report.html"
     atomic_write(path, page)
     report_html.write_images(figs, store.run_dir, formats)

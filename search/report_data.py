@@ -238,3 +238,65 @@ def summary(points: Sequence[Point], front: Mapping[str, Any]) -> dict[str, Any]
         "knee": front.get("knee"),
         "unplaced": [p.trial_id for p in points if p.params is None or p.flops is None],
     }
+
+
+# ------------------------------------------------------------------ baselines
+@dataclass(frozen=True)
+class BaselinePoint:
+    """One baseline of `baselines.json` as the report draws it (a marked point, labelled by
+    name). `accuracy` is the mean val accuracy over its seeds; None when every seed failed."""
+
+    name: str
+    kind: str
+    panel: str
+    accuracy: float | None
+    test_accuracy: float | None
+    params: float | None
+    flops: float | None
+    dominated_by: str | None  # classic panel: a front trial weakly dominating it
+    hover: str
+
+    def cost(self, name: str) -> float | None:
+        return self.params if name == "params" else self.flops
+
+
+def baseline_points(baselines: Sequence[Mapping[str, Any]],
+                    comparison: Mapping[str, Any] | None = None) -> list[BaselinePoint]:
+    """Every baseline record as a `BaselinePoint`; `comparison` (`search.baselines.compare`)
+    adds which front trial dominates each classic one."""
+    dominated = {c["name"]: c["dominated_by"] for c in (comparison or {}).get("classic", ())}
+    out = []
+    for b in baselines:
+        acc, test = finite(b.get("val_accuracy")), finite(b.get("test_accuracy"))
+        params, flops = finite(b.get("params_total")), finite(b.get("flops_total"))
+        std = finite(b.get("val_std"))
+        lines = [f"<b>baseline: {b['name']}</b> ({b['kind']}, {b['panel']} panel)",
+                 f"val accuracy {'-' if acc is None else f'{acc:.4f}'}{'' if std is None else f' ± {std:.4f}'}"
+                 f" · test {'-' if test is None else f'{test:.4f}'} · {b.get('n_seeds', 0)} seed(s)",
+                 " · ".join(f"{k} {human(v)}" for k, v in (("params", params), ("FLOPs", flops)) if v is not None)]
+        if b["panel"] == "classic" and b["name"] in dominated:
+            by = dominated[b["name"]]
+            lines.append(f"dominated by front trial {by}" if by else "not dominated by the front")
+        if b.get("spec"):
+            lines.append(ArchSpec.from_dict(b["spec"]).describe())
+        out.append(BaselinePoint(b["name"], str(b["kind"]), str(b["panel"]), acc, test, params, flops,
+                                 dominated.get(b["name"]), "<br>".join(lines)))
+    return out
+
+
+def baseline_series(points: Sequence[BaselinePoint], cost: str) -> Series:
+    """The placeable baselines (cost known) in one plane: `trial_ids` holds their names
+    (drawn as labels); a baseline without an accuracy sits at 0, like a trial."""
+    chosen = [p for p in points if p.cost(cost) is not None]
+    return Series("baselines", "baseline", "baseline", [p.name for p in chosen], [p.cost(cost) for p in chosen],
+                  [0.0 if p.accuracy is None else p.accuracy for p in chosen], [p.hover for p in chosen])
+
+
+def baseline_table(points: Sequence[BaselinePoint]) -> list[dict[str, Any]]:
+    """The baselines as table rows, most accurate (val) first."""
+    rows = [{"name": p.name, "kind": p.kind, "panel": p.panel, "val": p.accuracy, "test": p.test_accuracy,
+             "params": p.params, "flops": p.flops,
+             "front": "" if p.panel != "classic" else ("dominated by " + p.dominated_by if p.dominated_by
+                                                       else "not dominated")}
+            for p in points]
+    return sorted(rows, key=lambda r: -(r["val"] or 0.0))

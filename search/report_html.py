@@ -17,8 +17,11 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from search.report_data import (
+    BaselinePoint,
     Point,
     Series,
+    baseline_series,
+    baseline_table,
     breakdown,
     front_points,
     front_table,
@@ -46,9 +49,13 @@ def _colours(series: Sequence[Series], by: str) -> dict[str, str]:
     return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
 
 
-def scatter_figure(points: Sequence[Point], cost: str, by: str) -> go.Figure:
+BASELINE_MARKER = {"symbol": "x-thin-open", "size": 15, "color": "#8b0000", "line": {"width": 3, "color": "#8b0000"}}
+
+
+def scatter_figure(points: Sequence[Point], cost: str, by: str,
+                   baselines: Sequence[BaselinePoint] = ()) -> go.Figure:
     """Accuracy against one cost (log x): every placeable trial coloured by `by`, marked by
-    status; the front ringed and drawn as a step line; the knee a star."""
+    status; the front ringed and drawn as a step line; the knee a star; baselines a labelled cross."""
     series = scatter_series(points, cost, by)
     colours = _colours(series, by)
     fig = go.Figure()
@@ -70,6 +77,13 @@ def scatter_figure(points: Sequence[Point], cost: str, by: str) -> go.Figure:
             marker=({"symbol": "star", "size": 18, "color": "gold", "line": {"width": 1, "color": "black"}}
                     if knee_only else
                     {"symbol": "circle-open", "size": 16, "color": "black", "line": {"width": 2}}),
+        ))
+    b = baseline_series(baselines, cost)
+    if b.x:
+        fig.add_trace(go.Scatter(
+            x=b.x, y=b.y, mode="markers+text", name=b.name, meta="baselines", customdata=b.trial_ids,
+            text=b.trial_ids, textposition="bottom center", textfont={"size": 10, "color": "#8b0000"},
+            hovertext=b.hover, hoverinfo="text", marker=BASELINE_MARKER,
         ))
     label = "stage" if by == "stage" else "operator"
     fig.update_layout(title=f"by {label}", xaxis={"type": "log", "title": AXIS_TITLES[cost]},
@@ -110,9 +124,11 @@ def breakdown_figure(points: Sequence[Point]) -> go.Figure:
     return fig
 
 
-def figures(points: Sequence[Point], hist: Mapping[str, list]) -> dict[str, go.Figure]:
+def figures(points: Sequence[Point], hist: Mapping[str, list],
+            baselines: Sequence[BaselinePoint] = ()) -> dict[str, go.Figure]:
     """Every figure of the page by its id (also the static images' names)."""
-    out = {f"{cost}-{by}": scatter_figure(points, cost, by) for by in ("stage", "op") for cost in ("params", "flops")}
+    out = {f"{cost}-{by}": scatter_figure(points, cost, by, baselines)
+           for by in ("stage", "op") for cost in ("params", "flops")}
     out["history"] = history_figure(hist)
     out["breakdown"] = breakdown_figure(points)
     return out
@@ -155,6 +171,29 @@ def front_table_html(points: Sequence[Point]) -> str:
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
+BASELINE_COLUMNS = (("baseline", "name", "text"), ("kind", "kind", "text"), ("panel", "panel", "text"),
+                    ("val acc", "val", "acc"), ("test acc", "test", "acc"), ("params", "params", "cost"),
+                    ("FLOPs", "flops", "cost"), ("against the front", "front", "text"))
+
+
+def baselines_html(baselines: Sequence[BaselinePoint], comparison_line: str) -> str:
+    """The comparison line and the baselines' table (empty when the run has none)."""
+    if not baselines:
+        return ""
+    head = "".join(f'<th data-kind="{k}" title="sort">{html.escape(t)}</th>' for t, _, k in BASELINE_COLUMNS)
+    body = []
+    for r in baseline_table(baselines):
+        cells = (_fmt(r[key], kind) for _, key, kind in BASELINE_COLUMNS)
+        body.append("<tr>" + "".join(f'<td data-sort="{s}">{t}</td>' for t, s in cells) + "</tr>")
+    return (f'<h2>Baselines</h2><p id="baseline-comparison">{html.escape(comparison_line)}</p>'
+            "<p class='note'>Trained before the search with the run's training settings (mean over seeds); "
+            "drawn as ✕ in the plots above. Logistic regression: params = weights + biases, FLOPs = 2·d·outputs "
+            "per sample. A classic method is dominated when a front trial has val accuracy ≥, params ≤ and "
+            "FLOPs ≤ its own.</p>"
+            f'<table id="baselines-table" class="sortable"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+
 SORT_JS = """
 document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
   const body = th.closest('table').tBodies[0], numeric = th.dataset.kind !== 'text';
@@ -190,9 +229,10 @@ def _summary_html(title: str, s: Mapping[str, Any]) -> str:
 
 
 def render_html(title: str, points: Sequence[Point], hist: Mapping[str, list], summary: Mapping[str, Any],
-                config_text: str, figs: Mapping[str, go.Figure] | None = None) -> str:
+                config_text: str, figs: Mapping[str, go.Figure] | None = None, *,
+                baselines: Sequence[BaselinePoint] = (), comparison_line: str = "") -> str:
     """The whole page as one string."""
-    figs = figs if figs is not None else figures(points, hist)
+    figs = figs if figs is not None else figures(points, hist, baselines)
     summary_json = json.dumps(summary).replace("</", "<\\/")  # "</script>" must not end the block
     div = {name: pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{name}",
                              config=PLOT_CONFIG) for name, fig in figs.items()}
@@ -207,6 +247,7 @@ def render_html(title: str, points: Sequence[Point], hist: Mapping[str, list], s
 <h2>The search over time</h2>{div['history']}
 <h2>Stages and operators</h2>{div['breakdown']}
 <h2>The Pareto front</h2><p class="note">Click a column to sort.</p>{front_table_html(points)}
+{baselines_html(baselines, comparison_line)}
 <h2>Configuration</h2><pre id="config">{html.escape(config_text)}</pre>
 <script type="application/json" id="report-summary">{summary_json}</script>
 <script>{SORT_JS}</script>

@@ -15,6 +15,7 @@ import torch
 
 from fusion_ops import Backbone, FusionHead, count_flops, count_params, required_taps
 from search import pareto
+from search.baselines_fit import ensure_baselines, seeds_of
 from search.config import Config, config_from_dict
 from search.datasets import Dataset, load_dataset
 from search.pretrain import pretrain_backbones
@@ -134,6 +135,8 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
 
     prepared = prepare(config, say)
     s = config.search
+    ensure_baselines(store, prepared.dataset, prepared.backbones, prepared.taps, config.train,
+                     panel=s.baselines, n_seeds=seeds_of(s), say=say)
     cost = cost_function(prepared)
     if store.reference is None:
         store.write_json("reference.json", {"reference": reference_point(config.space, cost, s.seed),

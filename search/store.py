@@ -4,6 +4,7 @@ Layout of `root/<name>/<run-id>/`:
 - `config.yaml`: the resolved configuration the run was started with;
 - `trials.jsonl`: one JSON line per finished trial, append-only (the source of truth);
 - `pareto.json`: the current Pareto front, rewritten atomically after each trial;
+- `baselines.json`: the baselines trained before the search (`search.baselines`);
 - `ray/`: Ray Tune's own experiment state (used to resume).
 
 A line is appended with one `write` and fsynced, so a crash leaves at most one torn
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from search import baselines as _baselines
 from search import pareto
 from spaces.spec import ArchSpec
 
@@ -193,9 +195,17 @@ class RunStore:
         path = self.run_dir / "reference.json"
         return json.loads(path.read_text())["reference"] if path.is_file() else None
 
+    def baselines(self) -> list[dict[str, Any]] | None:
+        """The run's baselines (`baselines.json`, see `search.baselines`), or None if it has none."""
+        path = self.run_dir / _baselines.FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
     def write_pareto(self, front: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Write `pareto.json` (by default the front of the stored trials) and return it."""
+        """Write `pareto.json` (by default the front of the stored trials) and return it; with
+        `baselines.json` present, its `baselines` key says whether the front beats them."""
         data = dict(front) if front is not None else front_from_trials(self.trials(), self.reference)
+        if (stored := self.baselines()) is not None:
+            data["baselines"] = _baselines.compare(data, stored)
         self.write_json(self.pareto_path.name, data)
         return data
 

@@ -1,0 +1,208 @@
+"""Benchmark: does the search's front beat what a user would build by hand, on data it never saw?
+
+For each dataset, with the smallest config a user would write (`name` and `data`; every
+other setting is the default: mfas, every operator, the default training recipe and
+`search.confirm`), it compares on the same train/val/test split:
+
+(a) the search: the most accurate (mean val over its seeds) point of the confirmed front,
+    scored by its mean test accuracy; searches of 32 and 64 candidates with 3 search seeds,
+    run in-process (`search.inprocess`: the same strategy, confirmation and records as a
+    Ray run, one candidate after another);
+(b) the best baseline a run trains (`search.baselines`: each modality alone, logistic
+    regression on the raw inputs, late concat), chosen on val, scored on test;
+(c) an oracle: the best (on val) of a small grid over operators x lr x weight decay x width,
+    early (raw inputs) and late, each trained with a long recipe, scored on test.
+
+Usage: .venv/bin/python experiments/bench_quality.py [--smoke-test] [--no-write] [--jobs 2]
+The full run replaces the "bench_quality" block of experiments/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from experiments.results_block import machine_line, write_block  # noqa: E402
+from search.baselines import best_basic  # noqa: E402
+from search.baselines_fit import train_baselines  # noqa: E402
+from search.config import config_from_dict  # noqa: E402
+from search.inprocess import search_in_process  # noqa: E402
+from search.run import Prepared, cost_function, evaluate_trial, prepare, reference_point, trial_context  # noqa: E402
+from search.store import front_from_trials  # noqa: E402
+from search.strategies import make_strategy  # noqa: E402
+from search.train import TrainConfig, evaluate_candidate  # noqa: E402
+from spaces import ArchSpec  # noqa: E402
+from spaces.spec import CellSpec, make_tap  # noqa: E402
+
+PLANTED = {"kind": "planted", "d": 32, "n_train": 1000, "n_test": 1000, "seed": 0}
+DATASETS: dict[str, dict[str, Any]] = {
+    "planted xor": {**PLANTED, "task": "xor"},
+    "planted bilinear": {**PLANTED, "task": "bilinear", "rank": 4},
+    "planted shift": {**PLANTED, "task": "shift"},
+    "av_digits": {"kind": "av_digits", "seed": 0},
+    "mfeat": {"kind": "mfeat", "views": ["fou", "zer", "mor"], "seed": 0},
+}
+SMOKE = {"planted xor": {**PLANTED, "task": "xor", "n_train": 300, "n_test": 300, "d": 8}}
+BUDGETS, SEEDS = (32, 64), (0, 1, 2)
+ORACLE_OPS = ("concat", "tensor", "low_rank", "circulant", "attention", "ptp")
+ORACLE_GRID = {"lr": (1e-3, 1e-2), "weight_decay": (1e-4, 1e-2), "width": (16, 64)}
+# the long recipe: many steps, late early stopping (keys this TrainConfig does not know are skipped)
+LONG = {"epochs": 2000, "max_steps": 3000, "min_steps": 1500, "patience": 40}
+
+_PREPARED: dict[str, Prepared] = {}
+
+
+def config(name: str, data: dict[str, Any], smoke: bool = False) -> Any:
+    """The smallest config a user would write: a name and the data."""
+    raw: dict[str, Any] = {"name": name.replace(" ", "_"), "data": data}
+    if smoke:  # a small space and a short pretraining, so the smoke test stays short
+        raw["space"] = {"ops": {"concat": {}, "tensor": {}}, "widths": [8], "max_cells": 1}
+        raw["backbones"] = {"pretrain": {"epochs": 3}}
+    return config_from_dict(raw, ROOT / "experiments" / "configs" / "bench_quality.yaml")
+
+
+def prepared(name: str, data: dict[str, Any], smoke: bool) -> Prepared:
+    if name not in _PREPARED:
+        _PREPARED[name] = prepare(config(name, data, smoke), say=lambda _m: None)
+    return _PREPARED[name]
+
+
+def one_search(name: str, data: dict[str, Any], seed: int, budget: int, smoke: bool) -> dict[str, Any]:
+    """The search's best confirmed front point: its mean val and test, and the run's size."""
+    torch.set_num_threads(1)
+    p = prepared(name, data, smoke)
+    cfg = p.config
+    cost = cost_function(p)
+    strategy = make_strategy(cfg.search.strategy, cfg.space, seed=seed, budget=budget, cost_fn=cost)
+    ctx = trial_context(p)
+    start = time.perf_counter()
+    records = search_in_process(lambda spec, seed=None: evaluate_trial(spec, ctx, seed=seed), strategy, budget,
+                                confirm=cfg.search.confirm, base_seed=cfg.train.seed,
+                                reference=reference_point(cfg.space, cost, seed))
+    front = front_from_trials(records)
+    best = max(front["front"], key=lambda f: f["metrics"]["val_accuracy"])
+    m = best["metrics"]
+    return {"dataset": name, "seed": seed, "budget": budget, "val": m["val_accuracy"], "test": m["test_accuracy"],
+            "n_seeds": m["n_seeds"], "arch": ArchSpec.from_dict(best["spec"]).describe(),
+            "trials": len(records), "seconds": time.perf_counter() - start}
+
+
+def long_recipe(cfg: TrainConfig, **over: Any) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cfg, **{k: v for k, v in {**LONG, **over}.items() if k in known})
+
+
+def oracle_specs(p: Prepared, widths: tuple[int, ...], ops: tuple[str, ...]) -> list[ArchSpec]:
+    """Early (raw inputs) and late (last taps) one-cell specs of each operator at its defaults."""
+    depths = p.config.space.depth_map
+    out = []
+    for op, width, (stage, pick) in itertools.product(ops, widths, (("early", min), ("late", max))):
+        taps = tuple(make_tap(m, pick(ds)) for m, ds in depths.items())
+        out.append(ArchSpec(stage, (CellSpec(taps, op, width, "relu"),)))
+    return out
+
+
+def oracle(name: str, data: dict[str, Any], smoke: bool) -> dict[str, Any]:
+    """The grid's best on val, and its test accuracy (mean over 3 training seeds of that point)."""
+    torch.set_num_threads(1)
+    p = prepared(name, data, smoke)
+    grid = {k: v[:1] for k, v in ORACLE_GRID.items()} if smoke else ORACLE_GRID
+    ops = ORACLE_OPS[:2] if smoke else ORACLE_OPS
+    start, rows = time.perf_counter(), []
+    for spec in oracle_specs(p, grid["width"], ops):
+        for lr, wd in itertools.product(grid["lr"], grid["weight_decay"]):
+            cfg = long_recipe(p.config.train, lr=lr, weight_decay=wd)
+            m = evaluate_candidate(spec, p.taps, cfg, backbones=p.backbones)
+            if m["status"] == "ok":
+                rows.append((m["val_accuracy"], spec, cfg))
+    val, spec, cfg = max(rows, key=lambda r: r[0])
+    tests = [evaluate_candidate(spec, p.taps, dataclasses.replace(cfg, seed=s))["test_accuracy"]
+             for s in ((0,) if smoke else SEEDS)]
+    return {"dataset": name, "val": val, "test": statistics.mean(tests), "n": len(rows),
+            "arch": f"{spec.describe()} | lr={cfg.lr:g} wd={cfg.weight_decay:g}", "seconds": time.perf_counter() - start}
+
+
+def baseline(name: str, data: dict[str, Any], smoke: bool) -> dict[str, Any]:
+    p = prepared(name, data, smoke)
+    rows = train_baselines(p.dataset, p.backbones, p.taps, p.config.train, panel="basic",
+                           n_seeds=1 if smoke else len(SEEDS), say=lambda _m: None)
+    b = best_basic(rows)
+    return {"dataset": name, "name": b["name"], "val": b["val_accuracy"], "test": b["test_accuracy"]}
+
+
+def table(searches: list[dict], baselines: list[dict], oracles: list[dict], budgets: tuple[int, ...]) -> list[str]:
+    head = "| dataset | " + " | ".join(f"search, budget {b} (test, mean ± std of 3 seeds)" for b in budgets)
+    lines = [head + " | best baseline (test) | oracle (test) | search 64 − baseline | search 64 − oracle |",
+             "|---|" + "---|" * (len(budgets) + 4)]
+    for b in baselines:
+        name = b["dataset"]
+        o = next(o for o in oracles if o["dataset"] == name)
+        cells, last = [], None
+        for budget in budgets:
+            tests = [s["test"] for s in searches if s["dataset"] == name and s["budget"] == budget]
+            last = statistics.mean(tests)
+            sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
+            cells.append(f"{last:.3f} ± {sd:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {b['test']:.3f} ({b['name']}) | {o['test']:.3f} | "
+                     f"{100 * (last - b['test']):+.1f} pts | {100 * (last - o['test']):+.1f} pts |")
+    return lines
+
+
+def details(searches: list[dict], oracles: list[dict]) -> list[str]:
+    out = ["", "Each search's best confirmed front point (val and test: mean over its seeds):", ""]
+    for s in sorted(searches, key=lambda s: (s["dataset"], s["budget"], s["seed"])):
+        out.append(f"- {s['dataset']}, budget {s['budget']}, seed {s['seed']}: val {s['val']:.3f}, "
+                   f"test {s['test']:.3f} ({s['n_seeds']} seeds, {s['trials']} trials, {s['seconds']:.0f} s): "
+                   f"`{s['arch']}`")
+    out += ["", "Oracles (best of the grid on val; test: mean of 3 training seeds):", ""]
+    out += [f"- {o['dataset']}: val {o['val']:.3f}, test {o['test']:.3f} of {o['n']} ({o['seconds']:.0f} s): "
+            f"`{o['arch']}`" for o in oracles]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke-test", action="store_true", help="one tiny dataset, budget 4, one seed")
+    ap.add_argument("--no-write", action="store_true", help="do not update experiments/RESULTS.md")
+    ap.add_argument("--jobs", type=int, default=2, help="processes (each trains with one thread)")
+    ap.add_argument("--datasets", nargs="*", help="a subset of the datasets, by name")
+    args = ap.parse_args(argv)
+    datasets = SMOKE if args.smoke_test else {k: v for k, v in DATASETS.items()
+                                               if not args.datasets or k in args.datasets}
+    budgets, seeds = ((4,), (0,)) if args.smoke_test else (BUDGETS, SEEDS)
+    smoke = args.smoke_test
+    for name, data in datasets.items():  # pretrain the backbones once, before the workers share the cache
+        prepared(name, data, smoke)
+    jobs = [(one_search, (n, d, s, b, smoke)) for n, d in datasets.items() for b in budgets for s in seeds]
+    jobs += [(oracle, (n, d, smoke)) for n, d in datasets.items()]
+    jobs += [(baseline, (n, d, smoke)) for n, d in datasets.items()]
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [(fn, pool.submit(fn, *a)) for fn, a in jobs]
+        results = [(fn, f.result()) for fn, f in futures]
+    searches = [r for fn, r in results if fn is one_search]
+    oracles = [r for fn, r in results if fn is oracle]
+    baselines = [r for fn, r in results if fn is baseline]
+    lines = [machine_line(), "", *table(searches, baselines, oracles, budgets), *details(searches, oracles)]
+    print("\n".join(lines))
+    if not args.smoke_test and not args.no_write:
+        cmd = "python experiments/bench_quality.py" + (f" --datasets {' '.join(args.datasets)}" if args.datasets else "")
+        write_block("bench_quality", "Search quality: the front against baselines and an oracle", lines, cmd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Training the baselines a run records before its search (`baselines.json`).
+
+Apart from `search.baselines` (the pure record and comparison) because this part needs
+torch and scikit-learn, and `search.store` must stay light. Every neural baseline trains
+with the run's `train:` config through the same code as candidates (`fit`,
+`evaluate_candidate`), once per seed, and records the mean and spread over seeds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fusion_ops import Backbone, count_flops, count_params, list_fusions
+from fusion_ops.backbones import seeded_init
+from search import baselines as bl
+from search.datasets import Dataset
+from search.store import RunStore
+from search.taps import TapCache
+from search.train import TrainConfig, accuracy, evaluate_candidate, fit
+from spaces.spec import ArchSpec, CellSpec, make_tap
+
+Say = Callable[[str], Any]
+LATE_WIDTH = 32  # output width of the late-fusion baselines' cell: a hand-built default, not searched
+C_GRID = tuple(float(c) for c in np.logspace(-3, 2, 6))  # logistic regression strengths tried on val
+
+
+def seeds_of(settings: Any) -> int:
+    """How many seeds each neural baseline trains with: as many as a confirmed front candidate
+    gets (1 + `search.confirm`), so that the two compare like for like."""
+    n = getattr(settings, "confirm", 0)
+    return 1 + (n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0)
+
+
+# ------------------------------------------------------------------ logistic regression
+def flat_inputs(xs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """`{modality: (N, ...)}` -> `(N, d)`: every modality flattened, concatenated in sorted order."""
+    return np.concatenate([np.asarray(xs[m], dtype=np.float64).reshape(len(xs[m]), -1) for m in sorted(xs)], axis=1)
+
+
+def logistic_regression(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                        test: tuple[np.ndarray, np.ndarray], grid: Sequence[float] = C_GRID) -> dict[str, Any]:
+    """L2 logistic regression on standardised features, `C` chosen on val (first best in `grid`).
+
+    Returns accuracies, the chosen `C`, val accuracy per `C`, params (weights + biases)
+    and FLOPs per sample (2 per multiply-add: 2 * d * outputs, where sklearn keeps one
+    output for two classes and one per class otherwise; the standardisation is folded
+    into the weights and not counted).
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train[0])
+    xtr, xva, xte = (scaler.transform(x) for x in (train[0], val[0], test[0]))
+    fits, scores = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for c in grid:
+            model = LogisticRegression(C=c, max_iter=2000).fit(xtr, train[1])
+            fits.append(model)
+            scores.append(float(model.score(xva, val[1])))
+    i = int(np.argmax(scores))
+    model = fits[i]
+    return {"C": float(grid[i]), "val_by_C": dict(zip(map(float, grid), scores, strict=True)),
+            "val_accuracy": scores[i], "test_accuracy": float(model.score(xte, test[1])),
+            "params_total": int(model.coef_.size + model.intercept_.size),
+            "flops_total": int(2 * model.coef_.size)}
+
+
+def linear_baseline(dataset: Dataset) -> dict[str, Any]:
+    """The `logreg` record: logistic regression on the concatenated raw inputs."""
+    start = time.perf_counter()
+    splits = [dataset.split(s) for s in ("train", "val", "test")]
+    r = logistic_regression(*((flat_inputs(xs), np.asarray(y)) for xs, y in splits))
+    return _record("logreg", "linear", "basic", [r["val_accuracy"]], [r["test_accuracy"]], r["params_total"],
+                   r["flops_total"], None, start, C=r["C"], val_by_C=r["val_by_C"])
+
+
+# ------------------------------------------------------------------ neural baselines
+class TapLinear(nn.Module):
+    """A linear classifier on one cached tap: `{tap: (B, d) or (B, T, d)} -> (B, C)` (tokens mean-pooled)."""
+
+    def __init__(self, tap: str, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.tap = tap
+        self.linear = nn.Linear(dim, num_classes)
+
+    def forward(self, taps: Mapping[str, Tensor]) -> Tensor:
+        x = taps[self.tap]
+        return self.linear(x.mean(dim=1) if x.dim() == 3 else x)  # (B, d)
+
+
+def last_taps(backbones: Mapping[str, Backbone]) -> dict[str, str]:
+    """`{modality: its backbone's last tap}` (the embedding late fusion reads)."""
+    return {m: make_tap(m, len(b.tap_shapes) - 1) for m, b in sorted(backbones.items())}
+
+
+def late_spec(op: str, taps: Sequence[str], width: int = LATE_WIDTH) -> ArchSpec:
+    """One `op` cell at its default arguments on the embeddings, then the linear classifier."""
+    return ArchSpec("late", (CellSpec(tuple(taps), op, width),))
+
+
+def unimodal_baseline(modality: str, backbone: Backbone, taps: TapCache, cfg: TrainConfig,
+                      n_seeds: int) -> dict[str, Any]:
+    """`<modality> alone`: the frozen backbone and a linear head on its last tap, trained by `fit`."""
+    start = time.perf_counter()
+    tap = last_taps({modality: backbone})[modality]
+    sub = taps.subset([tap])
+    train, val, test = (sub.tensors(s) for s in ("train", "val", "test"))
+    vals, tests = [], []
+    for seed in range(n_seeds):
+        with seeded_init(torch.Generator().manual_seed(seed)):
+            model = TapLinear(tap, taps.tap_shapes[tap][-1], taps.num_classes)
+        result = fit(model, train, val, dataclasses.replace(cfg, seed=seed))
+        ok = result.status == "ok"
+        vals.append(result.val_accuracy if ok else math.nan)
+        tests.append(accuracy(model, test) if ok else math.nan)
+    with torch.enable_grad():  # count_flops needs grad on (see fusion_ops.cost)
+        params = count_params(backbone) + count_params(model)
+        flops = (count_flops(backbone, torch.zeros(1, *backbone.input_shape))
+                 + count_flops(model, {tap: torch.zeros(1, *taps.tap_shapes[tap])}))
+    return _record(f"{modality} alone", "unimodal", "basic", vals, tests, params, flops, None, start)
+
+
+def spec_baseline(name: str, kind: str, panel: str, spec: ArchSpec, taps: TapCache, cfg: TrainConfig,
+                  backbones: Mapping[str, Backbone], n_seeds: int,
+                  trained: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A baseline that is an ArchSpec, trained and costed exactly like a candidate, once per seed;
+    a spec already in `trained` (by arch id) is not trained again (training is deterministic)."""
+    if trained is not None and spec.arch_id in trained:
+        return {**trained[spec.arch_id], "name": name, "kind": kind, "panel": panel}
+    start = time.perf_counter()
+    runs = [evaluate_candidate(spec, taps, dataclasses.replace(cfg, seed=s), backbones=backbones)
+            for s in range(n_seeds)]
+    costed = [r for r in runs if "params_total" in r]
+    reasons = sorted({r["reason"] for r in runs if r["status"] != "ok"})
+    record = _record(name, kind, panel, [r["val_accuracy"] for r in runs], [r["test_accuracy"] for r in runs],
+                   costed[0]["params_total"] if costed else None, costed[0]["flops_total"] if costed else None,
+                   spec.to_dict(), start, **({"reason": "; ".join(reasons)} if reasons else {}))
+    if trained is not None:
+        trained[spec.arch_id] = record
+    return record
+
+
+def _stats(values: Sequence[float]) -> tuple[float | None, float | None, int]:
+    """Mean and sample std (None for fewer than two) of the finite values, and their count."""
+    ok = [v for v in values if v is not None and math.isfinite(v)]
+    if not ok:
+        return None, None, 0
+    return float(np.mean(ok)), (float(np.std(ok, ddof=1)) if len(ok) > 1 else None), len(ok)
+
+
+def _record(name: str, kind: str, panel: str, vals: Sequence[float], tests: Sequence[float], params: Any,
+            flops: Any, spec: dict[str, Any] | None, start: float, **extra: Any) -> dict[str, Any]:
+    val, val_std, n = _stats(vals)
+    test, test_std, _ = _stats(tests)
+    return {"name": name, "kind": kind, "panel": panel, "val_accuracy": val, "val_std": val_std,
+            "test_accuracy": test, "test_std": test_std, "n_seeds": n,
+            "params_total": None if params is None else int(params),
+            "flops_total": None if flops is None else int(flops), "spec": spec,
+            "seconds": time.perf_counter() - start, **extra}
+
+
+# ------------------------------------------------------------------ a run's baselines
+def train_baselines(dataset: Dataset, backbones: Mapping[str, Backbone], taps: TapCache, cfg: TrainConfig, *,
+                    panel: str = "basic", n_seeds: int = 1, say: Say = print) -> list[dict[str, Any]]:
+    """Every baseline of `panel` (`basic`, or `classic` = basic + one late cell per registered
+    operator), each reported by `say` as it finishes."""
+    if panel not in bl.PANELS:
+        raise ValueError(f"unknown baselines panel {panel!r}; known: {', '.join(bl.PANELS)}")
+    if panel == "none":
+        return []
+    needed = list(last_taps(backbones).values())
+    if not set(needed) <= set(taps.tap_shapes):  # the space may not offer the last depth
+        taps = TapCache.from_backbones(dataset, backbones, only=needed)
+    taps = taps.subset(needed)
+    trained: dict[str, dict[str, Any]] = {}  # arch_id -> record: `classic concat` is `late concat` again
+    jobs: list[Callable[[], dict[str, Any]]] = [
+        *(lambda m=m: unimodal_baseline(m, backbones[m], taps, cfg, n_seeds) for m in sorted(backbones)),
+        lambda: linear_baseline(dataset),
+        lambda: spec_baseline("late concat", "late_concat", "basic", late_spec("concat", needed), taps, cfg,
+                              backbones, n_seeds, trained),
+    ]
+    if panel == "classic":
+        jobs += [lambda op=op: spec_baseline(f"classic {op}", "classic", "classic", late_spec(op, needed), taps,
+                                             cfg, backbones, n_seeds, trained) for op in list_fusions()]
+    say(f"baselines ({panel} panel, {n_seeds} seed{'s' if n_seeds > 1 else ''} each): {len(jobs)} to train")
+    out = []
+    for job in jobs:
+        record = job()
+        say(describe(record))
+        out.append(record)
+    return out
+
+
+def describe(record: Mapping[str, Any]) -> str:
+    """`baseline logreg: val 0.881 test 0.870 (1 seed, 2.1 s)` — the progress line of one baseline."""
+    def acc(v: Any, s: Any) -> str:
+        return "-" if v is None else f"{v:.3f}" + ("" if s is None else f"±{s:.3f}")
+
+    extra = f", C={record['C']:g}" if "C" in record else ""
+    reason = f"; failed: {record['reason']}" if record.get("reason") else ""
+    return (f"baseline {record['name']}: val {acc(record['val_accuracy'], record['val_std'])} "
+            f"test {acc(record['test_accuracy'], record['test_std'])} ({record['n_seeds']} seed"
+            f"{'s' if record['n_seeds'] != 1 else ''}{extra}, {record['seconds']:.1f} s){reason}")
+
+
+def ensure_baselines(store: RunStore, dataset: Dataset, backbones: Mapping[str, Backbone], taps: TapCache,
+                     cfg: TrainConfig, *, panel: str = "basic", n_seeds: int = 1,
+                     say: Say = print) -> list[dict[str, Any]] | None:
+    """The run's baselines: those stored in `baselines.json` (a resumed run never retrains
+    them), else trained now and written there. None when `panel` is `none`."""
+    stored = store.baselines()
+    if stored is not None:
+        say(f"baselines: {len(stored)} from {bl.FILE}")
+        return stored
+    if panel == "none":
+        return None
+    records = train_baselines(dataset, backbones, taps, cfg, panel=panel, n_seeds=n_seeds, say=say)
+    store.write_json(bl.FILE, records)
+    return records

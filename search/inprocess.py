@@ -1,0 +1,55 @@
+"""A search without Ray: the strategy's candidates trained one after another in this process.
+
+The same ask/tell, the same confirmation of the front over seeds and the same records
+as `search.tune.run_search`, minus the parallelism: for benchmarks (how good is what the
+search finds, how much does Ray cost) and for quick runs in a notebook.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from search.confirm import confirmation_todo
+from search.store import to_jsonable, utc_now
+from search.tune_searcher import objectives_of
+from spaces.spec import ArchSpec
+
+Evaluate = Callable[..., dict[str, Any]]  # evaluate(spec, seed=None) -> metrics
+
+
+def record(n: int, spec: ArchSpec, metrics: dict[str, Any], seed: int, confirm: bool) -> dict[str, Any]:
+    """A `trials.jsonl`-shaped record of one finished candidate (trial ids `p00000`, ...)."""
+    out = {"trial_id": f"p{n:05d}", "spec": spec.to_dict(), "arch_id": spec.arch_id,
+           "candidate_id": spec.candidate_id, "seed": seed, "metrics": to_jsonable(metrics),
+           "status": str(metrics.get("status", "ok")), "reason": metrics.get("reason"),
+           "seconds": metrics.get("seconds"), "finished_at": utc_now()}
+    if confirm:
+        out["confirm"] = True
+    return out
+
+
+def search_in_process(evaluate: Evaluate, strategy: Any, num_samples: int, *, confirm: int = 0,
+                      base_seed: int = 0, reference: Sequence[float] | None = None,
+                      on_record: Callable[[dict[str, Any]], Any] | None = None) -> list[dict[str, Any]]:
+    """`num_samples` of the strategy's candidates, then the seeds `base_seed + 1 .. + confirm`
+    of every front candidate (as `StrategySearcher` does); returns the records in order."""
+    records: list[dict[str, Any]] = []
+
+    def run(spec: ArchSpec, seed: int | None, is_confirm: bool) -> dict[str, Any]:
+        start = time.perf_counter()
+        metrics = dict(evaluate(spec, seed=seed))
+        metrics.setdefault("seconds", time.perf_counter() - start)
+        r = record(len(records), spec, metrics, base_seed if seed is None else seed, is_confirm)
+        records.append(r)
+        if on_record is not None:
+            on_record(r)
+        return metrics
+
+    while len(records) < num_samples and not strategy.done:
+        spec = strategy.ask()
+        strategy.tell(spec, objectives_of(run(spec, None, False)))
+    while todo := confirmation_todo(records, reference, confirm, base_seed):
+        spec, seed = todo[0]
+        run(spec, seed, True)
+    return records

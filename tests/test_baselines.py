@@ -1,0 +1,240 @@
+"""Baselines beside every front: logistic regression, the recorded panel, the comparison,
+what `fusion-nas search` / `show` print, and the report's marked points."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from fusion_ops import list_fusions
+from fusion_ops.backbones import BackboneConfig, build_backbone
+from search import baselines as bl
+from search import baselines_fit as bf
+from search import report_data
+from search.cli import main
+from search.datasets import load_dataset
+from search.store import RunStore
+from search.taps import TapCache
+from search.train import TrainConfig
+
+
+def planted(task: str = "additive", n_train: int = 600, seed: int = 0):
+    return load_dataset({"kind": "planted", "task": task, "n_train": n_train, "n_test": 300, "d": 8, "seed": seed})
+
+
+def flat_splits(dataset):
+    return [(bf.flat_inputs(xs), np.asarray(y)) for xs, y in (dataset.split(s) for s in ("train", "val", "test"))]
+
+
+# ------------------------------------------------------------------ logistic regression
+def test_logistic_regression_beats_chance_on_an_additive_task():
+    ds = planted("additive")
+    r = bf.linear_baseline(ds)
+    chance = 1.0 / ds.num_classes
+    assert r["kind"] == "linear" and r["panel"] == "basic" and r["n_seeds"] == 1
+    assert r["val_accuracy"] > chance + 0.25 and r["test_accuracy"] > chance + 0.25, r
+    d = sum(int(np.prod(s)) for s in ds.shapes.values())
+    outputs = 1 if ds.num_classes == 2 else ds.num_classes
+    assert r["params_total"] == d * outputs + outputs and r["flops_total"] == 2 * d * outputs
+
+
+def test_logistic_regression_picks_the_c_with_the_best_val_accuracy():
+    (xtr, ytr), (xva, yva), (xte, yte) = flat_splits(planted("additive", n_train=300, seed=3))
+    grid = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    r = bf.logistic_regression((xtr, ytr), (xva, yva), (xte, yte), grid)
+    scaler = StandardScaler().fit(xtr)
+    slow = []  # the grid, one plain fit at a time
+    for c in grid:
+        model = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(xtr), ytr)
+        slow.append(float((model.predict(scaler.transform(xva)) == yva).mean()))
+    best = grid[slow.index(max(slow))]
+    assert r["C"] == best and r["val_accuracy"] == pytest.approx(max(slow))
+    assert [r["val_by_C"][c] for c in grid] == pytest.approx(slow)
+    assert len(set(slow)) > 1  # the grid matters on this task, so the choice is a real one
+
+
+# ------------------------------------------------------------------ the recorded panel
+@pytest.fixture(scope="module")
+def tiny():
+    ds = planted("additive", n_train=300)
+    g = torch.Generator().manual_seed(0)
+    backbones = {m: build_backbone(BackboneConfig("mlp", (8,)), s, g) for m, s in ds.shapes.items()}
+    return ds, backbones, TapCache.from_backbones(ds, backbones)
+
+
+def test_classic_panel_is_recorded_with_one_baseline_per_operator_and_reused(tiny, tmp_path, monkeypatch):
+    ds, backbones, taps = tiny
+    store = RunStore.create(tmp_path, "t", {"name": "t"})
+    lines: list[str] = []
+    cfg = TrainConfig(epochs=3, patience=2)
+    records = bf.ensure_baselines(store, ds, backbones, taps, cfg, panel="classic", n_seeds=2, say=lines.append)
+    on_disk = json.loads((store.run_dir / bl.FILE).read_text())
+    assert on_disk == json.loads(json.dumps(records))
+    for r in on_disk:
+        assert set(bl.RECORD_KEYS) <= set(r), r
+        assert r["kind"] in bl.KINDS and r["panel"] in ("basic", "classic")
+        assert r["n_seeds"] == (1 if r["kind"] == "linear" else 2)
+        assert r["params_total"] > 0 and r["flops_total"] > 0 and 0 <= r["val_accuracy"] <= 1
+        assert (r["spec"] is not None) == (r["kind"] in ("late_concat", "classic"))
+    basic = [r for r in on_disk if r["panel"] == "basic"]
+    assert sorted(r["kind"] for r in basic) == ["late_concat", "linear", "unimodal", "unimodal"]
+    classic = [r for r in on_disk if r["panel"] == "classic"]
+    assert sorted(r["spec"]["cells"][0]["op"] for r in classic) == list_fusions()
+    assert all(r["spec"]["stage"] == "late" for r in classic)
+    by_name = {r["name"]: r for r in on_disk}
+    assert len(by_name) == len(on_disk)  # names label the plots' points: unique
+    same = ("val_accuracy", "test_accuracy", "params_total", "spec")
+    assert [by_name["classic concat"][k] for k in same] == [by_name["late concat"][k] for k in same]
+    assert sum(line.startswith("baseline ") for line in lines) == len(on_disk)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a stored baselines.json must not be retrained")
+
+    monkeypatch.setattr(bf, "train_baselines", no_training)
+    assert bf.ensure_baselines(store, ds, backbones, taps, cfg, panel="classic", n_seeds=2,
+                               say=lines.append) == on_disk
+
+
+def test_panel_none_trains_nothing(tiny, tmp_path):
+    ds, backbones, taps = tiny
+    store = RunStore.create(tmp_path, "t", {"name": "t"})
+    assert bf.ensure_baselines(store, ds, backbones, taps, TrainConfig(epochs=1), panel="none") is None
+    assert store.baselines() is None and "baselines" not in store.write_pareto()
+
+
+def test_seeds_come_from_search_confirm_where_it_exists():
+    class WithConfirm:
+        confirm = 3
+
+    assert bf.seeds_of(WithConfirm()) == 4 and bf.seeds_of(object()) == 1  # 1 + confirm, as a front candidate
+
+
+# ------------------------------------------------------------------ compare
+def member(tid, val, test, params, flops):
+    return {"trial_id": tid, "metrics": {"val_accuracy": val, "test_accuracy": test,
+                                         "params_total": params, "flops_total": flops}}
+
+
+def baseline(name, val, test, params=100, flops=200, panel="basic", kind="linear"):
+    return {"name": name, "kind": kind, "panel": panel, "val_accuracy": val, "test_accuracy": test,
+            "params_total": params, "flops_total": flops}
+
+
+FRONT = {"front": [member("a", 0.90, 0.85, 1000, 5000), member("b", 0.80, 0.82, 100, 400)]}
+
+
+def test_compare_front_above_the_best_basic_baseline():
+    cmp = bl.compare(FRONT, [baseline("logreg", 0.85, 0.80), baseline("img", 0.70, 0.95, kind="unimodal")])
+    b = cmp["best"]
+    assert b["trial_id"] == "a" and b["baseline"] == "logreg"  # chosen on val, never on test
+    assert b["val_delta"] == pytest.approx(0.05) and b["test_delta"] == pytest.approx(0.05)
+    assert b["beats_val"] and b["beats_test"]
+    assert bl.summary_line(cmp) == ("front best 0.900 val / 0.850 test vs best baseline (logreg) 0.850 / 0.800: "
+                                    "+5.0 / +5.0 points (above on val and test)")
+
+
+def test_compare_front_below_on_test_and_equal_is_not_beating():
+    cmp = bl.compare(FRONT, [baseline("late concat", 0.90, 0.88, kind="late_concat")])
+    b = cmp["best"]
+    assert not b["beats_val"] and not b["beats_test"]
+    assert b["val_delta"] == 0 and b["test_delta"] == pytest.approx(-0.03)
+    assert bl.summary_line(cmp).endswith(": +0.0 / -3.0 points (level on val, below on test)")
+
+
+def test_compare_classic_weak_dominance():
+    classic = [baseline("late equal", 0.80, 0.5, 100, 400, panel="classic", kind="classic"),  # equal to b
+               baseline("late cheap", 0.80, 0.5, 99, 400, panel="classic", kind="classic"),  # fewer params
+               baseline("late good", 0.95, 0.5, 5000, 9000, panel="classic", kind="classic"),  # more accurate
+               baseline("late mid", 0.85, 0.5, 2000, 6000, panel="classic", kind="classic")]  # a dominates
+    cmp = bl.compare(FRONT, classic)
+    got = {c["name"]: c["dominated_by"] for c in cmp["classic"]}
+    assert got == {"late equal": "b", "late cheap": None, "late good": None, "late mid": "a"}
+    assert [c["dominated"] for c in cmp["classic"]] == [True, False, False, True]
+    assert cmp["best"] is None  # no basic baseline to compare with
+
+
+def test_compare_an_empty_front():
+    cmp = bl.compare({"front": []}, [baseline("logreg", 0.8, 0.8),
+                                     baseline("late x", 0.5, 0.5, panel="classic", kind="classic")])
+    assert cmp["best"] is None and cmp["classic"] == [{"name": "late x", "dominated": False, "dominated_by": None}]
+
+
+# ------------------------------------------------------------------ the report's data
+def test_report_data_marks_baseline_points():
+    stored = [baseline("logreg", 0.85, 0.80, 50, 100),
+              baseline("late tensor", 0.7, 0.6, 300, 900, panel="classic", kind="classic"),
+              baseline("late broken", None, None, None, None, panel="classic", kind="classic")]
+    points = report_data.baseline_points(stored, bl.compare(FRONT, stored))
+    assert [p.name for p in points] == ["logreg", "late tensor", "late broken"]
+    assert points[1].dominated_by == "b" and "dominated by front trial b" in points[1].hover
+    assert "baseline: logreg" in points[0].hover
+    for cost, xs in (("params", [50, 300]), ("flops", [100, 900])):
+        s = report_data.baseline_series(points, cost)
+        assert s.status == "baseline" and s.name == "baselines"
+        assert s.trial_ids == ["logreg", "late tensor"] and s.x == xs and s.y == [0.85, 0.7]
+    rows = report_data.baseline_table(points)
+    assert rows[0]["name"] == "logreg" and rows[1]["front"] == "dominated by b" and rows[0]["front"] == ""
+
+
+def test_report_draws_baselines_as_labelled_crosses():
+    from search import report_html
+
+    stored = [baseline("logreg", 0.85, 0.80, 50, 100)]
+    points = report_data.baseline_points(stored)
+    fig = report_html.scatter_figure([], "params", "stage", points)
+    trace = next(t for t in fig.data if t.meta == "baselines")
+    assert trace.marker.symbol == "x-thin-open" and list(trace.text) == ["logreg"]
+    page = report_html.render_html("t", [], {"n": [], "trial_id": [], "hypervolume": [], "best_val_accuracy": []},
+                                   report_data.summary([], {}), "", baselines=points, comparison_line="front best")
+    assert 'id="baselines-table"' in page and "front best" in page
+
+
+# ------------------------------------------------------------------ through the CLI
+def planted_config(tmp_path: Path, **search) -> Path:
+    cfg = {
+        "name": "bl",
+        "data": {"kind": "planted", "task": "additive", "n_train": 400, "n_test": 200, "d": 8, "seed": 0},
+        "backbones": {"cache_dir": str(tmp_path / "cache"), "pretrain": {"epochs": 3, "patience": 2},
+                      "modalities": {"m1": {"kind": "mlp", "widths": [8]}, "m2": {"kind": "mlp", "widths": [8]}}},
+        "space": {"stages": ["late"], "ops": {"concat": {}, "tensor": {"proj_dim": [4]}}, "widths": [8],
+                  "activations": ["relu"], "max_cells": 1},
+        "train": {"epochs": 5, "patience": 3},
+        "search": {"strategy": "random", "num_samples": 3, "runs_dir": str(tmp_path / "runs"), **search},
+    }
+    path = tmp_path / "bl.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_search_and_show_print_the_baselines_and_the_comparison(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", str(planted_config(tmp_path)), "--num-samples", "3"]) == 0
+    out = capsys.readouterr().out
+    run_dir = Path(out.strip().splitlines()[-1].split(": ", 1)[1])
+    for line in ("baseline m1 alone:", "baseline m2 alone:", "baseline logreg:", "baseline late concat:"):
+        assert line in out  # progress, one line per baseline, before the search
+    assert out.index("baseline logreg:") < out.index("trials 3/3")
+    assert "baselines (trained before the search" in out and "front best " in out and "vs best baseline (" in out
+    pareto = json.loads((run_dir / "pareto.json").read_text())
+    stored = json.loads((run_dir / bl.FILE).read_text())
+    assert [b["name"] for b in stored] == ["m1 alone", "m2 alone", "logreg", "late concat"]
+    assert pareto["baselines"]["best"]["baseline"] == bl.best_basic(stored)["name"]
+    assert bl.summary_line(pareto["baselines"]) in out
+    assert 'id="baselines-table"' in (run_dir / "report.html").read_text()
+
+    assert main(["show", str(run_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert "logreg" in shown and bl.summary_line(pareto["baselines"]) in shown
+
+
+def test_a_bad_baselines_value_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["search", str(planted_config(tmp_path, baselines="fancy"))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "search.baselines: unknown value 'fancy'; known: basic, classic, none" in err
