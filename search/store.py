@@ -28,7 +28,7 @@ import yaml
 
 from search import pareto
 
-STATUSES = ("ok", "failed", "errored", "early_stopped")
+STATUSES = ("ok", "failed", "diverged", "errored", "early_stopped")
 OBJECTIVES = {
     "names": ["val_accuracy", "params_total", "flops_total"],
     "modes": list(pareto.FUSION_MODES),
