@@ -93,11 +93,16 @@ class FusionHead(nn.Module):
     """The trainable part of a candidate: cells, then the head MLP (ReLU) and the classifier.
 
     `forward(taps)` takes a dict of tap tensors by name, each `(B, d)` or `(B, T, d)`
-    (extra taps are ignored) and returns logits `(B, num_classes)`.
+    (extra taps are ignored) and returns logits `(B, num_classes)`. `dropout` drops each
+    cell's output (after its activation) in training mode only: no parameters, no FLOPs,
+    and eval-mode outputs are the same whatever its value.
     """
 
-    def __init__(self, spec: ArchSpec, tap_shapes: Mapping[str, tuple[int, ...]], num_classes: int) -> None:
+    def __init__(self, spec: ArchSpec, tap_shapes: Mapping[str, tuple[int, ...]], num_classes: int,
+                 dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: must be in [0, 1), got {dropout!r}")
         missing = [t for t in required_taps(spec) if t not in tap_shapes]
         if missing:
             raise ValueError(f"spec reads taps with no known shape: {', '.join(missing)}")
@@ -113,6 +118,7 @@ class FusionHead(nn.Module):
         for a, b in zip(dims[:-1], dims[1:], strict=True):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.head = nn.Sequential(*layers, nn.Linear(dims[-1], num_classes))
+        self.drop = nn.Dropout(dropout)
         self.arch_id = spec.arch_id
 
     def example_taps(self, batch: int = 1) -> dict[str, Tensor]:
@@ -125,7 +131,7 @@ class FusionHead(nn.Module):
             raise ValueError(f"fusion {self.arch_id}: missing taps {', '.join(missing)}")
         h: Tensor | None = None
         for cell in self.cells:
-            h = cell(taps, h)
+            h = self.drop(cell(taps, h))
         return self.head(h)
 
 
@@ -138,7 +144,8 @@ class FusionModel(nn.Module):
     in eval mode under `no_grad`; each runs in full (all its taps).
     """
 
-    def __init__(self, spec: ArchSpec, backbones: Mapping[str, Backbone], num_classes: int, frozen: bool) -> None:
+    def __init__(self, spec: ArchSpec, backbones: Mapping[str, Backbone], num_classes: int, frozen: bool,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self._spec = spec
         self.modalities: tuple[str, ...] = tuple(sorted({parse_tap(t)[0] for t in required_taps(spec)}))
@@ -150,7 +157,7 @@ class FusionModel(nn.Module):
             for m, b in zip(self.modalities, self.backbones, strict=True)
             for d, s in enumerate(b.tap_shapes)
         }
-        self.fusion = FusionHead(spec, shapes, num_classes)
+        self.fusion = FusionHead(spec, shapes, num_classes, dropout)
         self.train()
 
     @property
@@ -190,6 +197,7 @@ def build_model(
     num_classes: int,
     freeze_backbones: bool = True,
     generator: torch.Generator | None = None,
+    dropout: float = 0.0,
 ) -> FusionModel:
     """The candidate `spec` over `backbones` with a `num_classes`-way classifier.
 
@@ -205,7 +213,7 @@ def build_model(
         chosen[m] = backbones[m] if freeze_backbones else copy.deepcopy(backbones[m])
         chosen[m].requires_grad_(not freeze_backbones)
     with seeded_init(generator):
-        return FusionModel(spec, chosen, num_classes, frozen=freeze_backbones)
+        return FusionModel(spec, chosen, num_classes, frozen=freeze_backbones, dropout=dropout)
 
 
 def model_cost(model: FusionModel) -> dict[str, int]:

@@ -102,10 +102,10 @@ def _print_front(store: Any, trials: list) -> None:
     from search.baselines import compare, summary_line
     from search.display import baselines_table, front_table
     from search.run import front_rows
-    from search.store import front_from_trials
+    from search.store import STATUSES, front_from_trials
 
     front = front_from_trials(trials, store.reference)
-    counts = {s: sum(t.get("status") == s for t in trials) for s in ("ok", "failed", "errored", "early_stopped")}
+    counts = {s: sum(t.get("status") == s for t in trials) for s in STATUSES}
     print(f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}); "
           f"front of {len(front['trial_ids'])}, hypervolume {front['hypervolume']:.4f}")
     print(front_table(front_rows(front)))

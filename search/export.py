@@ -94,12 +94,12 @@ def train_for_export(spec: ArchSpec, prepared: Prepared, *, retrain: bool = Fals
     cfg, data = candidate_config(prepared.config.train, spec, seed), prepared.dataset
     frozen = prepared.config.backbones.freeze
     if frozen:
-        module: torch.nn.Module = build_head(spec, prepared.taps, cfg.seed)
+        module: torch.nn.Module = build_head(spec, prepared.taps, cfg.seed, cfg.dropout)
         sub = prepared.taps.subset(required_taps(spec))
         train, val = sub.tensors("train"), sub.tensors("val")
     else:  # end to end, as `evaluate_with_backbones(freeze=False)` trained the trial
         module = model = build_model(spec, prepared.backbones, data.num_classes, False,
-                                     torch.Generator().manual_seed(cfg.seed))
+                                     torch.Generator().manual_seed(cfg.seed), cfg.dropout)
         train, val = dataset_tensors(data, "train"), dataset_tensors(data, "val")
     if retrain:
         result = _fit_last(module, _concat(train, val), val, cfg, epochs or cfg.epochs)

@@ -35,10 +35,25 @@ Progress = Callable[[str], Any]
 
 @dataclass(frozen=True)
 class PretrainConfig(TrainConfig):
-    """`backbones.pretrain:` — the `train:` keys, with pretraining's defaults."""
+    """`backbones.pretrain:` — the `train:` keys, with pretraining's defaults.
+
+    Pretraining keeps the recipe it had before the step-budget recipe of `train:`
+    (constant lr 3e-3, mini-batches, a val check and patience per epoch, no clipping):
+    unimodal backbones are not slow starters, and every tap cache, test and measured
+    number downstream is built on these weights. Any key can still be set.
+    """
 
     epochs: int = 30
+    lr: float = 3.0e-3
+    weight_decay: float = 1.0e-4
     patience: int = 5
+    max_steps: int = 0
+    min_steps: int = 0
+    eval_every: int = 0
+    full_batch: int = 0
+    schedule: str = "constant"
+    warmup: float = 0.0
+    grad_clip: float = 0.0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "backbones.pretrain") -> PretrainConfig:

@@ -34,7 +34,7 @@ FLOPS_NOTE = ("FLOPs: forward, per sample, 2 per multiply-add, as torch.utils.fl
               "(plus FFTs, CPU attention kernels and fusion interactions); elementwise work is not counted. "
               "Params and FLOPs count the inference path only: auxiliary losses and training-only parts "
               "(the adversarial discriminator) are left out.")
-SYMBOLS = {"ok": "circle", "early_stopped": "diamond-open", "failed": "x", "errored": "cross-open"}
+SYMBOLS = {"ok": "circle", "early_stopped": "diamond-open", "failed": "x", "diverged": "x-open", "errored": "cross-open"}
 STAGE_COLOURS = {"early": "#1f77b4", "late": "#ff7f0e", "hybrid": "#2ca02c"}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")

@@ -31,7 +31,7 @@ from search import baselines as _baselines
 from search import pareto
 from spaces.spec import ArchSpec
 
-STATUSES = ("ok", "failed", "errored", "early_stopped")
+STATUSES = ("ok", "failed", "diverged", "errored", "early_stopped")
 OBJECTIVES = {
     "names": ["val_accuracy", "params_total", "flops_total"],
     "modes": list(pareto.FUSION_MODES),

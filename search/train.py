@@ -1,10 +1,14 @@
 """Training one candidate: its fusion cells and head on cached taps, scored on val and test.
 
-`fit` is the one training loop (Adam, shuffled mini-batches, early stopping on val
-accuracy, best weights restored); backbone pretraining, candidates on cached taps and
-candidates that run their backbones on every batch all go through it, so their
-timings compare like for like. A candidate whose loss or weights stop being finite
-comes back `status: "failed"` with the reason instead of raising.
+`fit` is the one training loop (Adam; shuffled mini-batches, or full-batch steps on a
+small training set; linear warm-up then cosine decay over a step budget; early stopping
+on val accuracy only after a minimum number of steps; best weights restored); backbone
+pretraining, candidates on cached taps and candidates that run their backbones on every
+batch all go through it, so their timings compare like for like. A run whose loss grows
+far past its first loss or whose weights blow up comes back `status: "diverged"`, one
+that cannot train at all (a non-finite loss with sane weights: bad inputs) `"failed"`,
+each with the reason, instead of raising. The defaults were chosen by
+`experiments/bench_recipe.py` (experiments/RESULTS.md, "Training recipe").
 """
 from __future__ import annotations
 
@@ -30,22 +34,41 @@ from spaces._yaml_errors import ConfigError, at
 from spaces.spec import ArchSpec
 
 Split = tuple[dict[str, Tensor], Tensor]  # ({input name: (N, ...)}, labels (N,))
-Report = Callable[[int, float], Any]  # (epoch, val_accuracy); returning True stops training
+Report = Callable[[int, float], Any]  # (epoch, val_accuracy) at each evaluation; returning True stops training
 EVAL_BATCH = 4096
+SCHEDULES = ("cosine", "constant")
+DIVERGED_LOSS = 100.0  # a training loss this many times the first one means the run diverged
+DIVERGED_WEIGHT = 1.0e6  # as does a weight this large (in absolute value)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """`train:` — how one candidate trains (Adam, early stopping on val accuracy)."""
+    """`train:` — how one candidate trains (Adam, step budget, early stopping on val accuracy).
 
-    epochs: int = 40
+    The step budget is `min(max_steps, epochs * steps per epoch)`; an epoch is one step
+    when the training set has at most `full_batch` samples. Val accuracy is measured at
+    the end of an epoch once `eval_every` steps have passed since the last measurement
+    (so every epoch when epochs are long), and at the end of the budget. Training stops
+    after `patience` measurements in a row without a new best, counting only those past
+    `min_steps`.
+    """
+
+    epochs: int = 1000
     batch_size: int = 128
-    lr: float = 3.0e-3
-    weight_decay: float = 1.0e-4
-    patience: int = 6  # epochs without a new best val accuracy before stopping
+    lr: float = 1.0e-2
+    weight_decay: float = 1.0e-2
+    patience: int = 5  # evaluations past min_steps without a new best val accuracy before stopping
     threads: int = 1  # torch intra-op threads while training (one per trial under Ray)
     seed: int = 0
     aux_weight: float | None = None  # weight of fusion ops' auxiliary losses; None: each op's default
+    max_steps: int = 400  # optimiser steps at most (0: no cap; epochs still bound it)
+    min_steps: int = 200  # optimiser steps before early stopping may fire
+    eval_every: int = 20  # optimiser steps between val evaluations (at most one per epoch; 0: every epoch)
+    full_batch: int = 2048  # train sets of at most this many samples take full-batch steps (0: never)
+    schedule: str = "cosine"  # cosine: linear warm-up, then cosine decay to ~0 over the budget; constant: lr
+    warmup: float = 0.05  # fraction of the step budget spent warming up linearly from lr/warmup_steps
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0: off)
+    dropout: float = 0.0  # on each fusion cell's output, training only (FusionHead)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> TrainConfig:
@@ -66,12 +89,18 @@ class TrainConfig:
         return asdict(self)
 
 
-_FLOATS = ("lr", "weight_decay", "aux_weight")
-_LOWEST = {"epochs": 1, "batch_size": 1, "patience": 1, "threads": 1, "seed": 0}
+_FLOATS = ("lr", "weight_decay", "aux_weight", "warmup", "grad_clip", "dropout")
+_BELOW_ONE = ("warmup", "dropout")  # fractions in [0, 1)
+_LOWEST = {"epochs": 1, "batch_size": 1, "patience": 1, "threads": 1, "seed": 0,
+           "max_steps": 0, "min_steps": 0, "eval_every": 0, "full_batch": 0}
 
 
 def _check_field(key: str, value: Any, where: str) -> None:
     if key == "aux_weight" and value is None:
+        return
+    if key == "schedule":
+        if value not in SCHEDULES:
+            raise ConfigError(f"{where}: unknown schedule {value!r}; known: {', '.join(SCHEDULES)}")
         return
     if key in _FLOATS:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -80,6 +109,8 @@ def _check_field(key: str, value: Any, where: str) -> None:
             raise ConfigError(f"{where}: must be > 0, got {value!r}")
         if value < 0:
             raise ConfigError(f"{where}: must be >= 0, got {value!r}")
+        if key in _BELOW_ONE and value >= 1:
+            raise ConfigError(f"{where}: must be < 1, got {value!r}")
     elif isinstance(value, bool) or not isinstance(value, int) or value < _LOWEST[key]:
         raise ConfigError(f"{where}: expected an integer >= {_LOWEST[key]}, got {value!r}")
 
@@ -115,7 +146,8 @@ def accuracy(model: nn.Module, split: Split) -> float:
 
 @dataclass
 class FitResult:
-    """What `fit` did: `status` ok/failed (`reason` says why), epochs run, the best epoch and its val accuracy."""
+    """What `fit` did: `status` ok/failed/diverged (`reason` says why), epochs and optimiser
+    steps run, the best epoch and its val accuracy."""
 
     status: str
     reason: str
@@ -123,45 +155,124 @@ class FitResult:
     best_epoch: int
     val_accuracy: float
     seconds: float
+    steps: int = 0
+
+
+def batch_size_for(n_train: int, cfg: TrainConfig) -> int:
+    """Samples per step: all of them when `n_train <= cfg.full_batch`, else `cfg.batch_size`."""
+    return max(n_train, 1) if n_train <= cfg.full_batch else cfg.batch_size
+
+
+def step_budget(n_train: int, cfg: TrainConfig) -> int:
+    """Optimiser steps `fit` runs at most: `min(max_steps, epochs * steps per epoch)`."""
+    steps = cfg.epochs * math.ceil(max(n_train, 1) / batch_size_for(n_train, cfg))
+    return min(steps, cfg.max_steps) if cfg.max_steps > 0 else steps
+
+
+def lr_at(step: int, budget: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimiser step `step` (1-based) of `budget`.
+
+    cosine: `w = round(warmup * budget)` warm-up steps at `lr * step / w`, then
+    `lr * (1 + cos(pi * (step - w - 1) / (budget - w))) / 2`: the first step after
+    warm-up takes the full rate and the last one a small positive one. constant: `lr`.
+    """
+    if cfg.schedule == "constant":
+        return cfg.lr
+    warm = min(round(cfg.warmup * budget), budget - 1)
+    if step <= warm:
+        return cfg.lr * step / warm
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warm - 1) / (budget - warm)))
 
 
 def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, report: Report | None = None) -> FitResult:
     """Train `model` (`{name: (B, ...)} -> (B, C)` logits) in place; best-val weights restored.
 
     Deterministic for `cfg.seed`: shuffling draws from its own generator, and anything
-    drawing from torch's global RNG meanwhile gets a forked one seeded from it.
+    drawing from torch's global RNG meanwhile (dropout) gets a forked one seeded from it.
     """
     shuffle = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _adam(params, cfg)
     xs, y = train
     n = len(y)
-    best, best_epoch, best_state = -1.0, 0, None
+    batch, budget = batch_size_for(n, cfg), step_budget(n, cfg)
+    run = _Run(cfg, budget)
     start = time.perf_counter()
-    epoch, reason = 0, ""
     with torch_threads(cfg.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model.train()
         for epoch in range(1, cfg.epochs + 1):
-            reason = _one_epoch(model, opt, xs, y, torch.randperm(n, generator=shuffle), cfg.batch_size,
-                                cfg.aux_weight)
-            if not reason and not all(bool(torch.isfinite(p).all()) for p in params):
-                reason = "weights became non-finite"
-            if reason:
-                reason = f"{reason} in epoch {epoch} (lr {cfg.lr:g})"
+            run.epoch = epoch
+            order = torch.randperm(n, generator=shuffle)
+            run.reason = _one_epoch(model, opt, params, xs, y, order, batch, run)
+            if run.reason:
+                break
+            if not run.due():
+                continue
+            run.reason = _weights_check(params)
+            if run.reason:
+                run.status = "diverged"
                 break
             acc = accuracy(model, val)
-            if acc > best:
-                best, best_epoch = acc, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            stop = report(epoch, acc) if report is not None else False
-            if stop is True or epoch - best_epoch >= cfg.patience:
+            stop = run.evaluated(acc, model)
+            if report is not None and report(epoch, acc) is True:
+                stop = True
+            if stop or run.step >= budget:
                 break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
     seconds = time.perf_counter() - start
-    status = "failed" if reason else "ok"
-    return FitResult(status, reason, epoch, best_epoch, best if best >= 0 else math.nan, seconds)
+    status, reason = ("ok", "") if not run.reason else (run.status, f"{run.reason} in epoch {run.epoch} (lr {cfg.lr:g})")
+    best = run.best if run.best >= 0 else math.nan
+    return FitResult(status, reason, run.epoch, run.best_epoch, best, seconds, run.step)
+
+
+class _Run:
+    """The loop's state: steps taken, the first loss, when val is due, the best so far, patience."""
+
+    def __init__(self, cfg: TrainConfig, budget: int) -> None:
+        self.cfg, self.budget = cfg, budget
+        self.step = self.epoch = self.best_epoch = self.last_eval = self.stale = 0
+        self.first_loss: float | None = None
+        self.best, self.best_state = -1.0, None
+        self.reason, self.status = "", "failed"
+
+    def due(self) -> bool:
+        """Val is measured at the end of this epoch (every epoch when eval_every steps span one)."""
+        return self.step >= self.budget or self.step - self.last_eval >= self.cfg.eval_every
+
+    def evaluated(self, acc: float, model: nn.Module) -> bool:
+        """Record a val measurement; True when patience has run out."""
+        self.last_eval = self.step
+        if acc > self.best:
+            self.best, self.best_epoch, self.stale = acc, self.epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif self.step > self.cfg.min_steps:  # patience counts only measurements past min_steps
+            self.stale += 1
+        return self.step >= self.cfg.min_steps and self.stale >= self.cfg.patience
+
+    def check_loss(self, loss: float, params: list[nn.Parameter]) -> str:
+        """Why to stop after this loss ('' when fine); sets `status` to failed or diverged."""
+        if not math.isfinite(loss):
+            # sane weights and a non-finite loss: the inputs (or the model) cannot train at all
+            blown = _weights_check(params)
+            self.status = "diverged" if blown else "failed"
+            return f"loss became {loss}" + (f" ({blown})" if blown else "")
+        if self.first_loss is None:
+            self.first_loss = loss
+        elif loss > DIVERGED_LOSS * max(self.first_loss, 1e-3):
+            self.status = "diverged"
+            return f"loss grew to {loss:.3g}, over {DIVERGED_LOSS:g}x its first value {self.first_loss:.3g}"
+        return ""
+
+
+def _weights_check(params: list[nn.Parameter]) -> str:
+    """Why the weights count as blown up ('' when fine): non-finite, or above DIVERGED_WEIGHT."""
+    with torch.no_grad():
+        top = max((float(p.abs().max()) for p in params if p.numel()), default=0.0)
+    if not math.isfinite(top):
+        return "weights became non-finite"
+    return f"weights blew up (max |w| {top:.3g})" if top > DIVERGED_WEIGHT else ""
 
 
 def _adam(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -172,29 +283,39 @@ def _adam(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _one_epoch(model: nn.Module, opt: torch.optim.Optimizer, xs: Mapping[str, Tensor], y: Tensor,
-               order: Tensor, batch_size: int, aux_weight: float | None = None) -> str:
-    """One pass over the shuffled data; the reason to stop ('' when fine)."""
-    xs, y = {k: v[order] for k, v in xs.items()}, y[order]  # one gather per epoch; batches are views
+def _one_epoch(model: nn.Module, opt: torch.optim.Optimizer, params: list[nn.Parameter], xs: Mapping[str, Tensor],
+               y: Tensor, order: Tensor, batch_size: int, run: _Run) -> str:
+    """One pass over the shuffled data (cut short at the step budget); the reason to stop ('' when fine)."""
+    cfg = run.cfg
+    if batch_size < len(order):
+        xs, y = {k: v[order] for k, v in xs.items()}, y[order]  # one gather per epoch; batches are views
     for i in range(0, len(order), batch_size):
+        if run.step >= run.budget:
+            break
         loss = F.cross_entropy(model({k: v[i : i + batch_size] for k, v in xs.items()}), y[i : i + batch_size])
-        aux = auxiliary_loss(model, aux_weight)  # fusion ops' training-only terms
+        aux = auxiliary_loss(model, cfg.aux_weight)  # fusion ops' training-only terms
         if aux is not None:
             loss = loss + aux
-        if not torch.isfinite(loss):
-            return f"loss became {loss.item()}"
+        reason = run.check_loss(loss.item(), params)
+        if reason:
+            return reason
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+        run.step += 1
+        for group in opt.param_groups:
+            group["lr"] = lr_at(run.step, run.budget, cfg)
         opt.step()
     return ""
 
 
 # ------------------------------------------------------------------ candidates on cached taps
-def build_head(spec: ArchSpec, taps: TapCache, seed: int) -> FusionHead:
+def build_head(spec: ArchSpec, taps: TapCache, seed: int, dropout: float = 0.0) -> FusionHead:
     """`FusionHead(spec)` for the taps in `taps`, initialised from `seed`; ValueError if it cannot be built."""
     check_spec(spec, taps.n_taps())
     with seeded_init(torch.Generator().manual_seed(seed)):
-        return FusionHead(spec, taps.tap_shapes, taps.num_classes)
+        return FusionHead(spec, taps.tap_shapes, taps.num_classes, dropout)
 
 
 def candidate_config(cfg: TrainConfig, spec: ArchSpec, seed: int | None = None) -> TrainConfig:
@@ -211,7 +332,7 @@ def train_fusion(
 ) -> tuple[FusionHead, FitResult]:
     """The candidate's trained cells + head (best-val weights) and how training went (export uses this).
     `train_cfg` is the config to train with as it is (see `candidate_config`)."""
-    head = build_head(spec, taps, train_cfg.seed)
+    head = build_head(spec, taps, train_cfg.seed, train_cfg.dropout)
     return head, _fit_head(head, spec, taps, train_cfg, report)
 
 
@@ -245,15 +366,15 @@ def evaluate_candidate(
     """Train `spec` on cached taps and score it: accuracies, exact params/FLOPs, time per epoch.
 
     It trains with `candidate_config(train_cfg, spec, seed)`. Keys: arch_id, seed, status
-    (ok | failed), reason, val_accuracy, test_accuracy, params_fusion, flops_fusion,
+    (ok | failed | diverged), reason, val_accuracy, test_accuracy, params_fusion, flops_fusion,
     params_total, flops_total (with the `backbones` the taps came from; else equal to the
-    fusion part), epochs, best_epoch, seconds, seconds_per_epoch.
-    A spec that cannot be built or a diverging run gives status failed, not an exception.
+    fusion part), epochs, steps, best_epoch, seconds, seconds_per_epoch.
+    A spec that cannot be built gives status failed, a diverging run diverged, not an exception.
     """
     train_cfg = candidate_config(train_cfg, spec, seed)
     start = time.perf_counter()
     try:
-        head = build_head(spec, taps, train_cfg.seed)
+        head = build_head(spec, taps, train_cfg.seed, train_cfg.dropout)
     except ValueError as err:
         return _failed(spec, f"cannot build: {err}", start, train_cfg.seed)
     result = _fit_head(head, spec, taps, train_cfg, report)
@@ -264,7 +385,8 @@ def evaluate_candidate(
 def _failed(spec: ArchSpec, reason: str, start: float, seed: int) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     return {"arch_id": spec.arch_id, "seed": seed, "status": "failed", "reason": reason, "val_accuracy": math.nan,
-            "test_accuracy": math.nan, "epochs": 0, "best_epoch": 0, "seconds": seconds, "seconds_per_epoch": math.nan}
+            "test_accuracy": math.nan, "epochs": 0, "steps": 0, "best_epoch": 0, "seconds": seconds,
+            "seconds_per_epoch": math.nan}
 
 
 def _metrics(spec: ArchSpec, head: FusionHead, result: FitResult, test: float,
@@ -285,6 +407,7 @@ def _metrics(spec: ArchSpec, head: FusionHead, result: FitResult, test: float,
         params_total=cost.get("params_total", cost["params_fusion"]),
         flops_total=cost.get("flops_total", cost["flops_fusion"]),
         epochs=result.epochs,
+        steps=result.steps,
         best_epoch=result.best_epoch,
         seconds_per_epoch=result.seconds / max(result.epochs, 1),
     )
@@ -318,7 +441,8 @@ def evaluate_with_backbones(
     train_cfg = candidate_config(train_cfg, spec, seed)
     start = time.perf_counter()
     try:
-        model = build_model(spec, backbones, dataset.num_classes, freeze, torch.Generator().manual_seed(train_cfg.seed))
+        model = build_model(spec, backbones, dataset.num_classes, freeze, torch.Generator().manual_seed(train_cfg.seed),
+                            train_cfg.dropout)
     except ValueError as err:
         return _failed(spec, f"cannot build: {err}", start, train_cfg.seed)
     train, val, test = (dataset_tensors(dataset, s) for s in ("train", "val", "test"))
