@@ -120,7 +120,7 @@ def config_from_dict(raw: Any, path: Path, overrides: Mapping[str, Any] | None =
     default = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).lstrip("._-")[:100] or "run"
     name = check_run_name(raw.get("name", default))
     data = _mapping(raw.get("data"), "data")
-    if data.get("kind") not in LOADERS:
+    if not isinstance(data.get("kind"), str) or data["kind"] not in LOADERS:
         raise ConfigError(f"data.kind: unknown dataset kind {data.get('kind')!r}; known: {', '.join(sorted(LOADERS))}")
     try:
         backbones = BackbonesConfig.from_dict(raw.get("backbones"), "backbones")
