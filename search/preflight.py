@@ -33,7 +33,8 @@ class Largest:
 
     params: int
     flops: int
-    what: str
+    what: str  # what makes the parameters large
+    what_flops: str  # what makes the FLOPs large
 
 
 def preflight(config: Config, *, writes: bool = True) -> Dataset:
@@ -103,10 +104,11 @@ def meta_backbones(config: Config, dataset: Dataset) -> dict[str, Backbone]:
 def check_size(config: Config, dataset: Dataset, backbones: Mapping[str, Backbone]) -> Largest:
     """Refuse a space whose largest architecture exceeds `search.max_params` or `search.max_flops`."""
     big = largest(config, dataset.num_classes, backbones)
-    for key, value, what in (("max_params", big.params, "parameters"), ("max_flops", big.flops, "FLOPs per sample")):
+    for key, value, what, why in (("max_params", big.params, "parameters", big.what),
+                                  ("max_flops", big.flops, "FLOPs per sample", big.what_flops)):
         limit = getattr(config.search, key)
         if value > limit:
-            raise ConfigError(f"space: the largest architecture ({big.what}) has {value:,} {what}, more than "
+            raise ConfigError(f"space: the largest architecture ({why}) has {value:,} {what}, more than "
                               f"search.{key} = {limit:,}; narrow the space or raise search.{key}")
     return big
 
@@ -127,7 +129,7 @@ def largest(config: Config, num_classes: int, backbones: Mapping[str, Backbone])
         base_f = sum(_flops(b, torch.zeros(1, *b.input_shape)) for b in backbones.values())
         trunk_p, trunk_f = max(_head_cost(t, width, num_classes) for t in space.trunks)
         feats = {t: torch.zeros(1, *s) for t, s in taps.values()}
-        best = (0, 0, "")
+        best_p, best_f = (0, ""), (0, "")  # the operators largest in parameters and in FLOPs
         for op in space.ops:
             for setting in _settings(op):
                 cell = CellSpec(taps=tuple(t for t, _ in taps.values()), op=op.name, width=width, args=setting)
@@ -135,12 +137,13 @@ def largest(config: Config, num_classes: int, backbones: Mapping[str, Backbone])
                 if chained:
                     cp, cf = _cell_cost(cell, feats, width)
                     p, f = p + (space.max_cells - 1) * cp, f + (space.max_cells - 1) * cf
-                if (p, f) > best[:2]:
-                    shown = ", ".join(f"{k}={v}" for k, v in setting)
-                    best = (p, f, f"{op.name}{f' ({shown})' if shown else ''} at width {width}"
-                                  f"{f' x {space.max_cells} cells' if chained else ''}")
-    what = f"backbones {base_p:,} parameters; fusion {best[2]}: {best[0]:,}"
-    return Largest(base_p + best[0] + trunk_p, base_f + best[1] + trunk_f, what)
+                shown = ", ".join(f"{k}={v}" for k, v in setting)
+                desc = (f"{op.name}{f' ({shown})' if shown else ''} at width {width}"
+                        f"{f' x {space.max_cells} cells' if chained else ''}")
+                best_p, best_f = max(best_p, (p, desc)), max(best_f, (f, desc))
+    return Largest(base_p + best_p[0] + trunk_p, base_f + best_f[0] + trunk_f,
+                   f"backbones {base_p:,} parameters; fusion {best_p[1]}: {best_p[0]:,}",
+                   f"backbones {base_f:,} FLOPs; fusion {best_f[1]}: {best_f[0]:,}")
 
 
 def _settings(op: OpChoice) -> list[tuple[tuple[str, object], ...]]:

@@ -169,6 +169,9 @@ def test_a_huge_width_is_refused_with_its_size(tmp_path, capsys):
     # the limit is the user's to raise: a generous one lets the space through to `space`
     path = write_config(tmp_path, space__widths=[64], search__max_params=50)
     assert "search.max_params = 50" in one_line_error(capsys, ["space", str(path)])
+    path = write_config(tmp_path, search__max_flops=1000)
+    err = one_line_error(capsys, ["space", str(path)])
+    assert "FLOPs per sample, more than search.max_flops = 1,000" in err and "backbones" in err
 
 
 def test_a_tensor_op_too_big_for_three_inputs_is_refused_at_config_time(tmp_path, capsys):
