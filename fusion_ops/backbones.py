@@ -37,7 +37,7 @@ SIZE_KEYS: dict[str, tuple[str, tuple[int, ...]]] = {
 
 
 def _check_kind(kind: Any, label: str) -> str:
-    if kind not in SIZE_KEYS:
+    if not isinstance(kind, str) or kind not in SIZE_KEYS:
         raise ValueError(f"{label}: unknown backbone {kind!r}; known: {', '.join(sorted(SIZE_KEYS))}")
     return kind
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ from spaces.spec import ArchSpec
 FORMAT = "fusion-nas-export"
 VERSION = 1
 ARCH_FILE, MODEL_FILE, WEIGHTS_FILE = "arch.yaml", "model.json", "weights.safetensors"
+MAX_TEXT_BYTES = 16 * 2**20  # arch.yaml, model.json, metrics.json
+MAX_WEIGHTS_BYTES = 8 * 2**30
 
 
 class ExportError(ValueError):
@@ -110,6 +114,29 @@ def save_model(model: ExportedModel, out: str | Path, backbones: Mapping[str, Ma
     return info
 
 
+def read_bounded(file: Path, limit: int) -> bytes:
+    """The bytes of `file`, which must be a regular file (a symlink to one is fine) of at
+    most `limit` bytes: a FIFO or a device would block or never end."""
+    try:
+        st = os.stat(file)
+    except FileNotFoundError:
+        raise ExportError(f"{file}: missing") from None
+    except OSError as err:
+        raise ExportError(f"{file}: cannot read ({err.strerror or err})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ExportError(f"{file}: not a regular file")
+    if st.st_size > limit:
+        raise ExportError(f"{file}: {st.st_size:,} bytes, more than the {limit:,} an export file may have")
+    try:
+        with open(file, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as err:
+        raise ExportError(f"{file}: cannot read ({err.strerror or err})") from None
+    if len(data) > limit:
+        raise ExportError(f"{file}: grew past {limit:,} bytes while being read")
+    return data
+
+
 def load_model(path: str | Path) -> ExportedModel:
     """The model exported to directory `path`, in eval mode; `ExportError` says what is wrong otherwise."""
     from safetensors import SafetensorError
@@ -135,10 +162,10 @@ def load_model(path: str | Path) -> ExportedModel:
 
 def _read_info(path: Path) -> dict[str, Any]:
     file = path / MODEL_FILE
-    if not file.is_file():
+    if not file.exists():
         raise ExportError(f"{path} is not a fusion-nas export (no {MODEL_FILE})")
     try:
-        info = json.loads(file.read_text(encoding="utf-8"))
+        info = json.loads(read_bounded(file, MAX_TEXT_BYTES).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ExportError(f"{file}: not valid JSON ({err})") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
@@ -150,10 +177,9 @@ def _read_info(path: Path) -> dict[str, Any]:
 
 def _read_spec(path: Path, info: Mapping[str, Any]) -> ArchSpec:
     file = path / ARCH_FILE
+    text = read_bounded(file, MAX_TEXT_BYTES)
     try:
-        spec = ArchSpec.from_yaml(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExportError(f"{file}: missing") from None
+        spec = ArchSpec.from_yaml(text.decode("utf-8"))
     except Exception as err:  # yaml errors, missing keys, wrong types: all mean a damaged file
         raise ExportError(f"{file}: not a valid architecture ({type(err).__name__}: {err})") from None
     if spec.arch_id != info.get("arch_id"):
@@ -164,10 +190,7 @@ def _read_spec(path: Path, info: Mapping[str, Any]) -> ArchSpec:
 def _read_weights(path: Path, info: Mapping[str, Any]) -> bytes:
     weights = info.get("weights") or {}
     file = path / WEIGHTS_FILE
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise ExportError(f"{file}: missing") from None
+    data = read_bounded(file, MAX_WEIGHTS_BYTES)
     if len(data) != weights.get("bytes") or hashlib.sha256(data).hexdigest() != weights.get("sha256"):
         raise ExportError(f"{file}: {len(data)} bytes that do not match the SHA-256 in {MODEL_FILE}: "
                           "the file was changed or truncated after export")

@@ -11,6 +11,7 @@ from typing import Any
 from search import cli_report
 from search.datasets import DataError
 from spaces import ConfigError
+from spaces._yaml_errors import in_file
 
 
 class UsageError(ValueError):
@@ -32,8 +33,12 @@ def cmd_ops(args: argparse.Namespace) -> int:
 def cmd_space(args: argparse.Namespace) -> int:
     """Print the size of a config's search space and a few samples."""
     from search.config import load_config
+    from search.preflight import preflight
 
+    if args.samples < 0:
+        raise UsageError(f"--samples: expected an integer >= 0, got {args.samples}")
     cfg = load_config(args.config)
+    preflight(cfg, writes=False)  # the size guards: a space `search` would refuse is refused here too
     space = cfg.space
     print(f"{args.config}: {space.size():,} architectures over modalities {', '.join(space.modalities)}")
     for stage in space.stages:
@@ -52,30 +57,57 @@ def cmd_search(args: argparse.Namespace) -> int:
     from search import run
     from search.config import load_config
     from search.display import Progress
-    from search.store import RunStore
+    from search.preflight import preflight
+    from search.store import RunInUse, RunStore, check_run_name
 
     if args.resume:
+        # a resumed run keeps its recorded settings: a flag that would change them is refused, not ignored
+        given = [flag for flag, value in (("CONFIG", args.config), ("--strategy", args.strategy),
+                                          ("--num-samples", args.num_samples), ("--seed", args.seed),
+                                          ("--name", args.name)) if value is not None]
+        if given:
+            raise UsageError(f"{given[0]}: not allowed with --resume (a resumed run keeps the settings it was "
+                             "started with; only --address may change)")
         try:
             store = RunStore.open(args.resume)
         except FileNotFoundError as err:
             raise UsageError(str(err)) from None
-        cfg = run.resolved_config(store)
-        print(f"resuming {store.run_dir}")
-    else:
-        if not args.config:
-            raise UsageError("search needs a CONFIG file (or --resume RUN_DIR)")
-        overrides = {k: v for k, v in (("strategy", args.strategy), ("num_samples", args.num_samples),
-                                       ("seed", args.seed), ("address", args.address)) if v is not None}
-        cfg = load_config(args.config, overrides)
-        if args.name:
-            cfg = dataclasses.replace(cfg, name=args.name)
-        store = run.start_run(cfg)
-        print(f"run {store.run_dir}")
+        try:
+            with store.locked():  # before anything else: a second process stops here, at once
+                cfg = run.resolved_config(store)
+                if args.address is not None:
+                    from search.config import SearchSettings
+
+                    cfg = dataclasses.replace(cfg, search=SearchSettings.from_dict({**cfg.search.to_dict(),
+                                                                                     "address": args.address}))
+                dataset = preflight(cfg, writes=False)
+                print(f"resuming {store.run_dir}")
+                return _search_locked(args, cfg, store, dataset, Progress)
+        except RunInUse as err:
+            raise UsageError(str(err)) from None
+    if not args.config:
+        raise UsageError("search needs a CONFIG file (or --resume RUN_DIR)")
+    overrides = {k: v for k, v in (("strategy", args.strategy), ("num_samples", args.num_samples),
+                                   ("seed", args.seed), ("address", args.address)) if v is not None}
+    cfg = load_config(args.config, overrides)
+    if args.name is not None:
+        cfg = dataclasses.replace(cfg, name=check_run_name(args.name, "--name"))
+    dataset = preflight(cfg)  # data, backbones and size errors come before the run directory exists
+    store = run.start_run(cfg)
+    print(f"run {store.run_dir}")
+    with store.locked():
+        return _search_locked(args, cfg, store, dataset, Progress)
+
+
+def _search_locked(args: argparse.Namespace, cfg: Any, store: Any, dataset: Any, progress: Any) -> int:
+    from search import run
+
     print(f"{cfg.search.strategy} search: {cfg.search.num_samples} candidates from {cfg.space.size():,}"
           f" architectures, {cfg.search.cpus_per_trial} CPU per trial"
           f" on {cfg.search.address or 'an embedded local Ray'}")
-    trials = run.search(cfg, store, resume=bool(args.resume), progress=Progress())
-    _print_front(store, trials)
+    trials = run.search(cfg, store, resume=bool(args.resume), progress=progress(), dataset=dataset)
+    with in_file(store.trials_path):
+        _print_front(store, trials)
     from search.report import write_report
 
     try:
@@ -94,7 +126,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         store = RunStore.open(args.run)
     except FileNotFoundError as err:
         raise UsageError(str(err)) from None
-    _print_front(store, store.trials())
+    with in_file(store.trials_path):
+        _print_front(store, store.trials())
     return 0
 
 
@@ -108,6 +141,10 @@ def _print_front(store: Any, trials: list) -> None:
     counts = {s: sum(t.get("status") == s for t in trials) for s in STATUSES}
     print(f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}); "
           f"front of {len(front['trial_ids'])}, hypervolume {front['hypervolume']:.4f}")
+    if trials and not front["trial_ids"]:
+        print(f"every trial ended without a usable score ({len(trials)} of {len(trials)}): the front is empty; "
+              "the reasons are in trials.jsonl (`status`, `reason`)")
+        return
     print(front_table(front_rows(front)))
     stored = store.baselines()
     if stored:
@@ -134,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--name", help="run name (default: the config's)")
     search.add_argument("--seed", type=int)
     search.add_argument("--address", help="join an existing Ray cluster (`ray start --head`)")
-    search.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
+    search.add_argument("--resume", metavar="RUN_DIR",
+                        help="finish an interrupted run with its recorded settings (only --address may be given)")
     show = sub.add_parser("show", help="the Pareto front of a run, as a table")
     show.add_argument("run", metavar="RUN_DIR")
     sub.add_parser("ops", help="list fusion operators and their arguments")

@@ -7,6 +7,7 @@ Every mistake is a one-line `ConfigError`: `<file>: <key path>: <what is wrong>`
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from fusion_ops import fusion_args, list_fusions
 from search.baselines import PANELS as BASELINE_PANELS
 from search.datasets import LOADERS, DataError, load_dataset
 from search.pretrain import BackbonesConfig
+from search.store import check_run_name
 from search.train import TrainConfig
 from spaces import ConfigError, SearchSpace
 from spaces._yaml_errors import in_file, read_yaml
@@ -23,6 +25,19 @@ from spaces._yaml_errors import in_file, read_yaml
 SECTIONS = ("name", "data", "backbones", "space", "train", "search")
 STRATEGY_NAMES = ("grid", "mfas", "nsga2", "random")
 SCHEDULERS = ("none", "asha")
+# `host:port` (as `ray start --head` prints it), `ray://host:port` (Ray Client) or `auto`
+_ADDRESS = re.compile(r"(?:ray://)?(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253})|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """`(host, port)` of a cluster address, None for `auto`; ConfigError if it cannot be one."""
+    if address == "auto":
+        return None
+    m = _ADDRESS.fullmatch(address)
+    if m is None or not 1 <= int(m["port"]) <= 65535:
+        raise ConfigError(f"search.address: cannot read {address!r} as a Ray address; "
+                          "expected host:port (as `ray start --head` prints it), ray://host:port or auto")
+    return m["host"].strip("[]"), int(m["port"])
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,9 @@ class SearchSettings:
     seed: int = 0
     confirm: int = 2  # more seeds for every front candidate; the front uses their mean
     baselines: str = "basic"  # which baselines train before the search (search.baselines.PANELS)
+    # size guards, checked before anything is allocated: the largest architecture of the space
+    max_params: int = 100_000_000  # 400 MB of float32 weights
+    max_flops: int = 20_000_000_000  # forward FLOPs per sample
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "search") -> SearchSettings:
@@ -49,11 +67,15 @@ class SearchSettings:
         _choice(out.scheduler, SCHEDULERS, f"{where}.scheduler")
         _choice(out.baselines, BASELINE_PANELS, f"{where}.baselines")
         for key, low in (("num_samples", 1), ("cpus_per_trial", 1), ("max_concurrent", 0), ("seed", 0),
-                         ("confirm", 0)):
+                         ("confirm", 0), ("max_params", 1), ("max_flops", 1)):
             _int(getattr(out, key), low, f"{where}.{key}")
         for key in ("address", "runs_dir"):
             if not isinstance(getattr(out, key), str):
                 raise ConfigError(f"{where}.{key}: expected a string, got {getattr(out, key)!r}")
+        if not out.runs_dir or "\0" in out.runs_dir:
+            raise ConfigError(f"{where}.runs_dir: expected a folder path, got {out.runs_dir!r}")
+        if out.address:
+            parse_address(out.address)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,11 +120,11 @@ def config_from_dict(raw: Any, path: Path, overrides: Mapping[str, Any] | None =
     """Validate a parsed config (errors carry key paths, not the file)."""
     raw = _mapping(raw, "config")
     _no_unknown(raw, SECTIONS, "config")
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ConfigError(f"name: expected a non-empty name without '/', got {name!r}")
+    # a name from the file name is made legal; a name the user wrote is checked as written
+    default = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).lstrip("._-")[:100] or "run"
+    name = check_run_name(raw.get("name", default))
     data = _mapping(raw.get("data"), "data")
-    if data.get("kind") not in LOADERS:
+    if not isinstance(data.get("kind"), str) or data["kind"] not in LOADERS:
         raise ConfigError(f"data.kind: unknown dataset kind {data.get('kind')!r}; known: {', '.join(sorted(LOADERS))}")
     try:
         backbones = BackbonesConfig.from_dict(raw.get("backbones"), "backbones")
@@ -124,6 +146,9 @@ def _with_default_backbones(backbones: BackbonesConfig, data: Mapping[str, Any],
     """Name a backbone for every modality of the data (the defaults by sample shape),
     so that the space knows each modality's taps and the resolved config says what ran."""
     dataset = load_dataset(data, base_dir)
+    if len(dataset.modalities) < 2:
+        raise ConfigError(f"data: fusion needs at least 2 modalities; the data has {len(dataset.modalities)}"
+                          f" ({', '.join(dataset.modalities)})")
     chosen = {m: backbones.backbone_for(m, dataset.shapes[m]) for m in dataset.modalities}
     return replace(backbones, modalities=chosen)
 

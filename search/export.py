@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from fusion_ops import FusionModel, build_model, model_cost, required_taps
-from fusion_ops.load import ExportedModel, ExportError, load_model, save_model
+from fusion_ops.load import MAX_TEXT_BYTES, ExportedModel, ExportError, load_model, read_bounded, save_model
 from search.config import Config, config_from_dict, load_config
 from search.datasets import Dataset, load_dataset
-from search.run import Prepared, prepare
+from search.run import Prepared, prepare, record_spec
 from search.store import RunStore, front_from_trials, to_jsonable, utc_now
 from search.train import (
     FitResult,
@@ -35,7 +35,7 @@ from search.train import (
     fit,
     torch_threads,
 )
-from spaces import ArchSpec
+from spaces import ArchSpec, ConfigError
 from spaces._yaml_errors import in_file, read_yaml
 
 Say = Callable[[str], None]
@@ -80,9 +80,11 @@ def read_config(path: str | Path) -> Config:
     if not (isinstance(raw, dict) and "source" in raw):
         return load_config(path)
     raw = dict(raw)
-    source = Path(raw.pop("source"))  # relative data paths are relative to the original config
+    source = raw.pop("source")  # relative data paths are relative to the original config
     with in_file(path):
-        return config_from_dict(raw, source)
+        if not isinstance(source, str) or not source or "\0" in source:
+            raise ConfigError(f"source: expected the path of the original config, got {source!r}")
+        return config_from_dict(raw, Path(source))
 
 
 # ------------------------------------------------------------------ training the chosen spec
@@ -143,7 +145,8 @@ def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool 
     trials = store.trials()
     front = front_from_trials(trials, store.reference)
     trial = pick_trial(trials, front, how)
-    spec = ArchSpec.from_dict(trial["spec"])
+    with in_file(store.trials_path):
+        spec = record_spec(trial)
     config = read_config(store.run_dir)
     say(f"trial {trial['trial_id']}: {spec.describe()}")
     prepared = prepare(config, say)
@@ -301,8 +304,17 @@ def evaluate_export(export_dir: str | Path, config_path: str | Path) -> dict[str
     test = raw_test_accuracy(model, config)
     exported = {}
     metrics_path = Path(export_dir) / "metrics.json"
-    if metrics_path.is_file():
-        exported = json.loads(metrics_path.read_text(encoding="utf-8"))
+    if metrics_path.exists():
+        try:
+            exported = json.loads(read_bounded(metrics_path, MAX_TEXT_BYTES).decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ExportError(f"{metrics_path}: not valid JSON ({err})") from None
+        if not isinstance(exported, dict):
+            raise ExportError(f"{metrics_path}: expected a JSON object, got {type(exported).__name__}")
+        for key in ("test_accuracy",):
+            value = exported.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ExportError(f"{metrics_path}: {key}: expected a number, got {value!r}")
     return {"test_accuracy": test, "exported_test_accuracy": exported.get("test_accuracy"),
             "same_data": exported.get("data") == config.data if exported else None,
             "arch": model.spec.describe(), "params_total": model_cost(model.model)["params_total"]}

@@ -17,12 +17,13 @@ from fusion_ops import Backbone, FusionHead, count_flops, count_params, required
 from search import pareto
 from search.baselines_fit import ensure_baselines, seeds_of
 from search.config import Config, config_from_dict
-from search.datasets import Dataset, load_dataset
+from search.datasets import DataError, Dataset, load_dataset
 from search.pretrain import pretrain_backbones
 from search.store import RunStore
 from search.taps import TapCache
 from search.train import TrainConfig, evaluate_candidate, evaluate_with_backbones
 from spaces import ArchSpec, ConfigError, SearchSpace
+from spaces._yaml_errors import in_file
 from spaces.spec import make_tap, parse_tap
 
 Say = Callable[[str], None]
@@ -49,9 +50,9 @@ class TrialContext:
     dataset: Dataset | None = None  # only when backbones train end to end (freeze: false)
 
 
-def prepare(config: Config, say: Say = print) -> Prepared:
-    """Load the data, pretrain (or load) the backbones, and compute the tap cache."""
-    dataset = load_dataset(config.data, config.path.parent)
+def prepare(config: Config, say: Say = print, dataset: Dataset | None = None) -> Prepared:
+    """Load the data (unless given), pretrain (or load) the backbones, and compute the tap cache."""
+    dataset = dataset if dataset is not None else load_dataset(config.data, config.path.parent)
     missing = sorted(set(dataset.modalities) - set(config.space.modalities))
     if missing:
         raise ConfigError(f"{config.path}: backbones.modalities: the data has modality {missing[0]!r} "
@@ -115,25 +116,33 @@ def reference_point(space: SearchSpace, cost: Callable[[ArchSpec], tuple[int, in
 def resolved_config(store: RunStore) -> Config:
     """The config a run was started with (as stored in its directory)."""
     raw = dict(store.config())
-    source = Path(raw.pop("source", store.config_path))
-    return config_from_dict(raw, source)
+    source = raw.pop("source", store.config_path)
+    with in_file(store.config_path):
+        if not isinstance(source, str | Path) or not str(source) or "\0" in str(source):
+            raise ConfigError(f"source: expected the path of the original config, got {source!r}")
+        try:
+            return config_from_dict(raw, Path(source))
+        except DataError as err:
+            raise ConfigError(str(err)) from None
 
 
 def start_run(config: Config) -> RunStore:
     """A fresh run directory holding the resolved config (and where it came from)."""
-    root = Path(config.search.runs_dir)
+    root = Path(config.search.runs_dir).expanduser()
     if not root.is_absolute():
         root = Path.cwd() / root
-    return RunStore.create(root, config.name, {**config.to_dict(), "source": str(config.path.resolve())})
+    with in_file(config.path):
+        return RunStore.create(root, config.name, {**config.to_dict(), "source": str(config.path.resolve())})
 
 
 def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = print,
-           progress: Callable[..., None] | None = None) -> list[dict[str, Any]]:
-    """Run (or resume) the search of `config` into `store`; returns the trial records."""
+           progress: Callable[..., None] | None = None, dataset: Dataset | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) the search of `config` into `store`; returns the trial records.
+    `dataset`: the config's data, when already loaded (by `search.preflight`)."""
     from search.strategies import make_strategy
     from search.tune import run_search
 
-    prepared = prepare(config, say)
+    prepared = prepare(config, say, dataset)
     s = config.search
     ensure_baselines(store, prepared.dataset, prepared.backbones, prepared.taps, config.train,
                      panel=s.baselines, n_seeds=seeds_of(s), say=say)
@@ -157,9 +166,22 @@ def front_rows(front: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for f in front.get("front", []):
         m = f["metrics"]
-        rows.append({"trial": f["trial_id"], "val": m["val_accuracy"], "test": m["test_accuracy"],
+        rows.append({"trial": f["trial_id"], "val": m["val_accuracy"], "test": _number(m.get("test_accuracy")),
                      "val_std": m.get("val_std", 0.0), "test_std": m.get("test_std", 0.0),
                      "n_seeds": m.get("n_seeds", 1), "params": m["params_total"], "flops": m["flops_total"],
                      "knee": f["trial_id"] == front.get("knee"),
-                     "arch": ArchSpec.from_dict(f["spec"]).describe()})
+                     "arch": record_spec(f).describe()})
     return sorted(rows, key=lambda r: -r["val"])
+
+
+def record_spec(record: Mapping[str, Any]) -> ArchSpec:
+    """The architecture of a trial record; a ConfigError naming the trial and key if it has none."""
+    try:
+        return ArchSpec.from_dict(record["spec"])
+    except Exception as err:  # missing, wrong types, unknown stage: all mean a damaged record
+        detail = "missing" if "spec" not in record else f"not an architecture ({type(err).__name__}: {err})"
+        raise ConfigError(f"trial {record.get('trial_id')!r}: spec: {detail}") from None
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else float("nan")

@@ -5,7 +5,11 @@ Layout of `root/<name>/<run-id>/`:
 - `trials.jsonl`: one JSON line per finished trial, append-only (the source of truth);
 - `pareto.json`: the current Pareto front, rewritten atomically after each trial;
 - `baselines.json`: the baselines trained before the search (`search.baselines`);
-- `ray/`: Ray Tune's own experiment state (used to resume).
+- `ray/`: Ray Tune's own experiment state (used to resume);
+- `.lock`: held (`flock`) by the one process searching in the run, holding its pid.
+
+A run name (the `<name>` folder) follows `NAME_RULE`; a run directory is always inside
+its runs directory.
 
 A line is appended with one `write` and fsynced, so a crash leaves at most one torn
 line, which `trials()` skips. Other files are written to a temporary file in the
@@ -13,13 +17,16 @@ same directory and moved into place with `os.replace`: never seen half-written.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import json
 import math
 import os
+import re
 import secrets
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,8 @@ import yaml
 
 from search import baselines as _baselines
 from search import pareto
+from spaces import ConfigError
+from spaces._yaml_errors import read_yaml
 from spaces.spec import ArchSpec
 
 STATUSES = ("ok", "failed", "diverged", "errored", "early_stopped")
@@ -38,6 +47,22 @@ OBJECTIVES = {
     "scale": ["linear", "log10", "log10"],
     "minimised": "[-val_accuracy, log10(params_total), log10(flops_total)]",
 }
+
+
+NAME_RULE = "1-100 characters from letters, digits, '.', '_' and '-', starting with a letter or digit"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class RunInUse(RuntimeError):
+    """Another process holds the run directory's lock."""
+
+
+def check_run_name(name: object, where: str = "name") -> str:
+    """`name` if it is a legal run name (a single folder name: see `NAME_RULE`); else ConfigError."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 40 else f"{name[:40]!r}... ({len(name)} characters)"
+        raise ConfigError(f"{where}: bad run name {shown}; a run name has {NAME_RULE}")
+    return name
 
 
 def utc_now() -> str:
@@ -91,9 +116,22 @@ class RunStore:
 
     @classmethod
     def create(cls, root: str | Path, name: str, config: Mapping[str, Any]) -> RunStore:
-        """Make a fresh `root/<name>/<run-id>/` and write `config.yaml` into it."""
-        parent = Path(root).resolve() / name
-        parent.mkdir(parents=True, exist_ok=True)
+        """Make a fresh `root/<name>/<run-id>/` and write `config.yaml` into it.
+
+        `name` must follow `NAME_RULE` and the run directory must resolve inside `root`
+        (a symlinked `<name>` pointing elsewhere is refused): nothing is written outside it.
+        """
+        check_run_name(name)
+        root = Path(root).resolve()
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"search.runs_dir: {root} exists and is not a directory")
+        parent = root / name
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"search.runs_dir: cannot make {parent} ({err.strerror or err})") from None
+        if not parent.is_dir() or not parent.resolve().is_relative_to(root):
+            raise ConfigError(f"name: {parent} is not a directory inside the runs directory {root}")
         for _ in range(100):
             run_dir = parent / new_run_id()
             try:
@@ -136,7 +174,31 @@ class RunStore:
         return self.run_dir.resolve() / "ray"
 
     def config(self) -> dict[str, Any]:
-        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+        """The stored `config.yaml` as a mapping; a damaged file raises ConfigError naming it."""
+        raw = read_yaml(self.config_path)
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{self.config_path}: expected a mapping, got {type(raw).__name__}")
+        return raw
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold `run_dir/.lock` (non-blocking `flock`) while searching; raise `RunInUse` if
+        another process holds it. The lock dies with its process, even a killed one."""
+        path = self.run_dir / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+                raise RunInUse(f"{self.run_dir} is in use by another fusion-nas process (pid {pid})") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
 
     # ---- trials -------------------------------------------------------------------
     def append_trial(self, record: Mapping[str, Any]) -> None:

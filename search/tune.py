@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import socket
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from search.store import RunStore, front_from_trials, to_jsonable, utc_now
 from search.tune_searcher import FINAL, METRIC, METRICS_JSON, SNAPSHOT, StrategySearcher, result_metrics
+from spaces import ConfigError
 from spaces.spec import ArchSpec
 
 log = logging.getLogger(__name__)
@@ -184,18 +186,55 @@ def _check_not_moved(store: RunStore) -> None:
         raise ValueError(f"this run was started in {old} and its Ray state points there: resume it from that path")
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Connect to `address`, or start an embedded Ray; True if this call started it."""
+CONNECT_TIMEOUT_S = 5.0  # for the head's port to answer before ray.init is tried at all
+
+
+def _init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: int = 1) -> bool:
+    """Connect to `address`, or start an embedded Ray; True if this call started it.
+
+    The embedded Ray is `address="local"`: it never attaches to a `ray start` cluster on
+    this machine by accident. An address is probed first (a bounded TCP connect), and a
+    cluster with fewer CPUs than one trial asks for is refused, since that trial would wait forever.
+    """
     if ray.is_initialized():
         return False
     if address:
+        _probe(address)
         try:
             ray.init(address=address, log_to_driver=False)
         except ConnectionError as exc:
-            raise ConnectionError(f"{exc}. {_AUTH_HINT}") from exc
+            raise ConnectionError(" ".join(f"{exc}. {_AUTH_HINT}".split())) from exc
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False)
+    have = ray.cluster_resources().get("CPU", 0)
+    if cpus_per_trial > have:
+        ray.shutdown()
+        where = f"the cluster at {address}" if address else "the embedded Ray"
+        raise ConfigError(f"search.cpus_per_trial: {cpus_per_trial} CPUs per trial, but {where} has {have:g}")
     return True
+
+
+def _probe(address: str) -> None:
+    """Fail within seconds, with one line, where nothing answers at `address` (Ray itself
+    retries for minutes), or where `ray start`'s token auth is on but no token is given."""
+    from search.config import parse_address
+
+    host_port = parse_address(address)
+    if host_port is None:  # "auto": Ray finds the cluster of this machine itself
+        return
+    host, port = host_port
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise ConnectionError(f"search.address: nothing answers at {host}:{port} within {CONNECT_TIMEOUT_S:g} s "
+                              f"({err.strerror or err}); is the cluster's head up (`ray start --head --port={port}`)?"
+                              ) from None
+    has_token = any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")) or \
+        (Path.home() / ".ray" / "auth_token").is_file()
+    if "RAY_AUTH_MODE" not in os.environ and not has_token:
+        raise ConnectionError(f"search.address: {address}: no Ray auth token is set. {_AUTH_HINT} "
+                              "(RAY_AUTH_MODE=disabled for a cluster started without auth)")
 
 
 def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num_samples: int, store: RunStore,
@@ -221,7 +260,7 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
     sched = _scheduler(scheduler, max_epochs)
     if resume:
         _check_not_moved(store)
-    started = _init_ray(address, num_cpus)
+    started = _init_ray(address, num_cpus, cpus_per_trial)
     if progress is not None:
         _PROGRESS[str(store.run_dir)] = progress
     try:

@@ -56,7 +56,13 @@ MISTAKES = [
     ({"backbones": {"modalities": {"m1": {"kind": "cnn"}, "m2": {"kind": "mlp"}}}}, "backbones.modalities.m1.kind:"),
     ({"train": {"lr": -1}}, "train.lr:"),
     ({"train": {"epochs": "many"}}, "train.epochs:"),
-    ({"name": ""}, "name: expected a non-empty name"),
+    ({"name": ""}, "name: bad run name ''"),
+    ({"name": ".."}, "name: bad run name '..'"),
+    ({"name": "a\nb"}, "name: bad run name 'a\\nb'"),
+    ({"name": "a\0b"}, "name: bad run name 'a\\x00b'"),
+    ({"name": "x" * 300}, "name: bad run name 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (300 characters)"),
+    ({"search": {"address": "::::"}}, "search.address: cannot read '::::' as a Ray address"),
+    ({"search": {"max_params": 0}}, "search.max_params: expected an integer >= 1"),
 ]
 
 

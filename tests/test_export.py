@@ -288,3 +288,41 @@ def test_evaluate_command_turns_a_damaged_export_into_one_usage_line(copy, train
     (copy / "weights.safetensors").write_bytes(b"")
     with pytest.raises(UsageError, match="changed or truncated"):
         _cli(["evaluate", str(copy), "--config", str(trained.run_dir)])
+
+
+# ------------------------------------------------------------------ files that are not plain files
+@pytest.mark.parametrize("name", ["weights.safetensors", "model.json", "arch.yaml"])
+def test_an_export_file_that_is_a_fifo_or_a_device_is_refused_at_once(exported, tmp_path, name):
+    out, _ = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / name).unlink()
+    os.mkfifo(copy / name)  # reading it would block forever
+    with pytest.raises(ExportError, match=f"{copy / name}: not a regular file"):
+        load_model(copy)
+    (copy / name).unlink()
+    (copy / name).symlink_to("/dev/zero")  # reading it would never end
+    with pytest.raises(ExportError, match=f"{copy / name}: not a regular file"):
+        load_model(copy)
+
+
+def test_an_oversized_export_file_is_refused_before_reading(exported, tmp_path, monkeypatch):
+    import fusion_ops.load
+
+    out, _ = exported
+    monkeypatch.setattr(fusion_ops.load, "MAX_WEIGHTS_BYTES", 100)
+    with pytest.raises(ExportError, match="more than the 100 an export file may have"):
+        load_model(out)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"test_accuracy": "high"}'])
+def test_evaluate_with_a_malformed_metrics_json_is_one_line(trained, exported, tmp_path, capsys, text):
+    out, _ = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "metrics.json").write_text(text)
+    from search.cli import main
+
+    assert main(["evaluate", str(copy), "--config", str(trained.run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{copy / 'metrics.json'}:" in err

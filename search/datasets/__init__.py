@@ -35,6 +35,6 @@ def load_dataset(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Datase
     if not isinstance(cfg, Mapping):
         raise DataError(f"data: expected a mapping with a 'kind', got {type(cfg).__name__}")
     kind = cfg.get("kind")
-    if kind not in LOADERS:
+    if not isinstance(kind, str) or kind not in LOADERS:
         raise DataError(f"data.kind: unknown dataset kind {kind!r}; known: {', '.join(sorted(LOADERS))}")
     return LOADERS[kind](cfg, base_dir)

@@ -167,6 +167,11 @@ def validate_modalities(source: str, xs: Mapping[str, np.ndarray], y: np.ndarray
             raise DataError(f"{source}: array {name!r} cannot be a modality name (letters, digits, _ only)")
         if not (np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.bool_)) or x.ndim == 0:
             raise DataError(f"{source}: array {name!r} must be a numeric array, got dtype {x.dtype}")
+        if np.issubdtype(x.dtype, np.complexfloating):  # casting would silently drop the imaginary part
+            raise DataError(f"{source}: array {name!r} holds complex numbers; give real features "
+                            "(e.g. the real and imaginary parts as separate features)")
+        if x.ndim > 1 and 0 in x.shape[1:]:
+            raise DataError(f"{source}: array {name!r} has no features (samples of shape {x.shape[1:]})")
         if len(x) != len(y):
             raise DataError(f"{source}: array {name!r} has {len(x)} rows but 'y' has {len(y)}")
 

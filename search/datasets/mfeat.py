@@ -70,7 +70,7 @@ def _views(cfg: Mapping[str, Any]) -> list[str]:
     if isinstance(views, str) or not isinstance(views, (list, tuple)) or not views:
         raise DataError(f"data.views: expected a list of view names, got {views!r}")
     for i, view in enumerate(views):
-        if view not in VIEWS:
+        if not isinstance(view, str) or view not in VIEWS:
             raise DataError(f"data.views[{i}]: unknown mfeat view {view!r}; known: {', '.join(VIEWS)}")
     if len(set(views)) != len(views):
         raise DataError(f"data.views: repeated view in {list(views)}")

@@ -5,6 +5,8 @@ stratified by `data.seed` in `data.fractions` (default 0.6/0.2/0.2).
 """
 from __future__ import annotations
 
+import math
+import os
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,15 +32,57 @@ from search.datasets._common import (
 RESERVED = ("y", "split")
 
 
+def memory_bytes() -> int:
+    """This machine's physical memory, in bytes (what no single data file may exceed)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**40
+
+
+def check_npz_headers(path: Path, limit: int | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """`{array: (shape, dtype)}` from the `.npy` headers inside `path`, read without loading
+    any array: object arrays (pickles) and arrays larger than `limit` bytes (default: the
+    machine's memory, all arrays together) are refused before a byte of data is read."""
+    limit = memory_bytes() if limit is None else limit
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = {(1, 0): np.lib.format.read_array_header_1_0,
+                            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read is None:
+                        raise ValueError(f"array {name!r}: unsupported .npy version {version}")
+                    shape, _fortran, dtype = read(f)
+                out[name] = (tuple(shape), dtype)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as err:
+        raise DataError(" ".join(f"{path}: cannot read as .npz ({err})".split())) from None
+    total = 0
+    for name, (shape, dtype) in out.items():
+        if dtype.hasobject:
+            raise DataError(f"{path}: array {name!r} holds Python objects (dtype {dtype}); "
+                            "only numeric arrays are read (a data file must not run code)")
+        size = math.prod(shape) * dtype.itemsize
+        total += size
+        if total > limit:
+            raise DataError(f"{path}: array {name!r} claims shape {shape} of {dtype} ({size:,} bytes); "
+                            f"the arrays exceed this machine's memory ({limit:,} bytes)")
+    return out
+
+
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """All arrays of `path`, loaded eagerly (no pickles: a data file must not run code)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    check_npz_headers(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path}: cannot read as .npz ({err})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, MemoryError) as err:
+        raise DataError(" ".join(f"{path}: cannot read as .npz ({err})".split())) from None
 
 
 def _split_indices(source: str, split: np.ndarray, n: int) -> list[np.ndarray]:

@@ -148,7 +148,7 @@ def load_planted(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Datase
     """
     check_keys(cfg, _KEYS, "planted")
     task = cfg.get("task")
-    if task not in TASKS:
+    if not isinstance(task, str) or task not in TASKS:
         raise DataError(f"data.task: unknown planted task {task!r}; known: {', '.join(sorted(TASKS))}")
     n_train, n_test = opt_int(cfg, "n_train", 4000, 2), opt_int(cfg, "n_test", 1000, 1)
     d = opt_int(cfg, "d", 16, 1)
