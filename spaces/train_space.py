@@ -47,7 +47,7 @@ class Setting:
         if self.kind == "int" and not is_int(value):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if _looks_numeric(value) else ""
+            hint = f" (YAML reads {value} as text: write {_with_point(value)})" if _looks_numeric(value) else ""
             raise ConfigError(f"{where}: expected a number, got {value!r}{hint}")
         if not math.isfinite(value):
             raise ConfigError(f"{where}: expected a finite number, got {value!r}")
@@ -70,6 +70,12 @@ def _reflect(t: float) -> float:
     t = -t if t < 0 else t
     t = 2.0 - t if t > 1 else t
     return min(max(t, 0.0), 1.0)
+
+
+def _with_point(text: str) -> str:
+    """`"1e-3" -> "1.0e-3"`: how YAML 1.1 reads a number in scientific notation."""
+    mantissa, e, exponent = text.lower().partition("e")
+    return f"{mantissa}.0{e}{exponent}" if e and "." not in mantissa else text
 
 
 def _looks_numeric(value: Any) -> bool:
