@@ -40,9 +40,17 @@ def cmd_space(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     preflight(cfg, writes=False)  # the size guards: a space `search` would refuse is refused here too
     space = cfg.space
-    print(f"{args.config}: {space.size():,} architectures over modalities {', '.join(space.modalities)}")
+    modalities = ", ".join(space.modalities)
+    if space.train:
+        archs = space.size() // space.train_size()
+        print(f"{args.config}: {space.size():,} candidates = {archs:,} architectures over modalities {modalities}"
+              f" x {space.train_size():,} training settings (a range counts as its grid)")
+    else:
+        print(f"{args.config}: {space.size():,} architectures over modalities {modalities}")
     for stage in space.stages:
         print(f"  {stage}: {space.stage_size(stage):,}")
+    for choice in space.train:
+        print(f"  train.{choice.describe()}")
     rng = random.Random(args.seed)
     for _ in range(args.samples):
         print(f"  - {space.sample(rng).describe()}")

@@ -3,6 +3,7 @@
 Each move returns a different, valid spec, or None when it cannot apply (e.g. only
 one width is offered). `mutate` tries the moves in random order, so every applicable
 kind of change is equally likely whatever the number of places it could apply to.
+A space that searches training settings adds one more kind: change one setting.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def change_stage(space: SearchSpace, spec: ArchSpec, rng: random.Random) -> Arch
     if fixed is not None:  # early/late taps are offered depths, so a hybrid keeps them as they are
         first = replace(first, taps=tuple(make_tap(m, d) for m, d in fixed.items()))
     head = rng.choice(space.trunks) if stage == "early" else ()
-    return ArchSpec(stage, (first,), head)
+    return ArchSpec(stage, (first,), head, spec.train)
 
 
 def change_depth(space: SearchSpace, spec: ArchSpec, rng: random.Random) -> ArchSpec | None:
@@ -114,6 +115,17 @@ def change_trunk(space: SearchSpace, spec: ArchSpec, rng: random.Random) -> Arch
     return replace(spec, head=_other(rng, space.trunks, spec.head))
 
 
+def change_train(space: SearchSpace, spec: ArchSpec, rng: random.Random) -> ArchSpec | None:
+    """Change one searched training setting: another choice, or a step within its range."""
+    searched = [c for c in space.train if c.searched]
+    if not searched:
+        return None
+    choice = rng.choice(searched)
+    settings = spec.train_settings
+    settings[choice.name] = choice.neighbour(settings[choice.name], rng)
+    return spec.with_train(settings)
+
+
 MOVES: tuple[Move, ...] = (
     change_stage,
     change_depth,
@@ -130,7 +142,7 @@ MOVES: tuple[Move, ...] = (
 def mutate(space: SearchSpace, spec: ArchSpec, rng: random.Random) -> ArchSpec:
     """A valid spec of `space` that differs from `spec` (which must be valid) in one choice."""
     space.validate(spec)
-    moves = list(MOVES)
+    moves = list(MOVES) + ([change_train] if space.train else [])  # unchanged shuffle without settings
     rng.shuffle(moves)
     for move in moves:
         new = move(space, spec, rng)

@@ -16,6 +16,7 @@ from spaces._checks import as_list, is_int, known_keys, mapping, names, no_dupli
 from spaces._yaml_errors import ConfigError, at
 from spaces.args import Arg
 from spaces.spec import ACTIVATIONS, PREV, STAGES
+from spaces.train_space import parse_train
 
 MAX_CELLS = 8
 # Used for every key the config leaves out (`ops` defaults to the whole catalogue).
@@ -26,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "max_cells": 3,
     "trunks": [[], [64]],
 }
-KEYS = ("stages", "ops", "widths", "activations", "max_cells", "trunks", "depths")
+KEYS = ("stages", "ops", "widths", "activations", "max_cells", "trunks", "depths", "train")
 
 
 @dataclass(frozen=True)
@@ -183,4 +184,5 @@ def parse_space(
         "max_cells": _max_cells(get("max_cells"), at(where, "max_cells")),
         "trunks": _trunks(get("trunks"), at(where, "trunks")),
         "depths": _depths(d.get("depths"), offered, at(where, "depths")),
+        "train": parse_train(d.get("train"), at(where, "train")),
     }

@@ -32,6 +32,18 @@ def validate_spec(space: SearchSpace, spec: ArchSpec) -> None:
         raise ValueError(f"head: a {spec.stage} spec has no trunk (head []), got {list(spec.head)}")
     for i, cell in enumerate(spec.cells):
         _check_cell(space, spec.stage, cell, f"cells[{i}]")
+    _check_train(space, spec)
+
+
+def _check_train(space: SearchSpace, spec: ArchSpec) -> None:
+    given, searched = spec.train_settings, {c.name: c for c in space.train}
+    for name in given:
+        if name not in searched:
+            raise ValueError(f"train.{name}: not searched by this space; searched: {_listing(searched) or 'none'}")
+    for name, choice in searched.items():
+        if name not in given:
+            raise ValueError(f"train.{name}: missing (every searched training setting is written out)")
+        choice.check(given[name], f"train.{name}")
 
 
 def _check_taps(space: SearchSpace, stage: str, cell: CellSpec, where: str) -> None:

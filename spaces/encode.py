@@ -16,6 +16,9 @@ Layout (one vector length per space; `feature_names(space)` names every entry):
    - `c<i>.act=<a>`: one-hot over the space's activations.
 3. If early is searched: `trunk=<i>` one-hot over the trunks, and `trunk.layers`,
    the trunk's depth over the deepest trunk's; all 0 for late and hybrid specs.
+4. `train.<setting>`: for each training setting searched over two or more values, its
+   value scaled to [0, 1]: over the range (log scale when `log`), or over the choices
+   as for arguments. A space that searches none has no such entries.
 
 A quantity offered with a single value is encoded as 0.
 """
@@ -60,6 +63,7 @@ def feature_names(space: SearchSpace) -> tuple[str, ...]:
         names += _slot_names(space, i)
     if "early" in space.stages:
         names += [f"trunk={list(t)}" for t in space.trunks] + ["trunk.layers"]
+    names += [f"train.{c.name}" for c in space.train if c.searched]
     return tuple(names)
 
 
@@ -101,5 +105,10 @@ def encode(space: SearchSpace, spec: ArchSpec) -> np.ndarray:
         out += _one_hot(space.trunks, spec.head) if early else [0.0] * len(space.trunks)
         deepest = max(len(t) for t in space.trunks)
         out.append(len(spec.head) / deepest if early and deepest else 0.0)
+    settings = spec.train_settings
+    for c in space.train:
+        if c.searched:
+            value = settings[c.name]
+            out.append(c.unit(value) if c.is_range else scale(value, c.choices))
     return np.asarray(out, dtype=np.float64)
 

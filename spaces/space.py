@@ -10,6 +10,10 @@ from `trunks` as `head`; `late` is one cell on the highest (last) taps, head `()
 `hybrid` is a chain of 1..`max_cells` cells on any offered taps, head `()`.
 Every cell lists all its operator's declared arguments (an argument not searched
 has its default), so equal architectures always have equal `arch_id`s.
+
+Training settings (`train`, see `spaces.train_space`): when the space searches some,
+every spec it produces carries one value of each; `size()` and `enumerate()` count a
+range as its `grid` points. A space that searches none gives specs with `train == ()`.
 """
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ from spaces._space_config import OpChoice, parse_space
 from spaces._yaml_errors import ConfigError, in_file, read_yaml
 from spaces.args import Arg
 from spaces.spec import ArchSpec, CellSpec, make_tap
+from spaces.train_space import TrainChoice
 
-__all__ = ["ConfigError", "OpChoice", "SearchSpace"]
+__all__ = ["ConfigError", "OpChoice", "SearchSpace", "TrainChoice"]
 
 
 def _weighted_index(rng: random.Random, weights: Sequence[int]) -> int:
@@ -53,6 +58,7 @@ class SearchSpace:
     max_cells: int
     trunks: tuple[tuple[int, ...], ...]
     depths: tuple[tuple[str, tuple[int, ...]], ...]
+    train: tuple[TrainChoice, ...] = ()  # searched training settings, sorted by name
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -88,6 +94,7 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved space as plain data: `from_dict(to_dict())` gives it back."""
+        train = {"train": {c.name: c.to_dict() for c in self.train}} if self.train else {}
         return {
             "stages": list(self.stages),
             "ops": {o.name: {a.name: list(v) for a, v in o.args} for o in self.ops},
@@ -96,6 +103,7 @@ class SearchSpace:
             "max_cells": self.max_cells,
             "trunks": [list(t) for t in self.trunks],
             "depths": {m: list(ds) for m, ds in self.depths},
+            **train,
         }
 
     # ---- lookups ------------------------------------------------------------------
@@ -124,13 +132,18 @@ class SearchSpace:
         return sum(o.size for o in self.ops) * len(self.widths) * len(self.activations) * taps
 
     def stage_size(self, stage: str) -> int:
-        """Number of distinct specs of `stage` (0 if the space does not search it)."""
+        """Number of distinct specs of `stage` (0 if the space does not search it), each
+        architecture counted once per point of the training settings' grid."""
         if stage not in self.stages:
             return 0
         if stage == "hybrid":
             per_cell = self._cell_count(stage)
-            return sum(per_cell**n for n in range(1, self.max_cells + 1))
-        return self._cell_count(stage) * (len(self.trunks) if stage == "early" else 1)
+            return sum(per_cell**n for n in range(1, self.max_cells + 1)) * self.train_size()
+        return self._cell_count(stage) * (len(self.trunks) if stage == "early" else 1) * self.train_size()
+
+    def train_size(self) -> int:
+        """Number of points of the training settings' grid (1 when none is searched)."""
+        return math.prod(len(c.grid) for c in self.train)
 
     def size(self) -> int:
         """Exact number of distinct specs in the space (closed form, no enumeration)."""
@@ -165,14 +178,26 @@ class SearchSpace:
 
     def sample(self, rng: random.Random) -> ArchSpec:
         """A random spec: the stage uniformly, then (hybrid) the chain length uniformly,
-        then each choice uniformly. Not uniform over specs (stages with few specs are
-        drawn as often as big ones): use `sample_uniform` for that."""
-        return self._sample_stage(rng.choice(self.stages), rng, uniform=False)
+        then each choice uniformly, then the training settings (`sample_train`). Not uniform
+        over specs (stages with few specs are drawn as often as big ones): use
+        `sample_uniform` for that."""
+        return self.with_sampled_train(self._sample_stage(rng.choice(self.stages), rng, uniform=False), rng)
 
     def sample_uniform(self, rng: random.Random) -> ArchSpec:
-        """A spec drawn uniformly over all `size()` specs of the space."""
+        """A spec drawn uniformly over all `size()` architectures of the space, with training
+        settings from `sample_train`."""
         stage = self.stages[_weighted_index(rng, [self.stage_size(s) for s in self.stages])]
-        return self._sample_stage(stage, rng, uniform=True)
+        return self.with_sampled_train(self._sample_stage(stage, rng, uniform=True), rng)
+
+    def sample_train(self, rng: random.Random) -> dict[str, Any]:
+        """One value of each searched training setting: a choice uniformly, a range's value
+        uniformly (log-uniformly when `log`), rounded to 3 significant digits."""
+        return {c.name: c.sample(rng) for c in self.train}
+
+    def with_sampled_train(self, spec: ArchSpec, rng: random.Random) -> ArchSpec:
+        """`spec`'s architecture with sampled training settings (`spec` itself, drawing
+        nothing, when the space searches none)."""
+        return spec.with_train(self.sample_train(rng)) if self.train else spec
 
     # ---- enumeration --------------------------------------------------------------
     def _cells(self, stage: str) -> Iterator[CellSpec]:
@@ -188,7 +213,22 @@ class SearchSpace:
                         for act in self.activations:
                             yield CellSpec(taps=taps, op=op.name, width=width, activation=act, args=args)
 
+    def train_grid(self) -> Iterator[dict[str, Any]]:
+        """Every point of the training settings' grid (one empty point when none is searched)."""
+        names = [c.name for c in self.train]
+        for combo in itertools.product(*(c.grid for c in self.train)):
+            yield dict(zip(names, combo, strict=True))
+
     def _all_specs(self) -> Iterator[ArchSpec]:
+        if not self.train:
+            yield from self._all_archs()
+            return
+        grid = list(self.train_grid())
+        for spec in self._all_archs():
+            for settings in grid:
+                yield spec.with_train(settings)
+
+    def _all_archs(self) -> Iterator[ArchSpec]:
         for stage in self.stages:
             if stage == "hybrid":
                 cells = list(self._cells("hybrid"))
@@ -226,6 +266,11 @@ class SearchSpace:
     def mutate(self, spec: ArchSpec, rng: random.Random) -> ArchSpec:
         """A valid neighbour that differs from `spec` in one choice (see `spaces._mutate`)."""
         return _mutate.mutate(self, spec, rng)
+
+    def mutate_train(self, spec: ArchSpec, rng: random.Random) -> ArchSpec:
+        """`spec` with one searched training setting changed (another choice, or a step within
+        the range); `spec` itself when the space searches no setting with two or more values."""
+        return _mutate.change_train(self, spec, rng) or spec
 
     @property
     def encode_length(self) -> int:

@@ -118,7 +118,7 @@ BAD = [  # (yaml text of the space section, key path, fragment of the message)
     ("trunks: [[64, -1]]", "space.trunks[0][1]", "expected a positive integer, got -1"),
     ("depths: {video: [0]}", "space.depths.video", "unknown modality 'video'; known: audio, image"),
     ("depths: {image: [1, 7]}", "space.depths.image[1]", "tap depth 7 is not offered by image; offered: 0, 1, 2, 3"),
-    ("opz: {}", "space.opz", "unknown key; known: activations, depths, max_cells, ops, stages, trunks, widths"),
+    ("opz: {}", "space.opz", "unknown key; known: activations, depths, max_cells, ops, stages, train, trunks, widths"),
     ("[early, late]", "space", "expected a mapping, got ['early', 'late']"),
 ]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import collections
 import hashlib
 import logging
 import math
@@ -340,3 +341,83 @@ def test_nsga2_tells_the_study_values_and_failures() -> None:
     p, f = cost(spec)
     assert done[spec.arch_id] == pytest.approx([accuracy(spec), math.log10(p), math.log10(f)])
     assert {x.arch_id for x in asked} <= {s.spec_of(t).arch_id for t in trials}  # every ask is a trial
+
+
+# ---- training settings ----------------------------------------------------------------
+LR = {"low": 1.0e-4, "high": 1.0e-1, "log": True}
+TRAINED = SearchSpace.from_dict(  # SMALL's 21 architectures x lr (a range: 3 grid points) x batch size
+    {**SMALL.to_dict(), "train": {"lr": LR, "batch_size": [32, 128]}}, catalogue=CATALOGUE, depths=DEPTHS
+)
+
+
+def trained_objectives(spec: ArchSpec) -> dict[str, float]:
+    """`objectives`, with accuracy best at lr 1e-2 and falling 5 points a decade away from it."""
+    out = objectives(spec)
+    return {**out, "accuracy": out["accuracy"] - 0.05 * abs(math.log10(spec.train_settings["lr"]) + 2)}
+
+
+def run_trained(s, n: int) -> list[ArchSpec]:
+    asked = []
+    for _ in range(n):
+        asked.append(s.ask())
+        s.tell(asked[-1], trained_objectives(asked[-1]))
+    return asked
+
+
+@pytest.mark.parametrize("name", [*SEARCHING, "grid"])
+def test_every_strategy_proposes_valid_varied_training_settings(name: str) -> None:
+    asked = run_trained(strategy(name, TRAINED, budget=40), 40)
+    for spec in asked:
+        TRAINED.validate(spec)
+    assert len({a.candidate_id for a in asked}) == 40
+    assert len({a.train_settings["lr"] for a in asked}) >= (3 if name == "grid" else 10)
+    assert {a.train_settings["batch_size"] for a in asked} == {32, 128}
+    assert len({a.arch_id for a in asked}) >= 8  # the architecture is searched as well
+
+
+def test_grid_asks_every_architecture_with_every_point_of_the_settings_grid() -> None:
+    s = strategy("grid", TRAINED, budget=None)
+    asked = run_trained(s, TRAINED.size())
+    assert s.done and TRAINED.size() == 21 * 3 * 2
+    assert {a.candidate_id for a in asked} == {x.candidate_id for x in TRAINED.enumerate()}
+    assert set(collections.Counter(a.arch_id for a in asked).values()) == {6}
+    assert {a.train_settings["lr"] for a in asked} == {0.0001, 0.00316, 0.1}
+
+
+def test_mfas_encodes_the_settings_and_varies_them_one_at_a_time() -> None:
+    s = strategy("mfas", TRAINED, budget=60)
+    asked = run_trained(s, 60)
+    assert s.surrogate.n_features == TRAINED.encode_length and TRAINED.feature_names[-2:] == (
+        "train.batch_size", "train.lr")
+    # a child that changed only its batch size keeps its parent's lr to 3 digits: random draws never do
+    seen = collections.defaultdict(set)
+    for a in asked:
+        seen[a.arch_id, a.train_settings["lr"]].add(a.train_settings["batch_size"])
+    assert any(len(sizes) == 2 for sizes in seen.values())
+
+
+def test_nsga2_asks_optuna_distributions_for_the_settings() -> None:
+    s = strategy("nsga2", TRAINED)
+    run_trained(s, 10)
+    dists = s.study.trials[0].distributions
+    assert dists["train.lr"] == optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)
+    assert dists["train.batch_size"] == optuna.distributions.CategoricalDistribution([32, 128])
+    ints = SearchSpace.from_dict(
+        {**SMALL.to_dict(), "train": {"batch_size": {"low": 16, "high": 256, "log": True}, "weight_decay": [0.0]}},
+        catalogue=CATALOGUE, depths=DEPTHS,
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    spec = suggest_spec(trial, ints)
+    assert trial.distributions["train.batch_size"] == optuna.distributions.IntDistribution(16, 256, log=True)
+    assert "train.weight_decay" not in trial.distributions and spec.train_settings["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("space", [TRAINED, MEDIUM], ids=["trained", "bare"])
+def test_spec_params_round_trip_with_training_settings(space: SearchSpace) -> None:
+    rng = random.Random(0)
+    for _ in range(100):
+        spec = space.sample(rng)
+        params = spec_to_params(spec, space)
+        assert spec_from_params(params, space) == spec
+        assert ("train.lr" in params) == bool(space.train)

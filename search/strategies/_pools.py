@@ -3,6 +3,10 @@
 A pool is indexed like a sequence but builds each spec on demand, so a search can
 draw a few hundred candidates out of millions (a chain of parents x every next cell)
 without materialising them.
+
+Training settings: a pool builds architectures; an unfolded chain keeps its parent's
+settings (`position_pool`), and `sampled_train` / `varied_train` give drawn specs fresh
+or nearby settings, so the search explores them as it explores cells.
 """
 from __future__ import annotations
 
@@ -61,7 +65,8 @@ class Pool:
 
 
 def one_cell_pool(space: SearchSpace) -> Pool:
-    """MFAS level 0: every one-cell spec of every stage (early with each trunk, late, one-cell hybrid)."""
+    """MFAS level 0: every one-cell spec of every stage (early with each trunk, late, one-cell hybrid),
+    without training settings (see `sampled_train`)."""
     segments: list[tuple[int, Callable[[int], ArchSpec]]] = []
     for stage in space.stages:
         table = CellTable(space, stage)
@@ -77,7 +82,8 @@ def _one_cell(stage: str, table: CellTable, heads: tuple[tuple[int, ...], ...], 
 
 def position_pool(space: SearchSpace, parents: Sequence[ArchSpec], position: int) -> Pool:
     """MFAS unfolding at level `position`: each hybrid parent with cell `position` set to every
-    possible cell (appended when the parent has exactly `position` cells)."""
+    possible cell (appended when the parent has exactly `position` cells), with the parent's
+    training settings."""
     parents = [p for p in parents if p.stage == "hybrid" and len(p.cells) >= position]
     if "hybrid" not in space.stages or position >= space.max_cells or not parents:
         return Pool()
@@ -88,4 +94,17 @@ def position_pool(space: SearchSpace, parents: Sequence[ArchSpec], position: int
 def _unfold(table: CellTable, parents: Sequence[ArchSpec], position: int, i: int) -> ArchSpec:
     p, c = divmod(i, len(table))
     cells = parents[p].cells
-    return ArchSpec("hybrid", cells[:position] + (table[c],) + cells[position + 1 :])
+    return ArchSpec("hybrid", cells[:position] + (table[c],) + cells[position + 1 :], (), parents[p].train)
+
+
+def sampled_train(space: SearchSpace, specs: list[ArchSpec], rng: random.Random) -> list[ArchSpec]:
+    """Each spec with training settings drawn from the space (nothing drawn if it searches none)."""
+    return [space.with_sampled_train(s, rng) for s in specs]
+
+
+def varied_train(space: SearchSpace, specs: list[ArchSpec], rng: random.Random, p: float = 0.5) -> list[ArchSpec]:
+    """Each spec, or with probability `p` its neighbour in one training setting: children try
+    settings near their parent's (nothing drawn if the space searches none)."""
+    if not space.train:
+        return specs
+    return [space.mutate_train(s, rng) if rng.random() < p else s for s in specs]

@@ -14,6 +14,11 @@ to the observed front with an optimistic accuracy (ensemble mean + `explore` x s
 plus a tiny floor so that no candidate has zero odds. Without `cost_fn` the score is
 the predicted accuracy itself, as in MFAS. `ask()` serves a queue; an empty queue builds
 the next batch from whatever has been told so far.
+
+Training settings (when the space searches them) are part of a candidate: level-0 specs
+get sampled settings, unfolded chains inherit their parent's and half of them change one
+setting, and level 0 also offers the top-K specs of every stage with one setting changed.
+The surrogate sees the settings through `SearchSpace.encode`.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import numpy as np
 
 from search.pareto import default_reference, non_dominated_sort, objective_matrix
 from search.strategies._base import CostFn, Strategy
-from search.strategies._pools import one_cell_pool, position_pool
+from search.strategies._pools import one_cell_pool, position_pool, sampled_train, varied_train
 from search.strategies._sampling import SIGMA, T0, TF, hypervolume_gains, sample_k, temperature
 from search.strategies.surrogate import Surrogate
 from spaces.space import SearchSpace
@@ -93,7 +98,8 @@ class MFASStrategy(Strategy):
 
     def _next_batch(self) -> list[ArchSpec]:
         if self._step == 0:  # MFAS trains the whole first level; here a random part of it
-            batch = [s for s in self._pool0.draw(self._rng, self._room(self.initial)) if self.is_new(s)]
+            drawn = sampled_train(self.space, self._pool0.draw(self._rng, self._room(self.initial)), self._rng)
+            batch = list({s.candidate_id: s for s in drawn if self.is_new(s)}.values())
             return self._record(batch, temp=float("inf"))
         for _ in range(self._levels):  # a level with nothing to expand yet is skipped
             candidates = self._candidates(self._level)
@@ -123,9 +129,9 @@ class MFASStrategy(Strategy):
             if (r := self.results.get(aid)) is not None
         ]
 
-    def _top(self, min_cells: int) -> list[ArchSpec]:
-        """The top-K observed hybrid chains of at least `min_cells` cells: by front rank, then accuracy."""
-        rows = [row for row in self._successes() if row[0].stage == "hybrid" and len(row[0].cells) >= min_cells]
+    def _top(self, min_cells: int, stages: tuple[str, ...] = ("hybrid",)) -> list[ArchSpec]:
+        """The top-K observed specs of `stages` with at least `min_cells` cells: by front rank, then accuracy."""
+        rows = [row for row in self._successes() if row[0].stage in stages and len(row[0].cells) >= min_cells]
         if not rows:
             return []
         _, acc, params, flops = zip(*rows, strict=True)
@@ -141,10 +147,13 @@ class MFASStrategy(Strategy):
         """
         unfold = position_pool(self.space, self._top(2 if level == 0 else level), level)
         if level > 0:
-            drawn = unfold.draw(self._rng, self.max_candidates)
+            drawn = varied_train(self.space, unfold.draw(self._rng, self.max_candidates), self._rng)
         else:
-            drawn = unfold.draw(self._rng, self.max_candidates // 2)
-            drawn += self._pool0.draw(self._rng, self.max_candidates - len(drawn))
+            drawn = varied_train(self.space, unfold.draw(self._rng, self.max_candidates // 2), self._rng)
+            fresh = self._pool0.draw(self._rng, self.max_candidates - len(drawn))
+            drawn += sampled_train(self.space, fresh, self._rng)
+            if self.space.train:  # the best specs of every stage, trained another way
+                drawn += [self.space.mutate_train(s, self._rng) for s in self._top(1, self.space.stages)]
         return list({s.candidate_id: s for s in drawn if self.is_new(s)}.values())
 
     # ---- scoring and sampling -----------------------------------------------------------

@@ -2,8 +2,10 @@
 
 `suggest_spec(trial, space)` asks the trial for every choice of a spec, with conditional
 parameters named by cell slot: `stage`, `n_cells` (hybrid), `trunk` (early), and per cell
-`c0.depth.<modality>` (hybrid), `c0.op`, `c0.<op>.<arg>`, `c0.width`, `c0.activation`.
-A choice with a single option is not asked (it cannot vary). Every spec it returns is in
+`c0.depth.<modality>` (hybrid), `c0.op`, `c0.<op>.<arg>`, `c0.width`, `c0.activation`,
+then `train.<setting>` for each searched training setting: a categorical over its choices,
+or `suggest_float` / `suggest_int` over its range (`log` as the space says), the value
+rounded as `SearchSpace.sample` rounds it. A choice with a single option is not asked. Every spec it returns is in
 the space. `spec_to_params` gives the parameters that make a trial choose a given spec,
 `spec_from_params` the spec a finished trial's parameters describe. For Ray's
 `OptunaSearch(space=fn)`, `fn(trial)` calls `suggest_spec(trial, space)` and returns None
@@ -25,6 +27,10 @@ from spaces.spec import ArchSpec, CellSpec, make_tap
 
 class _Suggests(Protocol):
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int: ...
 
 
 def _choose(trial: _Suggests, name: str, options: Sequence[Any]) -> Any:
@@ -50,8 +56,21 @@ def _suggest_cell(trial: _Suggests, space: SearchSpace, stage: str, slot: str) -
     )
 
 
+def _suggest_train(trial: _Suggests, space: SearchSpace) -> dict[str, Any]:
+    out = {}
+    for c in space.train:
+        name = f"train.{c.name}"
+        if not c.is_range:
+            out[c.name] = _choose(trial, name, c.choices)
+        elif c.is_int:
+            out[c.name] = c.settle(trial.suggest_int(name, int(c.low), int(c.high), log=c.log))
+        else:
+            out[c.name] = c.settle(trial.suggest_float(name, c.low, c.high, log=c.log))
+    return out
+
+
 def suggest_spec(trial: _Suggests, space: SearchSpace) -> ArchSpec:
-    """The spec an Optuna trial (or any object with `suggest_categorical`) chooses."""
+    """The spec an Optuna trial (or any object with the `suggest_*` methods above) chooses."""
     stage = _choose(trial, "stage", space.stages)
     n_cells = _choose(trial, "n_cells", range(1, space.max_cells + 1)) if stage == "hybrid" else 1
     cells = tuple(_suggest_cell(trial, space, stage, f"c{i}") for i in range(n_cells))
@@ -59,7 +78,7 @@ def suggest_spec(trial: _Suggests, space: SearchSpace) -> ArchSpec:
     if stage == "early":
         labels = {trunk_label(t): t for t in space.trunks}
         head = labels[_choose(trial, "trunk", list(labels))]
-    return ArchSpec(stage, cells, head)
+    return ArchSpec(stage, cells, head, tuple(_suggest_train(trial, space).items()))
 
 
 def spec_to_params(spec: ArchSpec, space: SearchSpace) -> dict[str, Any]:
@@ -85,6 +104,10 @@ def spec_to_params(spec: ArchSpec, space: SearchSpace) -> dict[str, Any]:
             put(f"c{i}.{cell.op}.{name}", values, cell.op_args[name])
         put(f"c{i}.width", space.widths, cell.width)
         put(f"c{i}.activation", space.activations, cell.activation)
+    settings = spec.train_settings
+    for c in space.train:
+        if c.searched:
+            params[f"train.{c.name}"] = settings[c.name]
     return params
 
 
