@@ -146,7 +146,8 @@ def baseline(name: str, data: dict[str, Any], smoke: bool) -> dict[str, Any]:
 
 def table(searches: list[dict], baselines: list[dict], oracles: list[dict], budgets: tuple[int, ...]) -> list[str]:
     head = "| dataset | " + " | ".join(f"search, budget {b} (test, mean ± std of 3 seeds)" for b in budgets)
-    lines = [head + " | best baseline (test) | oracle (test) | search 64 − baseline | search 64 − oracle |",
+    top = budgets[-1]
+    lines = [head + f" | best baseline (test) | oracle (test) | search {top} − baseline | search {top} − oracle |",
              "|---|" + "---|" * (len(budgets) + 4)]
     for b in baselines:
         name = b["dataset"]

@@ -266,7 +266,8 @@ def bench_overhead(args: argparse.Namespace, table: Table, say: Say = print) -> 
                           runs_dir=args.runs_dir)
     config = config_from_dict({**config.to_dict(), "search": {
         **config.search.to_dict(), "strategy": "random", "num_samples": args.trials, "cpus_per_trial": 1,
-        "max_concurrent": 2, "baselines": "none"}}, config.path)  # Ray's overhead only: no baselines
+        "max_concurrent": 2, "baselines": "none", "confirm": 0}},
+        config.path)  # Ray's overhead only: no baselines, no confirmation seeds
     t, load = {}, os.getloadavg()[0]
     start = time.perf_counter()
     prepared = prepare(config, say=quiet)  # the backbones are on disk by now (step 1): what search() repeats
