@@ -61,7 +61,7 @@ BUDGETS, SEEDS = (32, 64), (0, 1, 2)
 ORACLE_OPS = ("concat", "tensor", "low_rank", "circulant", "attention", "ptp")
 ORACLE_GRID = {"lr": (1e-3, 1e-2), "weight_decay": (1e-4, 1e-2), "width": (16, 64)}
 # the long recipe: many steps, late early stopping (keys this TrainConfig does not know are skipped)
-LONG = {"epochs": 2000, "max_steps": 3000, "min_steps": 1500, "patience": 40}
+LONG = {"epochs": 2000, "max_steps": 2000, "min_steps": 1000, "patience": 20}
 
 _PREPARED: dict[str, Prepared] = {}
 
@@ -181,10 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not update experiments/RESULTS.md")
     ap.add_argument("--jobs", type=int, default=2, help="processes (each trains with one thread)")
     ap.add_argument("--datasets", nargs="*", help="a subset of the datasets, by name")
+    ap.add_argument("--budgets", nargs="*", type=int, help=f"search budgets (default {' '.join(map(str, BUDGETS))})")
+    ap.add_argument("--seeds", type=int, help=f"search seeds 0..N-1 (default {len(SEEDS)})")
     args = ap.parse_args(argv)
     datasets = SMOKE if args.smoke_test else {k: v for k, v in DATASETS.items()
                                                if not args.datasets or k in args.datasets}
-    budgets, seeds = ((4,), (0,)) if args.smoke_test else (BUDGETS, SEEDS)
+    budgets, seeds = ((4,), (0,)) if args.smoke_test else (tuple(args.budgets or BUDGETS),
+                                                           tuple(range(args.seeds)) if args.seeds else SEEDS)
     smoke = args.smoke_test
     for name, data in datasets.items():  # pretrain the backbones once, before the workers share the cache
         prepared(name, data, smoke)
@@ -193,13 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     jobs += [(baseline, (n, d, smoke)) for n, d in datasets.items()]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [(fn, pool.submit(fn, *a)) for fn, a in jobs]
-        results = [(fn, f.result()) for fn, f in futures]
+        results = []
+        for fn, f in futures:  # a line per finished job on stderr: a long run shows where it is
+            results.append((fn, f.result()))
+            print(f"{fn.__name__}: {results[-1][1]}", file=sys.stderr, flush=True)
     searches = [r for fn, r in results if fn is one_search]
     oracles = [r for fn, r in results if fn is oracle]
     baselines = [r for fn, r in results if fn is baseline]
     lines = [machine_line(), "", *table(searches, baselines, oracles, budgets), *details(searches, oracles)]
     print("\n".join(lines))
-    if not args.smoke_test and not args.no_write:
+    if not args.smoke_test and not args.no_write and budgets == BUDGETS and seeds == SEEDS:
         cmd = "python experiments/bench_quality.py" + (f" --datasets {' '.join(args.datasets)}" if args.datasets else "")
         write_block("bench_quality", "Search quality: the front against baselines and an oracle", lines, cmd)
     return 0

@@ -179,7 +179,7 @@ def record_spec(record: Mapping[str, Any]) -> ArchSpec:
     try:
         return ArchSpec.from_dict(record["spec"])
     except Exception as err:  # missing, wrong types, unknown stage: all mean a damaged record
-        detail = "missing" if "spec" not in record else f"not an architecture ({type(err).__name__}: {err})"
+        detail = "missing" if record.get("spec") is None else f"not an architecture ({type(err).__name__}: {err})"
         raise ConfigError(f"trial {record.get('trial_id')!r}: spec: {detail}") from None
 
 
