@@ -5,9 +5,10 @@ other setting is the default: mfas, every operator, the default training recipe 
 `search.confirm`), it compares on the same train/val/test split:
 
 (a) the search: the most accurate (mean val over its seeds) point of the confirmed front,
-    scored by its mean test accuracy; searches of 32 and 64 candidates with 3 search seeds,
-    run in-process (`search.inprocess`: the same strategy, confirmation and records as a
-    Ray run, one candidate after another);
+    scored by its mean test accuracy; searches of 64 candidates with 3 search seeds, run
+    in-process (`search.inprocess`: the same strategy, confirmation and records as a Ray
+    run, one candidate after another); "budget 32" is the same search stopped after 32
+    candidates, its front confirmed there;
 (b) the best baseline a run trains (`search.baselines`: each modality alone, logistic
     regression on the raw inputs, late concat), chosen on val, scored on test;
 (c) an oracle: the best (on val) of a small grid over operators x lr x weight decay x width,
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
+import json
 import os
 import statistics
 import sys
@@ -61,7 +64,7 @@ BUDGETS, SEEDS = (32, 64), (0, 1, 2)
 ORACLE_OPS = ("concat", "tensor", "low_rank", "circulant", "attention", "ptp")
 ORACLE_GRID = {"lr": (1e-3, 1e-2), "weight_decay": (1e-4, 1e-2), "width": (16, 64)}
 # the long recipe: many steps, late early stopping (keys this TrainConfig does not know are skipped)
-LONG = {"epochs": 2000, "max_steps": 2000, "min_steps": 1000, "patience": 20}
+LONG = {"epochs": 2000, "max_steps": 1500, "min_steps": 750, "patience": 20}
 
 _PREPARED: dict[str, Prepared] = {}
 
@@ -81,24 +84,30 @@ def prepared(name: str, data: dict[str, Any], smoke: bool) -> Prepared:
     return _PREPARED[name]
 
 
-def one_search(name: str, data: dict[str, Any], seed: int, budget: int, smoke: bool) -> dict[str, Any]:
-    """The search's best confirmed front point: its mean val and test, and the run's size."""
-    torch.set_num_threads(1)
-    p = prepared(name, data, smoke)
-    cfg = p.config
-    cost = cost_function(p)
-    strategy = make_strategy(cfg.search.strategy, cfg.space, seed=seed, budget=budget, cost_fn=cost)
-    ctx = trial_context(p)
-    start = time.perf_counter()
-    records = search_in_process(lambda spec, seed=None: evaluate_trial(spec, ctx, seed=seed), strategy, budget,
-                                confirm=cfg.search.confirm, base_seed=cfg.train.seed,
-                                reference=reference_point(cfg.space, cost, seed))
-    front = front_from_trials(records)
-    best = max(front["front"], key=lambda f: f["metrics"]["val_accuracy"])
+def best_point(name: str, seed: int, budget: int, records: list[dict[str, Any]], start: float) -> dict[str, Any]:
+    """The most accurate (mean val) point of the confirmed front of `records`."""
+    best = max(front_from_trials(records)["front"], key=lambda f: f["metrics"]["val_accuracy"])
     m = best["metrics"]
     return {"dataset": name, "seed": seed, "budget": budget, "val": m["val_accuracy"], "test": m["test_accuracy"],
             "n_seeds": m["n_seeds"], "arch": ArchSpec.from_dict(best["spec"]).describe(),
             "trials": len(records), "seconds": time.perf_counter() - start}
+
+
+def one_search(name: str, data: dict[str, Any], seed: int, budgets: tuple[int, ...], smoke: bool) -> list[dict]:
+    """A search of `max(budgets)` candidates; the smaller budgets are the same search stopped
+    (and its front confirmed) after that many candidates, so one run gives every budget."""
+    torch.set_num_threads(1)
+    p = prepared(name, data, smoke)
+    cfg = p.config
+    cost = cost_function(p)
+    strategy = make_strategy(cfg.search.strategy, cfg.space, seed=seed, budget=max(budgets), cost_fn=cost)
+    ctx = trial_context(p)
+    start, out = time.perf_counter(), []
+    records = search_in_process(
+        lambda spec, seed=None: evaluate_trial(spec, ctx, seed=seed), strategy, max(budgets),
+        confirm=cfg.search.confirm, base_seed=cfg.train.seed, reference=reference_point(cfg.space, cost, seed),
+        checkpoints=budgets, on_checkpoint=lambda n, recs: out.append(best_point(name, seed, n, recs, start)))
+    return [*out, best_point(name, seed, max(budgets), records, start)]
 
 
 def long_recipe(cfg: TrainConfig, **over: Any) -> TrainConfig:
@@ -175,32 +184,55 @@ def details(searches: list[dict], oracles: list[dict]) -> list[str]:
     return out
 
 
+def _job_file(cache: Path, fn: Any, args: tuple) -> Path:
+    key = hashlib.sha256(json.dumps([fn.__name__, args], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache / f"{fn.__name__}-{key}.json"
+
+
+def cached(cache: Path | None, fn: Any, args: tuple) -> Any:
+    """A finished job's stored result (None: not run yet, or no cache)."""
+    if cache is None or not (path := _job_file(cache, fn, args)).is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def store_cached(cache: Path | None, fn: Any, args: tuple, result: Any) -> None:
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        _job_file(cache, fn, args).write_text(json.dumps(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke-test", action="store_true", help="one tiny dataset, budget 4, one seed")
+    ap.add_argument("--smoke-test", action="store_true", help="one tiny dataset, budgets 2 and 4, one seed")
     ap.add_argument("--no-write", action="store_true", help="do not update experiments/RESULTS.md")
     ap.add_argument("--jobs", type=int, default=2, help="processes (each trains with one thread)")
     ap.add_argument("--datasets", nargs="*", help="a subset of the datasets, by name")
     ap.add_argument("--budgets", nargs="*", type=int, help=f"search budgets (default {' '.join(map(str, BUDGETS))})")
     ap.add_argument("--seeds", type=int, help=f"search seeds 0..N-1 (default {len(SEEDS)})")
+    ap.add_argument("--cache", help="keep each finished job's result here as JSON; a rerun reuses them")
     args = ap.parse_args(argv)
     datasets = SMOKE if args.smoke_test else {k: v for k, v in DATASETS.items()
                                                if not args.datasets or k in args.datasets}
-    budgets, seeds = ((4,), (0,)) if args.smoke_test else (tuple(args.budgets or BUDGETS),
+    budgets, seeds = ((2, 4), (0,)) if args.smoke_test else (tuple(args.budgets or BUDGETS),
                                                            tuple(range(args.seeds)) if args.seeds else SEEDS)
     smoke = args.smoke_test
     for name, data in datasets.items():  # pretrain the backbones once, before the workers share the cache
         prepared(name, data, smoke)
-    jobs = [(one_search, (n, d, s, b, smoke)) for n, d in datasets.items() for b in budgets for s in seeds]
-    jobs += [(oracle, (n, d, smoke)) for n, d in datasets.items()]
-    jobs += [(baseline, (n, d, smoke)) for n, d in datasets.items()]
+    jobs = []
+    for n, d in datasets.items():
+        jobs += [(baseline, (n, d, smoke)), *((one_search, (n, d, s, budgets, smoke)) for s in seeds)]
+    jobs += [(oracle, (n, d, smoke)) for n, d in datasets.items()]  # the slowest jobs last
+    cache = Path(args.cache) if args.cache else None
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [(fn, pool.submit(fn, *a)) for fn, a in jobs]
+        futures = [(fn, a, None if (c := cached(cache, fn, a)) is not None else pool.submit(fn, *a), c)
+                   for fn, a in jobs]
         results = []
-        for fn, f in futures:  # a line per finished job on stderr: a long run shows where it is
-            results.append((fn, f.result()))
+        for fn, a, f, c in futures:  # a line per finished job on stderr: a long run shows where it is
+            results.append((fn, c if f is None else f.result()))
+            store_cached(cache, fn, a, results[-1][1])
             print(f"{fn.__name__}: {results[-1][1]}", file=sys.stderr, flush=True)
-    searches = [r for fn, r in results if fn is one_search]
+    searches = [r for fn, rs in results if fn is one_search for r in rs]
     oracles = [r for fn, r in results if fn is oracle]
     baselines = [r for fn, r in results if fn is baseline]
     lines = [machine_line(), "", *table(searches, baselines, oracles, budgets), *details(searches, oracles)]

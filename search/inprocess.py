@@ -31,9 +31,17 @@ def record(n: int, spec: ArchSpec, metrics: dict[str, Any], seed: int, confirm: 
 
 def search_in_process(evaluate: Evaluate, strategy: Any, num_samples: int, *, confirm: int = 0,
                       base_seed: int = 0, reference: Sequence[float] | None = None,
-                      on_record: Callable[[dict[str, Any]], Any] | None = None) -> list[dict[str, Any]]:
+                      on_record: Callable[[dict[str, Any]], Any] | None = None,
+                      checkpoints: Sequence[int] = (),
+                      on_checkpoint: Callable[[int, list[dict[str, Any]]], Any] | None = None,
+                      ) -> list[dict[str, Any]]:
     """`num_samples` of the strategy's candidates, then the seeds `base_seed + 1 .. + confirm`
-    of every front candidate (as `StrategySearcher` does); returns the records in order."""
+    of every front candidate (as `StrategySearcher` does); returns the records in order.
+
+    At each of `checkpoints` (a number of the strategy's candidates) the front so far is
+    confirmed too and `on_checkpoint(n, records)` sees the run as it would have ended there;
+    the search then goes on (its confirmation seeds count again later: none is trained twice).
+    """
     records: list[dict[str, Any]] = []
 
     def run(spec: ArchSpec, seed: int | None, is_confirm: bool) -> dict[str, Any]:
@@ -46,10 +54,19 @@ def search_in_process(evaluate: Evaluate, strategy: Any, num_samples: int, *, co
             on_record(r)
         return metrics
 
-    while len(records) < num_samples and not strategy.done:
+    def confirm_front() -> None:
+        while todo := confirmation_todo(records, reference, confirm, base_seed):
+            spec, seed = todo[0]
+            run(spec, seed, True)
+
+    asked = 0
+    while asked < num_samples and not strategy.done:
         spec = strategy.ask()
         strategy.tell(spec, objectives_of(run(spec, None, False)))
-    while todo := confirmation_todo(records, reference, confirm, base_seed):
-        spec, seed = todo[0]
-        run(spec, seed, True)
+        asked += 1
+        if asked in checkpoints and asked < num_samples:
+            confirm_front()
+            if on_checkpoint is not None:
+                on_checkpoint(asked, list(records))
+    confirm_front()
     return records

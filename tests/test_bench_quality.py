@@ -35,6 +35,7 @@ def test_bench_quality_smoke_test_prints_the_table_and_leaves_results_alone():
     assert run.returncode == 0, run.stderr[-3000:]
     row = next(ln for ln in run.stdout.splitlines() if ln.startswith("| planted xor |"))
     numbers = [float(x) for x in re.findall(r"\d\.\d{3}", row)]
-    assert len(numbers) == 4 and all(0.0 <= x <= 1.0 for x in numbers)  # search ± std, baseline, oracle
+    assert len(numbers) == 6 and all(0.0 <= x <= 1.0 for x in numbers)  # 2 budgets: search ± std; baseline, oracle
+    assert "budget 2, seed 0" in run.stdout and "budget 4, seed 0" in run.stdout  # budget 2: the same search, stopped
     assert "(3 seeds," in run.stdout  # the search's best point was confirmed: 1 + search.confirm seeds
     assert results.read_bytes() == before
