@@ -324,17 +324,17 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
     A cluster joined by `address` that goes away ends the search with `HeadLost`.
     """
     sched = _scheduler(scheduler, max_epochs)
+    records = store.trials(warn=warn)
+    remaining = num_samples - sum(not r.get("confirm") for r in records)
+    if remaining <= 0 and not confirmation_todo(records, store.reference, confirm, base_seed):
+        store.write_pareto()  # nothing left to run: no Ray at all
+        return records
     started = _init_ray(address, num_cpus, cpus_per_trial)
     if progress is not None:
         _PROGRESS[str(store.run_dir)] = progress
     try:
-        records = store.trials(warn=warn)
         lookahead = max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_trial))
         rerun = replay(strategy, records, lookahead) if records else []
-        remaining = num_samples - sum(not r.get("confirm") for r in records)
-        if remaining <= 0 and not confirmation_todo(records, store.reference, confirm, base_seed):
-            store.write_pareto()
-            return store.trials()
         searcher = StrategySearcher(strategy, max_trials=num_samples, store=store, confirm=confirm,
                                     base_seed=base_seed, recorded=records, rerun=rerun)
         # an upper bound: the searcher ends the experiment when the front is confirmed

@@ -19,9 +19,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from search.replay import replay  # noqa: E402
 from search.store import RunStore, front_from_trials  # noqa: E402
 from search.tune import run_search  # noqa: E402
-from search.replay import replay  # noqa: E402
 from search.tune_searcher import StrategySearcher  # noqa: E402
 from spaces.args import Arg  # noqa: E402
 from spaces.space import SearchSpace  # noqa: E402
