@@ -2,8 +2,6 @@
 
 - A run directory received from someone else runs none of their code: pickles planted in
   it are never loaded by `search --resume`, `show`, `report`, `export` or `evaluate`.
-- What a run writes per finished trial does not grow with the data (Tune's state holds
-  no tap cache, the searcher no strategy).
 - Ctrl-C (SIGINT) and SIGTERM end a real `fusion-nas search` with 130 / 143 and the
   resume hint; resuming finishes exactly the requested trials, nothing trained twice,
   and reruns a candidate whose record line was torn.
@@ -20,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from search.cli import main
@@ -67,51 +64,6 @@ def test_pickles_planted_in_a_run_dir_are_never_loaded(tmp_path, capsys):
     assert not marker.exists()
 
 
-# ---- what a run writes per trial ---------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_AUTH_MODE")}
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), saved["PYTHONPATH"]) if p)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-def _bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def test_bytes_per_trial_do_not_grow_with_the_data(tmp_path, ray_local):
-    from search import run
-
-    per_trial, cache = {}, {}
-    for n_train in (500, 5000):
-        raw = {**SMALL, "data": {**SMALL["data"], "n_train": n_train},
-               "backbones": {**SMALL["backbones"], "cache_dir": str(tmp_path / "cache")},
-               "train": {"epochs": 2, "min_steps": 2, "max_steps": 4},
-               "search": {**SMALL["search"], "num_samples": 4, "runs_dir": str(tmp_path / "runs")}}
-        path = tmp_path / f"n{n_train}.yaml"
-        path.write_text(yaml.safe_dump(raw))
-        cfg = load_config(path)
-        store = run.start_run(cfg)
-        said: list[str] = []
-        trials = run.search(cfg, store, say=said.append)
-        assert len(trials) == 4 and all(t["status"] == "ok" for t in trials)
-        per_trial[n_train] = _bytes(store.run_dir) / len(trials)
-        cache[n_train] = float(next(re.search(r"([\d.]+) MiB", m).group(1) for m in said if "tap cache" in m))
-    assert cache[5000] > 5 * cache[500], cache  # the data that must not reach the run directory
-    # 10x the data and tap cache add nothing per trial (measured 20.3 vs 20.6 kB; before
-    # this change 175 kB vs 1066 kB: searcher.pkl, its Tune copy and tuner.pkl held the tap cache)
-    assert per_trial[5000] < 1.25 * per_trial[500], per_trial
-    assert per_trial[5000] < 64 * 1024, per_trial
-
-
 # ---- interrupts, a torn line, and resuming to exactly the requested trials ----------
 def _cli(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -137,8 +89,8 @@ def _interrupt_after(proc: subprocess.Popen, store: RunStore, n: int, signum: in
 
 def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_path, capsys):
     raw = {**SMALL, "backbones": {**SMALL["backbones"], "cache_dir": str(tmp_path / "cache")},
-           "train": {"epochs": 100000, "min_steps": 1500, "max_steps": 1500, "patience": 100000},
-           "search": {**SMALL["search"], "num_samples": 4, "confirm": 1, "max_concurrent": 1,
+           "train": {"epochs": 100000, "min_steps": 400, "max_steps": 400, "patience": 100000},
+           "search": {**SMALL["search"], "num_samples": 3, "confirm": 1, "max_concurrent": 1,
                       "runs_dir": str(tmp_path / "runs")}}
     path = tmp_path / "slow.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -148,11 +100,11 @@ def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_p
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.05)
     store = RunStore.open(next((tmp_path / "runs").glob("*/*/config.yaml")).parent)
-    hint = re.compile(rf"interrupted: (\d) of 4 trials; resume with fusion-nas search --resume {store.run_dir}\n$")
+    hint = re.compile(rf"interrupted: (\d) of 3 trials; resume with fusion-nas search --resume {store.run_dir}\n$")
 
     code, err = _interrupt_after(first, store, 1, signal.SIGINT)
     assert code == 130 and hint.search(err), err
-    assert 1 <= int(hint.search(err).group(1)) < 4
+    assert 1 <= int(hint.search(err).group(1)) < 3
     kept = store.trials_path.read_bytes()
     torn = kept[: kept.rindex(b"\n", 0, len(kept) - 1) + 1] + kept.splitlines(keepends=True)[-1][:40]
     store.trials_path.write_bytes(torn)  # the last record torn by a crash: its candidate must run again
@@ -173,8 +125,8 @@ def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_p
     records = store.trials()
     main_trials = _main_trials(store)
     cfg = load_config(path)
-    asks = make_strategy("random", cfg.space, seed=cfg.search.seed, budget=4)
-    assert sorted(candidate_key(t) for t in main_trials) == sorted(asks.ask().candidate_id for _ in range(4))
+    asks = make_strategy("random", cfg.space, seed=cfg.search.seed, budget=3)
+    assert sorted(candidate_key(t) for t in main_trials) == sorted(asks.ask().candidate_id for _ in range(3))
     lines = [json.loads(ln) for ln in store.trials_path.read_text().splitlines() if ln.endswith("}")]
     assert len({r["trial_id"] for r in lines}) == len(lines)  # no trial recorded twice
     pairs = [(candidate_key(r), r["seed"]) for r in lines]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ray = pytest.importorskip("ray")
 
@@ -305,6 +307,39 @@ def test_bad_arguments_fail_before_ray_starts(tmp_path) -> None:
     kw = {"evaluate": evaluate_ok, "shared": None, "strategy": RandomStrategy(), "num_samples": 2}
     with pytest.raises(ValueError, match="unknown scheduler 'hyperband'; known: asha"):
         run_search(store=store, scheduler="hyperband", **kw)
+
+
+# ---- what a run writes per trial ---------------------------------------------------
+def _bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_bytes_per_trial_do_not_grow_with_the_data(tmp_path, ray_local):
+    from search import run
+    from search.config import load_config
+    from tests.test_resume import SMALL
+
+    per_trial, cache = {}, {}
+    for n_train in (500, 5000):
+        raw = {**SMALL, "data": {**SMALL["data"], "n_train": n_train},
+               "backbones": {**SMALL["backbones"], "cache_dir": str(tmp_path / "cache"),
+                             "pretrain": {"epochs": 1}},
+               "train": {"epochs": 2, "min_steps": 2, "max_steps": 4},
+               "search": {**SMALL["search"], "num_samples": 3, "runs_dir": str(tmp_path / "runs")}}
+        path = tmp_path / f"n{n_train}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        cfg = load_config(path)
+        store = run.start_run(cfg)
+        said: list[str] = []
+        trials = run.search(cfg, store, say=said.append)
+        assert len(trials) == 3 and all(t["status"] == "ok" for t in trials)
+        per_trial[n_train] = _bytes(store.run_dir) / len(trials)
+        cache[n_train] = float(next(re.search(r"([\d.]+) MiB", m).group(1) for m in said if "tap cache" in m))
+    assert cache[5000] > 5 * cache[500], cache  # the data that must not reach the run directory
+    # 10x the data and tap cache add nothing per trial (measured 20.3 vs 20.6 kB; before
+    # this change 175 kB vs 1066 kB: searcher.pkl, its Tune copy and tuner.pkl held the tap cache)
+    assert per_trial[5000] < 1.25 * per_trial[500], per_trial
+    assert per_trial[5000] < 64 * 1024, per_trial
 
 
 # ---- a killed driver, resumed on a `ray start` cluster joined by address ------------
