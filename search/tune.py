@@ -19,6 +19,8 @@ import math
 import os
 import re
 import socket
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -296,6 +298,34 @@ def _lost_head(store: RunStore, address: str, num_samples: int, detail: str = ""
                     f"trials recorded; resume with fusion-nas search --resume {store.run_dir}")
 
 
+HEAD_CHECK_S = 2.0  # how often a search on a cluster checks that its head still answers
+
+
+def _watch_head(address: str, message: Callable[[], str]) -> threading.Event:
+    """A daemon thread that ends this process with exit 2 and `message()` once the cluster's head
+    stops answering twice in a row. Ray's driver would end it only after 60 s, with a native
+    message and exit 1, and a Python exception cannot reach a driver blocked on the dead head.
+    Every finished trial is already on disk. Set the returned event to stop watching."""
+    gcs = ray.get_runtime_context().gcs_address  # also where "auto" and ray:// lead
+    host, _, port = gcs.rpartition(":")
+    stop, misses = threading.Event(), 0
+
+    def watch() -> None:
+        nonlocal misses
+        while not stop.wait(HEAD_CHECK_S):
+            try:
+                socket.create_connection((host, int(port)), timeout=HEAD_CHECK_S).close()
+                misses = 0
+            except OSError:
+                misses += 1
+            if misses >= 2 and not stop.is_set():
+                print(f"\nfusion-nas: error: {message()}", file=sys.stderr, flush=True)
+                os._exit(2)
+
+    threading.Thread(target=watch, name="fusion-nas-head-watch", daemon=True).start()
+    return stop
+
+
 def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num_samples: int, store: RunStore,
                cpus_per_trial: int = 1, max_concurrent: int | None = None, address: str | None = None,
                scheduler: str | TrialScheduler | None = None, resume: bool = False,
@@ -321,7 +351,8 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
 
     `interrupts` (installed by the caller): after its first signal no trial starts, the
     running ones get its grace period, the front is written, and `SearchInterrupted` is raised.
-    A cluster joined by `address` that goes away ends the search with `HeadLost`.
+    A cluster joined by `address` that goes away ends the search with `HeadLost`, or, when
+    the driver is stuck on the dead head, ends the process with that line and exit 2.
     """
     sched = _scheduler(scheduler, max_epochs)
     records = store.trials(warn=warn)
@@ -330,6 +361,7 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
         store.write_pareto()  # nothing left to run: no Ray at all
         return records
     started = _init_ray(address, num_cpus, cpus_per_trial)
+    watching = _watch_head(address, lambda: str(_lost_head(store, address, num_samples))) if address else None
     if progress is not None:
         _PROGRESS[str(store.run_dir)] = progress
     try:
@@ -369,6 +401,8 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
             store.write_pareto()
         return store.trials()
     finally:
+        if watching is not None:
+            watching.set()
         _PROGRESS.pop(str(store.run_dir), None)
         if started:
             ray.shutdown()

@@ -135,3 +135,16 @@ def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_p
     assert confirmation_todo(records, store.reference, 1, cfg.train.seed) == []  # the front is confirmed
     assert main(["show", str(store.run_dir)]) == 0
     assert "torn or unparsable line(s)" in capsys.readouterr().err  # show says so too
+
+
+def test_resuming_a_run_whose_cluster_head_is_gone_fails_at_once(tmp_path, capsys):
+    from tests.test_hardening import free_port
+    from tests.test_report import make_run
+
+    port = free_port()
+    store = make_run(tmp_path, config={**SMALL, "search": {**SMALL["search"], "address": f"127.0.0.1:{port}"}})
+    start = time.monotonic()
+    assert main(["search", "--resume", str(store.run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"search.address: nothing answers at 127.0.0.1:{port}" in err, err
+    assert time.monotonic() - start < 6 and not (store.run_dir / "baselines.json").exists()  # before any work
