@@ -125,7 +125,8 @@ def _search_locked(args: argparse.Namespace, cfg: Any, store: Any, dataset: Any,
                                 interrupts=interrupts, warn=_warn)
         except SearchInterrupted as exc:  # the trials finished so far are in trials.jsonl
             interrupted, trials = exc, store.trials()
-            print(file=sys.stderr)  # end the progress line
+            if sys.stdout.isatty():
+                print()  # end the live progress line
         if interrupted is not None:
             _after_interrupt(store, trials, cfg.search.num_samples, interrupted)
             return interrupted.exit_code
