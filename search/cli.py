@@ -151,9 +151,10 @@ def _after_interrupt(store: Any, trials: list, num_samples: int, exc: Any) -> No
     from search.report import write_report
 
     try:
-        with in_file(store.trials_path):
-            _print_front(store, trials)
-        print(f"report: {write_report(store.run_dir, say=print)}")
+        if not exc.forced:
+            with in_file(store.trials_path):
+                _print_front(store, trials)
+            print(f"report: {write_report(store.run_dir, say=print)}")
     except KeyboardInterrupt:
         pass
     except Exception as err:  # the trials are safe on disk; `fusion-nas report RUN` redoes it

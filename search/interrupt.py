@@ -22,9 +22,9 @@ GRACE_S = 5.0  # how long running trials may take to finish after the first sign
 class SearchInterrupted(KeyboardInterrupt):
     """A search ended by a signal; `exit_code` is the shell's 128 + signal number."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, forced: bool = False) -> None:
         super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+        self.signum, self.forced = signum, forced  # forced: a second signal, no time for the report
         self.exit_code = 128 + signum
 
 
@@ -47,8 +47,8 @@ class Interrupts:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None or not self._soft:
-            self.signum = self.signum or signum
-            raise SearchInterrupted(self.signum)
+            forced, self.signum = self.signum is not None, self.signum or signum
+            raise SearchInterrupted(self.signum, forced)
         self.signum, self.since = signum, time.monotonic()
 
     @contextlib.contextmanager
