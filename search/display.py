@@ -19,8 +19,8 @@ class Progress:
     """`trials 7/24 | best val 0.912 | front 4 | HV 1.83 | 0:42` — one line, redrawn in a
     terminal, one line per trial otherwise (logs stay readable)."""
 
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout  # today's stdout, not the one at import
         self.start = time.monotonic()
         self.live = stream.isatty()
 
