@@ -89,7 +89,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     cfg = dataclasses.replace(cfg, search=SearchSettings.from_dict({**cfg.search.to_dict(),
                                                                                      "address": args.address}))
                 if cfg.search.address:  # a head that is gone fails here, before data and backbones
-                    from search.tune import probe_address
+                    from search.ray_cluster import probe_address
 
                     probe_address(cfg.search.address)
                 dataset = preflight(cfg, writes=False)

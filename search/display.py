@@ -22,7 +22,7 @@ class Progress:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stdout  # today's stdout, not the one at import
         self.start = time.monotonic()
-        self.live = stream.isatty()
+        self.live = self.stream.isatty()
 
     def __call__(self, done: int, total: int, best: float | None, front: int, hv: float, confirm: int = 0) -> None:
         secs = int(time.monotonic() - self.start)

@@ -18,9 +18,6 @@ import logging
 import math
 import os
 import re
-import socket
-import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -36,10 +33,15 @@ from ray.tune.stopper import Stopper
 
 from search.confirm import confirmation_todo
 from search.interrupt import Interrupts
+from search.ray_cluster import (
+    head_gone,
+    init_ray,
+    lost_head,
+    watch_head,
+)
 from search.replay import replay
 from search.store import RunStore, front_from_trials, to_jsonable, utc_now
 from search.tune_searcher import FINAL, METRIC, METRICS_JSON, StrategySearcher, result_metrics
-from spaces import ConfigError
 from spaces.spec import ArchSpec
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,6 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "tune"  # Tune's experiment directory under `store.ray_dir`; a resume adds tune-1, tune-2, ...
 Progress = Callable[[int, int, "float | None", int, float], None]
 _PROGRESS: dict[str, Progress] = {}  # driver-side hooks by run dir: never pickled into Tune state
-_AUTH_HINT = ("`ray start` (Ray >= 2.60) enables token auth: with an explicit address, set RAY_AUTH_MODE=token "
-              "and give the cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), "
-              "or use address='auto' on the head node")
 
 
 # ---- the trial ----------------------------------------------------------------------
@@ -221,111 +220,6 @@ class _InterruptStopper(Stopper):
         return self.searcher.live == 0 or self.interrupts.overdue()
 
 
-CONNECT_TIMEOUT_S = 5.0  # for the head's port to answer before ray.init is tried at all
-
-
-def _init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: int = 1) -> bool:
-    """Connect to `address`, or start an embedded Ray; True if this call started it.
-
-    The embedded Ray is `address="local"`: it never attaches to a `ray start` cluster on
-    this machine by accident. An address is probed first (a bounded TCP connect), and a
-    cluster with fewer CPUs than one trial asks for is refused, since that trial would wait forever.
-    """
-    if ray.is_initialized():
-        return False
-    if address:
-        probe_address(address)
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except ConnectionError as exc:
-            raise ConnectionError(" ".join(f"{exc}. {_AUTH_HINT}".split())) from exc
-    else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False)
-    have = ray.cluster_resources().get("CPU", 0)
-    if cpus_per_trial > have:
-        ray.shutdown()
-        where = f"the cluster at {address}" if address else "the embedded Ray"
-        raise ConfigError(f"search.cpus_per_trial: {cpus_per_trial} CPUs per trial, but {where} has {have:g}")
-    return True
-
-
-def probe_address(address: str) -> None:
-    """Fail within seconds, with one line, where nothing answers at `address` (Ray itself
-    retries for minutes), or where `ray start`'s token auth is on but no token is given."""
-    from search.config import parse_address
-
-    host_port = parse_address(address)
-    if host_port is None:  # "auto": Ray finds the cluster of this machine itself
-        return
-    host, port = host_port
-    try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as err:
-        raise ConnectionError(f"search.address: nothing answers at {host}:{port} within {CONNECT_TIMEOUT_S:g} s "
-                              f"({err.strerror or err}); is the cluster's head up (`ray start --head --port={port}`)?"
-                              ) from None
-    has_token = any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")) or \
-        (Path.home() / ".ray" / "auth_token").is_file()
-    if "RAY_AUTH_MODE" not in os.environ and not has_token:
-        raise ConnectionError(f"search.address: {address}: no Ray auth token is set. {_AUTH_HINT} "
-                              "(RAY_AUTH_MODE=disabled for a cluster started without auth)")
-
-
-class HeadLost(ConnectionError):
-    """The Ray cluster joined by address went away during the search."""
-
-
-def _head_gone(address: str | None) -> bool:
-    """True when the head at `address` no longer answers (a bounded TCP connect); False when it
-    does, or when the address does not say where the head is ("auto")."""
-    from search.config import parse_address
-
-    host_port = parse_address(address) if address else None
-    if host_port is None:
-        return False
-    try:
-        socket.create_connection(host_port, timeout=CONNECT_TIMEOUT_S).close()
-    except OSError:
-        return True
-    return False
-
-
-def _lost_head(store: RunStore, address: str, num_samples: int, detail: str = "") -> HeadLost:
-    done = sum(not r.get("confirm") for r in store.trials())
-    why = f" ({detail.splitlines()[0][:200]})" if detail.strip() else ""
-    return HeadLost(f"search.address: the Ray cluster at {address} is gone{why}; {done} of {num_samples} "
-                    f"trials recorded; resume with fusion-nas search --resume {store.run_dir}")
-
-
-HEAD_CHECK_S = 2.0  # how often a search on a cluster checks that its head still answers
-
-
-def _watch_head(address: str, message: Callable[[], str]) -> threading.Event:
-    """A daemon thread that ends this process with exit 2 and `message()` once the cluster's head
-    stops answering twice in a row. Ray's driver would end it only after 60 s, with a native
-    message and exit 1, and a Python exception cannot reach a driver blocked on the dead head.
-    Every finished trial is already on disk. Set the returned event to stop watching."""
-    gcs = ray.get_runtime_context().gcs_address  # also where "auto" and ray:// lead
-    host, _, port = gcs.rpartition(":")
-    stop, misses = threading.Event(), 0
-
-    def watch() -> None:
-        nonlocal misses
-        while not stop.wait(HEAD_CHECK_S):
-            try:
-                socket.create_connection((host, int(port)), timeout=HEAD_CHECK_S).close()
-                misses = 0
-            except OSError:
-                misses += 1
-            if misses >= 2 and not stop.is_set():
-                print(f"\nfusion-nas: error: {message()}", file=sys.stderr, flush=True)
-                os._exit(2)
-
-    threading.Thread(target=watch, name="fusion-nas-head-watch", daemon=True).start()
-    return stop
-
-
 def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num_samples: int, store: RunStore,
                cpus_per_trial: int = 1, max_concurrent: int | None = None, address: str | None = None,
                scheduler: str | TrialScheduler | None = None, resume: bool = False,
@@ -360,8 +254,8 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
     if remaining <= 0 and not confirmation_todo(records, store.reference, confirm, base_seed):
         store.write_pareto()  # nothing left to run: no Ray at all
         return records
-    started = _init_ray(address, num_cpus, cpus_per_trial)
-    watching = _watch_head(address, lambda: str(_lost_head(store, address, num_samples))) if address else None
+    started = init_ray(address, num_cpus, cpus_per_trial)
+    watching = watch_head(address, lambda: str(lost_head(store, address, num_samples))) if address else None
     if progress is not None:
         _PROGRESS[str(store.run_dir)] = progress
     try:
@@ -389,15 +283,15 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
             try:
                 tuner.fit()
             except TuneError as exc:  # every finished trial is already in trials.jsonl
-                if address and _head_gone(address):
-                    raise _lost_head(store, address, num_samples, str(exc)) from None
+                if address and head_gone(address):
+                    raise lost_head(store, address, num_samples, str(exc)) from None
                 log.warning("Ray Tune ended with an error: %s", exc)
             except Exception as exc:  # Ray's own errors when the cluster goes away
-                if address and _head_gone(address):
-                    raise _lost_head(store, address, num_samples, f"{type(exc).__name__}: {exc}") from None
+                if address and head_gone(address):
+                    raise lost_head(store, address, num_samples, f"{type(exc).__name__}: {exc}") from None
                 raise
-            if address and _head_gone(address):
-                raise _lost_head(store, address, num_samples)
+            if address and head_gone(address):
+                raise lost_head(store, address, num_samples)
             store.write_pareto()
         return store.trials()
     finally:
@@ -406,3 +300,4 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
         _PROGRESS.pop(str(store.run_dir), None)
         if started:
             ray.shutdown()
+
