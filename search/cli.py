@@ -88,6 +88,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
                     cfg = dataclasses.replace(cfg, search=SearchSettings.from_dict({**cfg.search.to_dict(),
                                                                                      "address": args.address}))
+                if cfg.search.address:  # a head that is gone fails here, before data and backbones
+                    from search.ray_cluster import probe_address
+
+                    probe_address(cfg.search.address)
                 dataset = preflight(cfg, writes=False)
                 print(f"resuming {store.run_dir}")
                 return _search_locked(args, cfg, store, dataset, Progress)
@@ -109,11 +113,23 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _search_locked(args: argparse.Namespace, cfg: Any, store: Any, dataset: Any, progress: Any) -> int:
     from search import run
+    from search.interrupt import Interrupts, SearchInterrupted
 
     print(f"{cfg.search.strategy} search: {cfg.search.num_samples} candidates from {cfg.space.size():,}"
           f" architectures, {cfg.search.cpus_per_trial} CPU per trial"
           f" on {cfg.search.address or 'an embedded local Ray'}")
-    trials = run.search(cfg, store, resume=bool(args.resume), progress=progress(), dataset=dataset)
+    interrupted: SearchInterrupted | None = None
+    with Interrupts().installed() as interrupts:
+        try:
+            trials = run.search(cfg, store, resume=bool(args.resume), progress=progress(), dataset=dataset,
+                                interrupts=interrupts, warn=_warn)
+        except SearchInterrupted as exc:  # the trials finished so far are in trials.jsonl
+            interrupted, trials = exc, store.trials()
+            if sys.stdout.isatty():
+                print()  # end the live progress line
+        if interrupted is not None:
+            _after_interrupt(store, trials, cfg.search.num_samples, interrupted)
+            return interrupted.exit_code
     with in_file(store.trials_path):
         _print_front(store, trials)
     from search.report import write_report
@@ -126,6 +142,28 @@ def _search_locked(args: argparse.Namespace, cfg: Any, store: Any, dataset: Any,
     return 0
 
 
+def _warn(line: str) -> None:
+    print(f"fusion-nas: warning: {line}", file=sys.stderr)
+
+
+def _after_interrupt(store: Any, trials: list, num_samples: int, exc: Any) -> None:
+    """The front and report of what finished, then the resume hint (a second signal skips them)."""
+    from search.report import write_report
+
+    try:
+        if not exc.forced:
+            with in_file(store.trials_path):
+                _print_front(store, trials)
+            print(f"report: {write_report(store.run_dir, say=print)}")
+    except KeyboardInterrupt:
+        pass
+    except Exception as err:  # the trials are safe on disk; `fusion-nas report RUN` redoes it
+        print(f"fusion-nas: could not write the report ({type(err).__name__}: {err})", file=sys.stderr)
+    done = sum(not t.get("confirm") for t in trials)
+    print(f"interrupted: {done} of {num_samples} trials; resume with fusion-nas search --resume {store.run_dir}",
+          file=sys.stderr)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     """Print the front of a finished (or running) search."""
     from search.store import RunStore
@@ -135,7 +173,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         raise UsageError(str(err)) from None
     with in_file(store.trials_path):
-        _print_front(store, store.trials())
+        _print_front(store, store.trials(warn=_warn))
     return 0
 
 
@@ -201,9 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, UsageError, ConnectionError) as err:
         print(f"fusion-nas: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # a search handles its own (search.interrupt): this is any other
         print("fusion-nas: interrupted", file=sys.stderr)
-        return 130
+        return getattr(err, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 
 from search.confirm import confirmation_todo
 from search.store import to_jsonable, utc_now
-from search.tune_searcher import objectives_of
+from search.trial_metrics import objectives_of
 from spaces.spec import ArchSpec
 
 Evaluate = Callable[..., dict[str, Any]]  # evaluate(spec, seed=None) -> metrics

@@ -136,9 +136,12 @@ def start_run(config: Config) -> RunStore:
 
 
 def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = print,
-           progress: Callable[..., None] | None = None, dataset: Dataset | None = None) -> list[dict[str, Any]]:
+           progress: Callable[..., None] | None = None, dataset: Dataset | None = None,
+           interrupts: Any = None, warn: Say | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the search of `config` into `store`; returns the trial records.
-    `dataset`: the config's data, when already loaded (by `search.preflight`)."""
+    `dataset`: the config's data, when already loaded (by `search.preflight`); `interrupts`
+    and `warn`: see `search.tune.run_search`. A resume rebuilds the strategy from the run's seed
+    and replays `trials.jsonl` into it."""
     from search.strategies import make_strategy
     from search.tune import run_search
 
@@ -158,6 +161,7 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
         max_concurrent=s.max_concurrent or None, address=s.address or None,
         scheduler=None if s.scheduler == "none" else s.scheduler, resume=resume,
         progress=progress, max_epochs=config.train.epochs, confirm=s.confirm, base_seed=config.train.seed,
+        interrupts=interrupts, warn=warn,
     )
 
 

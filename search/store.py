@@ -5,14 +5,15 @@ Layout of `root/<name>/<run-id>/`:
 - `trials.jsonl`: one JSON line per finished trial, append-only (the source of truth);
 - `pareto.json`: the current Pareto front, rewritten atomically after each trial;
 - `baselines.json`: the baselines trained before the search (`search.baselines`);
-- `ray/`: Ray Tune's own experiment state (used to resume);
+- `ray/`: Ray Tune's experiment logs, one experiment per start or resume (never read back:
+  a resume rebuilds the search from `trials.jsonl`);
 - `.lock`: held (`flock`) by the one process searching in the run, holding its pid.
 
 A run name (the `<name>` folder) follows `NAME_RULE`; a run directory is always inside
 its runs directory.
 
 A line is appended with one `write` and fsynced, so a crash leaves at most one torn
-line, which `trials()` skips. Other files are written to a temporary file in the
+line, which `trials()` skips (and reports, when asked). Other files are written to a temporary file in the
 same directory and moved into place with `os.replace`: never seen half-written.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,24 +217,41 @@ class RunStore:
         finally:
             os.close(fd)
 
-    def trials(self) -> list[dict[str, Any]]:
+    def trials(self, warn: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
         """The finished trials, in order of first appearance, one per `trial_id`.
 
-        Lines that do not parse (a write torn by a crash) are skipped. A trial recorded
-        twice (rerun after a resume) keeps its first position and its last record.
+        Lines that do not parse (a write torn by a crash) are skipped; with `warn`, it gets
+        one line naming them (a resumed search runs their candidates again). A trial
+        recorded twice keeps its first position and its last record.
         """
+        records, torn = self._read_trials()
+        if torn and warn is not None:
+            where = ", ".join(map(str, torn[:5])) + (", ..." if len(torn) > 5 else "")
+            warn(f"{self.trials_path}: skipped {len(torn)} torn or unparsable line(s) (line {where})")
+        return records
+
+    def torn_lines(self) -> list[int]:
+        """The 1-based numbers of the lines of `trials.jsonl` that are not a trial record."""
+        return self._read_trials()[1]
+
+    def _read_trials(self) -> tuple[list[dict[str, Any]], list[int]]:
         if not self.trials_path.exists():
-            return []
+            return [], []
         by_id: dict[str, dict[str, Any]] = {}
-        with open(self.trials_path, encoding="utf-8") as f:
-            for line in f:
+        torn = []
+        with open(self.trials_path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
-                    continue
+                    record = None
                 if isinstance(record, dict) and "trial_id" in record:
                     by_id[str(record["trial_id"])] = record
-        return list(by_id.values())
+                else:
+                    torn.append(n)
+        return list(by_id.values()), torn
 
     # ---- json files ---------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> Path:

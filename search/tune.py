@@ -11,13 +11,13 @@ that ends without that report was stopped by the scheduler: `early_stopped`.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import math
 import os
 import re
-import socket
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -25,25 +25,30 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import ray.cloudpickle as cloudpickle
 import torch
 from ray import tune
 from ray.tune.error import TuneError
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.stopper import Stopper
 
+from search.confirm import confirmation_todo
+from search.interrupt import Interrupts
+from search.ray_cluster import (
+    head_gone,
+    init_ray,
+    lost_head,
+    watch_head,
+)
+from search.replay import replay
 from search.store import RunStore, front_from_trials, to_jsonable, utc_now
-from search.tune_searcher import FINAL, METRIC, METRICS_JSON, SNAPSHOT, StrategySearcher, result_metrics
-from spaces import ConfigError
+from search.tune_searcher import FINAL, METRIC, METRICS_JSON, StrategySearcher, result_metrics
 from spaces.spec import ArchSpec
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT = "tune"  # Tune's experiment directory name under `store.ray_dir`
+EXPERIMENT = "tune"  # Tune's experiment directory under `store.ray_dir`; a resume adds tune-1, tune-2, ...
 Progress = Callable[[int, int, "float | None", int, float], None]
 _PROGRESS: dict[str, Progress] = {}  # driver-side hooks by run dir: never pickled into Tune state
-_AUTH_HINT = ("`ray start` (Ray >= 2.60) enables token auth: with an explicit address, set RAY_AUTH_MODE=token "
-              "and give the cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), "
-              "or use address='auto' on the head node")
 
 
 # ---- the trial ----------------------------------------------------------------------
@@ -130,21 +135,32 @@ class StoreCallback(tune.Callback):
     """Driver side: append each finished trial to the store at once, rewrite pareto.json,
     report progress. A trial seen again after a resume keeps its first record."""
 
-    def __init__(self, store: RunStore, total: int) -> None:
+    def __init__(self, store: RunStore, total: int, interrupts: Interrupts | None = None) -> None:
         self.run_dir, self.total = str(store.run_dir), total
         self._records: dict[str, dict[str, Any]] | None = None
+        self._interrupts = interrupts
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into Tune's state: no cache
-        return {"run_dir": self.run_dir, "total": self.total, "_records": None}
+        return {"run_dir": self.run_dir, "total": self.total, "_records": None, "_interrupts": None}
 
     def _store(self) -> RunStore:
         return RunStore(Path(self.run_dir))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._cut_short(trial):
+            return
         self._record(trial_record(trial.trial_id, trial.config, trial.last_result))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._cut_short(trial):
+            return
         self._record(trial_record(trial.trial_id, trial.config, trial.last_result, error=_error_reason(trial)))
+
+    def _cut_short(self, trial: Any) -> bool:
+        """A trial stopped (or killed: Ctrl-C reaches the workers too) by an interrupt before its
+        final report is not recorded, so that a resume runs it again."""
+        return (self._interrupts is not None and self._interrupts.requested
+                and not (trial.last_result or {}).get(FINAL))
 
     def _record(self, record: dict[str, Any]) -> None:
         store = self._store()
@@ -179,69 +195,38 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # Tune's default spells out the whole config
 
 
-def _check_not_moved(store: RunStore) -> None:
-    """Tune's state pickles the run dir's path: refuse to resume a run dir that moved."""
-    snap = store.run_dir / SNAPSHOT
-    if snap.exists() and (old := cloudpickle.loads(snap.read_bytes())["_run_dir"]) != str(store.run_dir):
-        raise ValueError(f"this run was started in {old} and its Ray state points there: resume it from that path")
+def _experiment_name(store: RunStore) -> str:
+    """A fresh Tune experiment per start or resume: an old one is never restored (nor read)."""
+    names = [EXPERIMENT] + [f"{EXPERIMENT}-{n}" for n in range(1, 10_000)]
+    return next(n for n in names if not (store.ray_dir / n).exists())
 
 
-CONNECT_TIMEOUT_S = 5.0  # for the head's port to answer before ray.init is tried at all
+class _InterruptStopper(Stopper):
+    """Ends the experiment after an interrupt once the running trials are done, or overdue."""
 
+    def __init__(self, interrupts: Interrupts, searcher: StrategySearcher) -> None:
+        self.interrupts, self.searcher = interrupts, searcher
 
-def _init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: int = 1) -> bool:
-    """Connect to `address`, or start an embedded Ray; True if this call started it.
+    def __getstate__(self) -> dict[str, Any]:  # pickled into tuner.pkl: nothing of the run
+        return {}
 
-    The embedded Ray is `address="local"`: it never attaches to a `ray start` cluster on
-    this machine by accident. An address is probed first (a bounded TCP connect), and a
-    cluster with fewer CPUs than one trial asks for is refused, since that trial would wait forever.
-    """
-    if ray.is_initialized():
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         return False
-    if address:
-        _probe(address)
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except ConnectionError as exc:
-            raise ConnectionError(" ".join(f"{exc}. {_AUTH_HINT}".split())) from exc
-    else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False)
-    have = ray.cluster_resources().get("CPU", 0)
-    if cpus_per_trial > have:
-        ray.shutdown()
-        where = f"the cluster at {address}" if address else "the embedded Ray"
-        raise ConfigError(f"search.cpus_per_trial: {cpus_per_trial} CPUs per trial, but {where} has {have:g}")
-    return True
 
-
-def _probe(address: str) -> None:
-    """Fail within seconds, with one line, where nothing answers at `address` (Ray itself
-    retries for minutes), or where `ray start`'s token auth is on but no token is given."""
-    from search.config import parse_address
-
-    host_port = parse_address(address)
-    if host_port is None:  # "auto": Ray finds the cluster of this machine itself
-        return
-    host, port = host_port
-    try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as err:
-        raise ConnectionError(f"search.address: nothing answers at {host}:{port} within {CONNECT_TIMEOUT_S:g} s "
-                              f"({err.strerror or err}); is the cluster's head up (`ray start --head --port={port}`)?"
-                              ) from None
-    has_token = any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")) or \
-        (Path.home() / ".ray" / "auth_token").is_file()
-    if "RAY_AUTH_MODE" not in os.environ and not has_token:
-        raise ConnectionError(f"search.address: {address}: no Ray auth token is set. {_AUTH_HINT} "
-                              "(RAY_AUTH_MODE=disabled for a cluster started without auth)")
+    def stop_all(self) -> bool:
+        if not self.interrupts.requested:
+            return False
+        self.searcher.stopping = True
+        return self.searcher.live == 0 or self.interrupts.overdue()
 
 
 def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num_samples: int, store: RunStore,
                cpus_per_trial: int = 1, max_concurrent: int | None = None, address: str | None = None,
                scheduler: str | TrialScheduler | None = None, resume: bool = False,
                progress: Progress | None = None, num_cpus: int | None = None,
-               max_epochs: int = 100, confirm: int = 0, base_seed: int = 0) -> list[dict[str, Any]]:
+               max_epochs: int = 100, confirm: int = 0, base_seed: int = 0,
+               interrupts: Interrupts | None = None, warn: Callable[[str], Any] | None = None,
+               ) -> list[dict[str, Any]]:
     """Run `num_samples` trials of `strategy`; returns the store's trial records.
 
     `evaluate(spec, shared)` returns the metrics dict of one candidate; if it takes a
@@ -253,48 +238,66 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
     `confirm=K` then trains every front candidate with seeds `base_seed + 1 .. + K` (see
     `StrategySearcher`); those trials come on top of `num_samples`.
 
-    Resuming restores Tune's state from `store.ray_dir` with the original `num_samples`
-    and searcher (not `strategy`): the recorded trials are kept, and the run ends with
-    `num_samples` of them. Without Ray state, it starts Tune afresh for the remainder.
+    Resuming: `strategy` must be freshly built with the run's seed; the records of
+    `trials.jsonl` are replayed into it (`search.replay`), and a new Tune experiment runs
+    what is left, so that the run ends with `num_samples` strategy trials. Nothing of Tune's
+    earlier state is read. `warn` gets a line about torn lines in the record.
+
+    `interrupts` (installed by the caller): after its first signal no trial starts, the
+    running ones get its grace period, the front is written, and `SearchInterrupted` is raised.
+    A cluster joined by `address` that goes away ends the search with `HeadLost`, or, when
+    the driver is stuck on the dead head, ends the process with that line and exit 2.
     """
     sched = _scheduler(scheduler, max_epochs)
-    if resume:
-        _check_not_moved(store)
-    started = _init_ray(address, num_cpus, cpus_per_trial)
+    records = store.trials(warn=warn)
+    remaining = num_samples - sum(not r.get("confirm") for r in records)
+    if remaining <= 0 and not confirmation_todo(records, store.reference, confirm, base_seed):
+        store.write_pareto()  # nothing left to run: no Ray at all
+        return records
+    started = init_ray(address, num_cpus, cpus_per_trial)
+    watching = watch_head(address, lambda: str(lost_head(store, address, num_samples))) if address else None
     if progress is not None:
         _PROGRESS[str(store.run_dir)] = progress
     try:
-        trainable = make_trainable(evaluate, shared, cpus_per_trial)
-        path = str(store.ray_dir / EXPERIMENT)
-        if resume and tune.Tuner.can_restore(path):
-            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            remaining = num_samples - sum(not r.get("confirm") for r in store.trials())
-            if remaining <= 0 and not confirm:
-                store.write_pareto()
-                return store.trials()
-            searcher = StrategySearcher(strategy, max_trials=num_samples, store=store, confirm=confirm,
-                                        base_seed=base_seed)
-            # an upper bound: the searcher ends the experiment when the front is confirmed
-            bound = max(remaining, 0) + confirm * num_samples + 1
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=bound, reuse_actors=True,
-                                            max_concurrent_trials=max_concurrent,
-                                            scheduler=sched,
-                                            trial_dirname_creator=_trial_dirname),
-                run_config=tune.RunConfig(
-                    storage_path=str(store.ray_dir.resolve()), name=EXPERIMENT, verbose=0,
-                    callbacks=[StoreCallback(store, num_samples)],
-                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
-            )
-        try:
-            tuner.fit()
-        except TuneError as exc:  # every finished trial is already in trials.jsonl
-            log.warning("Ray Tune ended with an error: %s", exc)
-        store.write_pareto()
+        lookahead = max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_trial))
+        rerun = replay(strategy, records, lookahead) if records else []
+        searcher = StrategySearcher(strategy, max_trials=num_samples, store=store, confirm=confirm,
+                                    base_seed=base_seed, recorded=records, rerun=rerun)
+        # an upper bound: the searcher ends the experiment when the front is confirmed
+        bound = max(remaining, 0) + confirm * num_samples + 1
+        if interrupts is not None:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours: stop, record, hint at --resume
+        tuner = tune.Tuner(
+            make_trainable(evaluate, shared, cpus_per_trial),
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=bound, reuse_actors=True,
+                                        max_concurrent_trials=max_concurrent,
+                                        scheduler=sched,
+                                        trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(
+                storage_path=str(store.ray_dir), name=_experiment_name(store), verbose=0,
+                callbacks=[StoreCallback(store, num_samples, interrupts)],
+                stop=None if interrupts is None else _InterruptStopper(interrupts, searcher),
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+        )
+        with interrupts.soft() if interrupts is not None else contextlib.nullcontext():
+            try:
+                tuner.fit()
+            except TuneError as exc:  # every finished trial is already in trials.jsonl
+                if address and head_gone(address):
+                    raise lost_head(store, address, num_samples, str(exc)) from None
+                log.warning("Ray Tune ended with an error: %s", exc)
+            except Exception as exc:  # Ray's own errors when the cluster goes away
+                if address and head_gone(address):
+                    raise lost_head(store, address, num_samples, f"{type(exc).__name__}: {exc}") from None
+                raise
+            if address and head_gone(address):
+                raise lost_head(store, address, num_samples)
+            store.write_pareto()
         return store.trials()
     finally:
+        if watching is not None:
+            watching.set()
         _PROGRESS.pop(str(store.run_dir), None)
         if started:
             ray.shutdown()
+

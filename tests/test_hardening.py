@@ -102,20 +102,20 @@ def test_a_second_resume_of_a_run_in_use_is_refused(tmp_path, capsys):
 def test_an_address_where_nothing_listens_fails_within_seconds(tmp_path, capsys, monkeypatch):
     import ray
 
-    from search import tune
+    from search import ray_cluster
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init must not be tried"))
     port = free_port()
     start = time.monotonic()
     with pytest.raises(ConnectionError, match=f"nothing answers at 127.0.0.1:{port}"):
-        tune._init_ray(f"127.0.0.1:{port}", None)
-    assert time.monotonic() - start < tune.CONNECT_TIMEOUT_S + 2
+        ray_cluster.init_ray(f"127.0.0.1:{port}", None)
+    assert time.monotonic() - start < ray_cluster.CONNECT_TIMEOUT_S + 2
 
 
 def test_an_address_without_a_token_gives_the_hint_at_once(tmp_path, monkeypatch):
     import ray
 
-    from search import tune
+    from search import ray_cluster
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init must not be tried"))
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
@@ -125,25 +125,25 @@ def test_an_address_without_a_token_gives_the_hint_at_once(tmp_path, monkeypatch
         server.bind(("127.0.0.1", 0))
         server.listen()
         with pytest.raises(ConnectionError, match="no Ray auth token is set.*RAY_AUTH_MODE=token"):
-            tune._init_ray(f"127.0.0.1:{server.getsockname()[1]}", None)
+            ray_cluster.init_ray(f"127.0.0.1:{server.getsockname()[1]}", None)
 
 
 def test_the_embedded_ray_never_attaches_to_another_cluster(monkeypatch):
     import ray
 
-    from search import tune
+    from search import ray_cluster
 
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
-    assert tune._init_ray(None, 2) is True
+    assert ray_cluster.init_ray(None, 2) is True
     assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 2
     from spaces import ConfigError
 
     with pytest.raises(ConfigError, match="search.cpus_per_trial: 3 CPUs per trial, but the embedded Ray has 2"):
-        tune._init_ray(None, 2, cpus_per_trial=3)
+        ray_cluster.init_ray(None, 2, cpus_per_trial=3)
     assert calls[-1] == "shutdown"
 
 

@@ -58,8 +58,14 @@ def test_a_torn_last_line_is_ignored_and_the_next_append_survives(store: RunStor
     with open(store.trials_path, "a") as f:  # a crash after half a write
         f.write(full[: len(full) // 2])
     assert [r["trial_id"] for r in store.trials()] == ["t1"]
+    assert store.torn_lines() == [2]
     store.append_trial(record("t3", 0.7))
-    assert [r["trial_id"] for r in store.trials()] == ["t1", "t3"]
+    warned: list[str] = []
+    assert [r["trial_id"] for r in store.trials(warn=warned.append)] == ["t1", "t3"]
+    assert warned == [f"{store.trials_path}: skipped 1 torn or unparsable line(s) (line 2)"]
+    with open(store.trials_path, "a") as f:
+        f.write('[1, 2]\n{"no": "trial_id"}\n')  # JSON, but not a trial record
+    assert store.torn_lines() == [2, 4, 5]
 
 
 def test_duplicate_trial_ids_keep_first_position_and_last_record(store: RunStore) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ray = pytest.importorskip("ray")
 
+from search.replay import replay  # noqa: E402
 from search.store import RunStore, front_from_trials  # noqa: E402
 from search.tune import run_search  # noqa: E402
 from search.tune_searcher import StrategySearcher  # noqa: E402
@@ -172,37 +175,49 @@ def test_searcher_drives_a_real_strategy() -> None:
     assert [r is None for _, r in strat.history] == [False, True, True, True]
 
 
-def test_searcher_state_survives_save_and_restore(tmp_path) -> None:
-    s = StrategySearcher(RandomStrategy(seed=3), max_trials=3)
+def test_the_searcher_keeps_no_state_to_restore(tmp_path) -> None:
+    s = StrategySearcher(RandomStrategy(seed=3), max_trials=3, store=RunStore.create(tmp_path, "s", {}))
     s.suggest("t1")
-    s.suggest("t2")
-    s.save(str(tmp_path / "state.pkl"))
-    fresh = StrategySearcher(RandomStrategy(seed=99), max_trials=3)
-    fresh.restore(str(tmp_path / "state.pkl"))
-    assert fresh.suggest("t1") == s.suggest("t1")  # a live trial keeps its spec
-    assert fresh.suggest("t3") == s.suggest("t3")  # and the strategy continues where it was
-    assert fresh.suggest("t4") == StrategySearcher.FINISHED
+    s.save(str(tmp_path / "state"))  # Tune calls it: nothing is written
+    assert not (tmp_path / "state").exists() and not list(s._run_dir and Path(s._run_dir).glob("*.pkl"))
+    with pytest.raises(NotImplementedError, match="trials.jsonl"):
+        s.restore(str(tmp_path / "state"))
+    assert set(s.__getstate__()) == {"max_trials", "confirm", "base_seed"}  # tuner.pkl: no strategy, no data
 
 
-def test_a_restored_searcher_takes_its_newer_snapshot_and_reruns_lost_asks(tmp_path) -> None:
-    store = RunStore.create(tmp_path, "r", {})
-    s = StrategySearcher(RandomStrategy(seed=7), max_trials=5, store=store)
-    for t in ("t1", "t2", "t3"):
-        s.suggest(t)
-    s.save(str(tmp_path / "tune_state.pkl"))  # Tune's last checkpoint: three live trials
-    specs = {t: ArchSpec.from_dict(s.suggest(t)["spec"]) for t in ("t1", "t2", "t3", "t4")}
-    for t in ("t1", "t2"):  # they finish, the callback records them, then the driver dies
-        s.on_trial_complete(t, ok_result(specs[t]))
-        store.append_trial({"trial_id": t, "spec": specs[t].to_dict(), "status": "ok", "metrics": {}})
-    asked_before = [a.arch_id for a in s.strategy.asked]
+def test_replay_tells_the_record_in_order_and_returns_the_lost_asks() -> None:
+    first = RandomStrategy(seed=7)
+    specs = [first.ask() for _ in range(4)]  # t0..t3 asked; t2 and t0 finished, t1 and t3 were lost
+    records = [{"trial_id": "t2", "spec": specs[2].to_dict(), "status": "ok",
+                "metrics": fake_metrics(specs[2], {"bonus": 0.0})},
+               {"trial_id": "t0", "spec": specs[0].to_dict(), "status": "failed", "metrics": {}},
+               {"trial_id": "c0", "spec": specs[2].to_dict(), "status": "ok", "confirm": True, "seed": 1,
+                "metrics": {}}]
+    fresh = RandomStrategy(seed=7)
+    lost = replay(fresh, records, lookahead=4)
+    assert [s.arch_id for s in lost] == [specs[1].arch_id]  # asked before t2, never recorded: run first
+    assert [a for a, _ in fresh.told] == [specs[2].arch_id, specs[0].arch_id]  # finish order; confirm untold
+    assert fresh.told[0][1]["accuracy"] == fake_metrics(specs[2], {"bonus": 0.0})["val_accuracy"]
+    assert fresh.told[1][1] is None and len(fresh.asked) == 3  # t3 is simply asked again, later
 
-    back = StrategySearcher(RandomStrategy(seed=99), max_trials=5, store=store)
-    back.restore(str(tmp_path / "tune_state.pkl"))  # Tune reruns t1, t2, t3; it never knew t4
-    assert back.suggest("t5") == {"spec": specs["t4"].to_dict()}  # t4's spec again, not a new ask
-    back.on_trial_complete("t1", ok_result(specs["t1"]))  # a rerun of a told trial: told once only
-    assert [a.arch_id for a in back.strategy.asked] == asked_before and len(back.strategy.told) == 2
-    assert back.suggest("t6") is not None and len(back.strategy.asked) == 5  # t1 t2 t3 t5 + t6 = 5
-    assert back.suggest("t7") == StrategySearcher.FINISHED
+
+def test_replay_adopts_a_recorded_candidate_the_strategy_does_not_ask() -> None:
+    strategies = pytest.importorskip("search.strategies")
+    foreign = RandomStrategy(seed=99).ask()
+    for name in ("random", "nsga2"):
+        strat = strategies.make_strategy(name, SPACE, seed=0, budget=6)
+        record = {"trial_id": "x", "spec": foreign.to_dict(), "status": "ok",
+                  "metrics": fake_metrics(foreign, {"bonus": 0.0})}
+        lost = replay(strat, [record], lookahead=2)
+        assert len(lost) == 2 and foreign.candidate_id in strat.results  # told all the same
+        if name == "nsga2":
+            assert len(strat.study.get_trials(states=[optuna_complete()])) == 1
+
+
+def optuna_complete():
+    from optuna.trial import TrialState
+
+    return TrialState.COMPLETE
 
 
 # ---- searches on Ray ----------------------------------------------------------------
@@ -271,14 +286,20 @@ def test_a_dead_worker_is_one_errored_trial(tmp_path, ray_local) -> None:
     assert len(lines(store)) == 3
 
 
-def test_resume_without_ray_state_runs_the_remainder_from_the_snapshot(tmp_path, ray_local) -> None:
+def test_resume_replays_the_record_into_a_fresh_strategy(tmp_path, ray_local) -> None:
     store, first = search(tmp_path, evaluate_ok, RandomStrategy(seed=2), 2, max_concurrent=1)
-    shutil.rmtree(store.ray_dir)  # e.g. only trials.jsonl and searcher.pkl were copied
-    out = run_search(evaluate=evaluate_ok, shared={"bonus": 0.01}, strategy=RandomStrategy(seed=123),
-                     num_samples=4, store=store, resume=True, max_concurrent=1)
-    assert len(out) == 4 and out[:2] == first and len(lines(store)) == 4
-    seed2 = RandomStrategy(seed=2)  # the snapshot's strategy carried on, not the one passed in
-    assert sorted(r["arch_id"] for r in out) == sorted(seed2.ask().arch_id for _ in range(4))
+    moved = RunStore.open(shutil.move(store.run_dir, tmp_path / "elsewhere"))  # a run dir can move
+    fresh = RandomStrategy(seed=2)
+    out = run_search(evaluate=evaluate_ok, shared={"bonus": 0.01}, strategy=fresh,
+                     num_samples=4, store=moved, resume=True, max_concurrent=1)
+    assert len(out) == 4 and out[:2] == first and len(lines(moved)) == 4
+    seed2 = RandomStrategy(seed=2)  # nothing asked twice, nothing skipped: the first 4 asks
+    assert [r["arch_id"] for r in out] == [seed2.ask().arch_id for _ in range(4)]
+    assert [a for a, _ in fresh.told] == [r["arch_id"] for r in out]  # the replay told the first two
+    assert sorted(p.name for p in moved.ray_dir.iterdir()) == ["tune", "tune-1"]  # a new experiment
+    again = run_search(evaluate=evaluate_ok, shared={"bonus": 0.01}, strategy=RandomStrategy(seed=2),
+                       num_samples=4, store=moved, resume=True)  # nothing left: no Tune at all
+    assert again == out and len(list(moved.ray_dir.iterdir())) == 2
 
 
 def test_bad_arguments_fail_before_ray_starts(tmp_path) -> None:
@@ -286,10 +307,39 @@ def test_bad_arguments_fail_before_ray_starts(tmp_path) -> None:
     kw = {"evaluate": evaluate_ok, "shared": None, "strategy": RandomStrategy(), "num_samples": 2}
     with pytest.raises(ValueError, match="unknown scheduler 'hyperband'; known: asha"):
         run_search(store=store, scheduler="hyperband", **kw)
-    StrategySearcher(RandomStrategy(), store=store).suggest("t1")  # leaves a snapshot naming its run dir
-    moved = RunStore.open(shutil.move(store.run_dir, tmp_path / "elsewhere"))
-    with pytest.raises(ValueError, match="resume it from that path"):
-        run_search(store=moved, resume=True, **kw)
+
+
+# ---- what a run writes per trial ---------------------------------------------------
+def _bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_bytes_per_trial_do_not_grow_with_the_data(tmp_path, ray_local):
+    from search import run
+    from search.config import load_config
+    from tests.test_resume import SMALL
+
+    per_trial, cache = {}, {}
+    for n_train in (500, 5000):
+        raw = {**SMALL, "data": {**SMALL["data"], "n_train": n_train},
+               "backbones": {**SMALL["backbones"], "cache_dir": str(tmp_path / "cache"),
+                             "pretrain": {"epochs": 1}},
+               "train": {"epochs": 2, "min_steps": 2, "max_steps": 4},
+               "search": {**SMALL["search"], "num_samples": 3, "runs_dir": str(tmp_path / "runs")}}
+        path = tmp_path / f"n{n_train}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        cfg = load_config(path)
+        store = run.start_run(cfg)
+        said: list[str] = []
+        trials = run.search(cfg, store, say=said.append)
+        assert len(trials) == 3 and all(t["status"] == "ok" for t in trials)
+        per_trial[n_train] = _bytes(store.run_dir) / len(trials)
+        cache[n_train] = float(next(re.search(r"([\d.]+) MiB", m).group(1) for m in said if "tap cache" in m))
+    assert cache[5000] > 5 * cache[500], cache  # the data that must not reach the run directory
+    # 10x the data and tap cache add nothing per trial (measured 20.3 vs 20.6 kB; before
+    # this change 175 kB vs 1066 kB: searcher.pkl, its Tune copy and tuner.pkl held the tap cache)
+    assert per_trial[5000] < 1.25 * per_trial[500], per_trial
+    assert per_trial[5000] < 64 * 1024, per_trial
 
 
 # ---- a killed driver, resumed on a `ray start` cluster joined by address ------------

@@ -107,6 +107,16 @@ class Strategy:
         self.history.append((spec, result))
         self._observe(spec, result)
 
+    def adopt(self, spec: ArchSpec) -> None:
+        """Count `spec` as asked, so that it can be told: a recorded trial, replayed on resume,
+        that this strategy's own asks did not reach (see `search.replay`)."""
+        self._asked[spec.candidate_id] = spec
+        self._pending[spec.candidate_id] += 1
+        self._adopted(spec)
+
+    def _adopted(self, spec: ArchSpec) -> None:
+        """Hook for strategies that keep their own record of asks."""
+
     # ---- bookkeeping for subclasses -------------------------------------------------
     @property
     def n_asked(self) -> int:

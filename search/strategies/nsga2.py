@@ -73,6 +73,14 @@ class NSGA2Strategy(Strategy):
             self._open[spec.candidate_id].append(trial)
             return spec
 
+    def _adopted(self, spec: ArchSpec) -> None:
+        """An Optuna trial for a spec it did not propose, so that its result reaches the study."""
+        with quiet_optuna():
+            self.study.enqueue_trial(spec_to_params(spec, self.space))
+            trial = self.study.ask()
+            suggest_spec(trial, self.space)  # define-by-run: the enqueued params become the trial's
+            self._open[spec.candidate_id].append(trial)
+
     def _observe(self, spec: ArchSpec, result: Result | None) -> None:
         self._close(spec.candidate_id, result)
 

@@ -1,0 +1,77 @@
+"""Ctrl-C and SIGTERM during a search: stop asking, let running trials finish briefly, keep the record.
+
+The first signal asks the search to stop: no new trials, the running ones get `GRACE_S`
+seconds to finish (a finished trial is recorded; one cut short is not, so a resume runs
+it again), then `SearchInterrupted` carries the signal to the CLI, which prints the
+front and the resume hint and exits 128 + the signal number (130 for SIGINT, 143 for
+SIGTERM). Outside that phase (data, backbones, baselines), and at the second signal,
+`SearchInterrupted` is raised at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Iterator
+from types import FrameType
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+GRACE_S = 5.0  # how long running trials may take to finish after the first signal
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """A search ended by a signal; `exit_code` is the shell's 128 + signal number."""
+
+    def __init__(self, signum: int, forced: bool = False) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.forced = signum, forced  # forced: a second signal, no time for the report
+        self.exit_code = 128 + signum
+
+
+class Interrupts:
+    """The search's SIGINT/SIGTERM handler (install it with `installed()`, from the main thread)."""
+
+    def __init__(self, grace_s: float = GRACE_S) -> None:
+        self.grace_s = grace_s
+        self.signum: int | None = None
+        self.since: float | None = None
+        self._soft = False
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def overdue(self) -> bool:
+        """True once the running trials have had their grace period."""
+        return self.since is not None and time.monotonic() - self.since > self.grace_s
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None or not self._soft:
+            forced, self.signum = self.signum is not None, self.signum or signum
+            raise SearchInterrupted(self.signum, forced)
+        self.signum, self.since = signum, time.monotonic()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[Interrupts]:
+        """Handle SIGINT and SIGTERM here while the block runs; the old handlers afterwards."""
+        old = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+    @contextlib.contextmanager
+    def soft(self) -> Iterator[None]:
+        """While trials run: the first signal only asks to stop. Installs the handler again,
+        since `ray.init` replaces the SIGTERM handler; `SearchInterrupted` at the end if a signal came."""
+        old = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        self._soft = True
+        try:
+            yield
+        finally:
+            self._soft = False
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        if self.signum is not None:
+            raise SearchInterrupted(self.signum)
