@@ -82,7 +82,7 @@ BAD = [  # (space.train as YAML, the one line the user reads after "<file>: ")
     ("{lr: []}", "space.train.lr: expected a non-empty list of choices"),
     ("{lr: [0.01, 1.0e-2]}", "space.train.lr[1]: duplicate choice 0.01"),
     ("{lr: [fast]}", "space.train.lr[0]: expected a number, got 'fast'"),
-    ("{lr: [1e-3]}", "space.train.lr[0]: expected a number, got '1e-3' (YAML reads 1e-3 as text: write 1.0e-3)"),
+    ("{lr: ['1e-3']}", "space.train.lr[0]: expected a number, got '1e-3' (YAML reads 1e-3 as text: write 1.0e-3)"),
     ("{weight_decay: [true]}", "space.train.weight_decay[0]: expected a number, got True"),
     ("{dropout: [0.0, 1.0]}", "space.train.dropout[1]: must be < 1, got 1.0"),
     ("{dropout: {low: -0.1, high: 0.5}}", "space.train.dropout.low: must be >= 0, got -0.1"),
