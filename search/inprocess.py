@@ -48,8 +48,8 @@ def search_in_process(evaluate: Evaluate, strategy: Any, num_samples: int, *, co
 
     while len(records) < num_samples and not strategy.done:
         spec = strategy.ask()
-        strategy.tell(spec, objectives_of(run(spec, None, False)))
-    while todo := confirmation_todo(records, reference, confirm, base_seed):
+        strategy.tell(spec, objectives_of(run(spec, None, False), getattr(strategy, "objectives", None)))
+    while todo := confirmation_todo(records, reference, confirm, base_seed, objs=getattr(strategy, "objectives", None)):
         spec, seed = todo[0]
         run(spec, seed, True)
     return records

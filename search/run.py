@@ -6,7 +6,7 @@ first run); `search` runs the trials and leaves everything in a run directory.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from fusion_ops import Backbone, FusionHead, count_flops, count_params, required_taps
-from search import pareto
+from search import objectives
 from search.baselines_fit import ensure_baselines, seeds_of
 from search.config import Config, config_from_dict
 from search.datasets import DataError, Dataset, load_dataset
+from search.objectives import Objective
 from search.pretrain import pretrain_backbones
 from search.store import RunStore
 from search.taps import TapCache
@@ -105,12 +106,14 @@ def cost_function(prepared: Prepared) -> Callable[[ArchSpec], tuple[int, int]]:
 
 
 def reference_point(space: SearchSpace, cost: Callable[[ArchSpec], tuple[int, int]], seed: int,
-                    n: int = 64) -> list[float]:
-    """A fixed hypervolume reference for a run, known before any training: accuracy 0 and,
-    per cost, the decade above 10x the largest of `n` sampled specs' exact costs."""
+                    n: int = 64, objs: Sequence[Objective] | None = None) -> list[float]:
+    """A fixed hypervolume reference for a run, known before any training: each metric's and
+    measured cost's `bound` and, per cost known before training, the decade above 10x the
+    largest of `n` sampled specs' exact costs (`objs`: the run's; default the classic three)."""
+    objs = objs or objectives.get(objectives.CLASSIC)
     rng = random.Random(seed)
-    costs = [cost(space.sample(rng)) for _ in range(n)]
-    return pareto.default_reference([c[0] for c in costs], [c[1] for c in costs]).tolist()
+    costs = [objectives.costs_of(cost(space.sample(rng))) for _ in range(n)]
+    return objectives.reference({k: [c[k] for c in costs] for k in costs[0]}, objs).tolist()
 
 
 def resolved_config(store: RunStore) -> Config:
@@ -135,6 +138,18 @@ def start_run(config: Config) -> RunStore:
         return RunStore.create(root, config.name, {**config.to_dict(), "source": str(config.path.resolve())})
 
 
+def run_objectives(store: RunStore, config: Config, dataset: Dataset) -> tuple[Objective, ...]:
+    """The run's objectives: those of `objectives.json` when resuming, else resolved from the
+    config and the data's task, and written there before the first trial."""
+    if (store.run_dir / objectives.FILE).is_file():
+        return store.objectives()
+    task = getattr(dataset, "task", "classification")
+    with in_file(config.path):
+        objs = objectives.resolve(task, config.search.metric, config.search.objectives)
+    store.write_json(objectives.FILE, {"task": task, "objectives": [o.name for o in objs]})
+    return objs
+
+
 def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = print,
            progress: Callable[..., None] | None = None, dataset: Dataset | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the search of `config` into `store`; returns the trial records.
@@ -144,14 +159,15 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
 
     prepared = prepare(config, say, dataset)
     s = config.search
+    objs = run_objectives(store, config, prepared.dataset)
     ensure_baselines(store, prepared.dataset, prepared.backbones, prepared.taps, config.train,
                      panel=s.baselines, n_seeds=seeds_of(s), say=say)
     cost = cost_function(prepared)
     if store.reference is None:
-        store.write_json("reference.json", {"reference": reference_point(config.space, cost, s.seed),
-                                            "objectives": ["-val_accuracy", "log10 params_total",
-                                                           "log10 flops_total"]})
-    strategy = make_strategy(s.strategy, config.space, seed=s.seed, budget=s.num_samples, cost_fn=cost)
+        store.write_json("reference.json", {"reference": reference_point(config.space, cost, s.seed, objs=objs),
+                                            "objectives": objectives.describe(objs)["minimised"]})
+    strategy = make_strategy(s.strategy, config.space, seed=s.seed, budget=s.num_samples, cost_fn=cost,
+                             objectives=objs)
     return run_search(
         evaluate=evaluate_trial, shared=trial_context(prepared), strategy=strategy,
         num_samples=s.num_samples, store=store, cpus_per_trial=s.cpus_per_trial,

@@ -155,12 +155,12 @@ class StoreCallback(tune.Callback):
             return
         store.append_trial(record)
         self._records[record["trial_id"]] = record
-        front = store.write_pareto(front_from_trials(self._records.values(), store.reference))
+        front = store.write_pareto(front_from_trials(self._records.values(), store.reference, store.objectives()))
         hook = _PROGRESS.get(self.run_dir)
         n_confirm = sum(bool(r.get("confirm")) for r in self._records.values())
         try:
             if hook is not None:  # confirmation seeds are counted apart from the candidates asked for
-                hook(len(self._records) - n_confirm, self.total, front["best_val_accuracy"], len(front["front"]),
+                hook(len(self._records) - n_confirm, self.total, front["best_val"], len(front["front"]),
                      front["hypervolume"], *((n_confirm,) if n_confirm else ()))
         except Exception:  # a broken progress display must not end the search
             log.exception("the progress hook failed")

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ray.cloudpickle as cloudpickle
 from ray.tune.search import Searcher
 
+from search import objectives as _objectives
 from search.confirm import confirmation_todo
+from search.objectives import Objective
 from search.store import RunStore
 from spaces.spec import ArchSpec
 
@@ -31,15 +33,14 @@ def result_metrics(result: Mapping[str, Any]) -> dict[str, Any] | None:
     return json.loads(result[METRICS_JSON]) if result.get(FINAL) else None
 
 
-def objectives_of(metrics: Mapping[str, Any] | None) -> dict[str, float] | None:
-    """What a strategy is told: `{"accuracy", "params", "flops"}` of an ok trial, else None."""
-    keys = {"accuracy": METRIC, "params": "params_total", "flops": "flops_total"}
-    if not metrics or metrics.get("status", "ok") != "ok":
-        return None
-    if any(metrics.get(k) is None for k in keys.values()):
-        log.warning("an ok trial without %s: told as failed", ", ".join(keys.values()))
-        return None
-    return {name: float(metrics[k]) for name, k in keys.items()}
+def objectives_of(metrics: Mapping[str, Any] | None, objs: Sequence[Objective] | None = None) -> dict[str, float] | None:
+    """What a strategy is told: `{objective name: value}` of an ok trial (`objs`: the strategy's
+    objectives, default the classic accuracy, params, FLOPs), else None."""
+    objs = objs or _objectives.get(_objectives.CLASSIC)
+    out = _objectives.told(metrics, objs)
+    if out is None and metrics and metrics.get("status", "ok") == "ok":
+        log.warning("an ok trial without %s: told as failed", ", ".join(o.key for o in objs))
+    return out
 
 
 class StrategySearcher(Searcher):
@@ -103,7 +104,8 @@ class StrategySearcher(Searcher):
             return Searcher.FINISHED
         known = {str(r["trial_id"]): r for r in self._records()}
         in_flight = [(s.candidate_id, self._seeds[t]) for t, s in self._live.items() if t in self._seeds]
-        todo = confirmation_todo(list(known.values()), self._reference(), self.confirm, self.base_seed, in_flight)
+        todo = confirmation_todo(list(known.values()), self._reference(), self.confirm, self.base_seed, in_flight,
+                                 getattr(self.strategy, "objectives", None))
         if not todo:
             return None if self._live else Searcher.FINISHED
         spec, seed = todo[0]
@@ -133,7 +135,7 @@ class StrategySearcher(Searcher):
         if trial_id in self._seeds:
             self._finished[trial_id]["confirm"] = True
         else:
-            self.strategy.tell(spec, objectives_of(metrics))
+            self.strategy.tell(spec, objectives_of(metrics, getattr(self.strategy, "objectives", None)))
         self._snapshot()
 
     def save(self, checkpoint_path: str) -> None:
@@ -175,6 +177,7 @@ class StrategySearcher(Searcher):
             if r["trial_id"] not in self._told and r["trial_id"] not in self._live:
                 self._told.add(r["trial_id"])
                 try:
-                    self.strategy.tell(ArchSpec.from_dict(r["spec"]), objectives_of(r["metrics"] | {"status": r["status"]}))
+                    self.strategy.tell(ArchSpec.from_dict(r["spec"]), objectives_of(
+                        r["metrics"] | {"status": r["status"]}, getattr(self.strategy, "objectives", None)))
                 except Exception as exc:  # a strategy may refuse a spec its restored state never asked
                     log.warning("the strategy did not take recorded trial %s: %s", r["trial_id"], exc)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from plotly.offline import get_plotlyjs
 
-from search import pareto
+from search import objectives
 from search import report_data as rd
 from search.config import load_config
 from search.store import RunStore, front_from_trials
@@ -186,7 +186,7 @@ def test_history_ends_at_pareto_json_and_never_decreases(run):
     assert np.all(np.diff(hist["hypervolume"]) >= -1e-12)
     assert hist["best_val_accuracy"][-1] == front["best_val_accuracy"] == 0.90
     # each step equals the front of the trials so far, computed from scratch with the same reference
-    ref = pareto.default_reference([t["metrics"]["params_total"] for t in trials if t["status"] == "ok"],
+    ref = objectives.default_reference([t["metrics"]["params_total"] for t in trials if t["status"] == "ok"],
                                    [t["metrics"]["flops_total"] for t in trials if t["status"] == "ok"])
     for i in (1, 4, 7):
         assert hist["hypervolume"][i - 1] == pytest.approx(front_from_trials(trials[:i], ref)["hypervolume"])
