@@ -2,8 +2,10 @@
 
 An export directory holds `arch.yaml` (the `ArchSpec`), `model.json` (what to build:
 each modality's backbone and input shape, the classes, the format version and the
-SHA-256 of the weights) and `weights.safetensors` (every tensor: backbones, fusion
-cells, head, and the train split's input standardisation). safetensors holds tensors
+SHA-256 of the weights) and `weights.safetensors` (every tensor: the backbone blocks the
+model runs — none for a spec on raw inputs, blocks 1..d for one reading depth d — fusion
+cells, head, and the train split's input standardisation). `load_model` builds each
+backbone from its config and cuts it as the architecture needs (`Backbone.lean`). safetensors holds tensors
 and nothing else, so loading an export never runs code from the file; the digest in
 `model.json` catches a weights file changed or cut short after export before any of
 it is parsed.

@@ -3,8 +3,8 @@
 A search keeps no weights, only specs and scores: export trains the chosen spec again
 exactly as its trial did (same data, cached backbones, seed and loop, so the same
 weights and the same test accuracy), or with `retrain` on train+val, and writes the
-directory `fusion_ops.load` reads back: `arch.yaml`, `weights.safetensors` (backbones
-included: the export stands alone), `model.json`, plus `metrics.json` and a README.
+directory `fusion_ops.load` reads back: `arch.yaml`, `weights.safetensors` (the backbone
+blocks the model runs included: the export stands alone), `model.json`, plus `metrics.json` and a README.
 """
 from __future__ import annotations
 
@@ -284,7 +284,7 @@ Re-score on a config's test split: `fusion-nas evaluate THIS_FOLDER --config CON
 ## Files
 
 - `arch.yaml`: the architecture (`spaces.ArchSpec`)
-- `weights.safetensors`: all weights (tensors only: loading runs no code)
+- `weights.safetensors`: all weights, the backbone blocks it runs included (tensors only: loading runs no code)
 - `model.json`: how to rebuild it, and the weights' SHA-256
 - `metrics.json`: scores, costs and where the trial came from
 """

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fusion_ops import Backbone, FusionHead, count_flops, count_params, required_taps
+from fusion_ops import Backbone, FusionHead, count_flops, count_params, deepest_taps
 from search import objectives
 from search.baselines_fit import ensure_baselines, seeds_of
 from search.config import Config, config_from_dict
@@ -25,7 +25,7 @@ from search.taps import TapCache
 from search.train import TrainConfig, evaluate_candidate, evaluate_with_backbones
 from spaces import ArchSpec, ConfigError, SearchSpace
 from spaces._yaml_errors import in_file
-from spaces.spec import make_tap, parse_tap
+from spaces.spec import make_tap
 
 Say = Callable[[str], None]
 
@@ -83,26 +83,28 @@ def evaluate_trial(spec: ArchSpec, ctx: TrialContext, report: Callable[[int, flo
 def cost_function(prepared: Prepared) -> Callable[[ArchSpec], tuple[int, int]]:
     """Exact (params_total, flops_total) of a spec, known before training (for strategies).
 
-    Equal to `candidate_cost`'s totals; each backbone is counted once up front, so a spec
+    Equal to `candidate_cost`'s totals; each backbone cut at each depth (`Backbone.lean`:
+    only the blocks up to the deepest tap read run) is counted once up front, so a spec
     costs only the build and count of its fusion part (strategies score hundreds).
     """
-    backbone_cost = {
-        m: (count_params(b), count_flops(b, torch.zeros(1, *b.input_shape)))
-        for m, b in prepared.backbones.items()
-    }
+    backbone_cost = {(m, d): _backbone_cost(b.lean(d)) for m, b in prepared.backbones.items() for d in b.depths}
     cache: dict[str, tuple[int, int]] = {}
 
     def cost(spec: ArchSpec) -> tuple[int, int]:
         if spec.arch_id not in cache:
             head = FusionHead(spec, prepared.taps.tap_shapes, prepared.taps.num_classes)
-            used = {parse_tap(t)[0] for t in required_taps(spec)}
+            runs = deepest_taps(spec).items()
             cache[spec.arch_id] = (
-                count_params(head) + sum(backbone_cost[m][0] for m in used),
-                count_flops(head, head.example_taps(1)) + sum(backbone_cost[m][1] for m in used),
+                count_params(head) + sum(backbone_cost[md][0] for md in runs),
+                count_flops(head, head.example_taps(1)) + sum(backbone_cost[md][1] for md in runs),
             )
         return cache[spec.arch_id]
 
     return cost
+
+
+def _backbone_cost(backbone: Backbone) -> tuple[int, int]:
+    return count_params(backbone), count_flops(backbone, torch.zeros(1, *backbone.input_shape))
 
 
 def reference_point(space: SearchSpace, cost: Callable[[ArchSpec], tuple[int, int]], seed: int,
