@@ -179,17 +179,24 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
     )
 
 
-def front_rows(front: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The front's candidates as table rows (mean and spread over their seeds), most accurate first."""
+def front_rows(front: Mapping[str, Any], objs: Sequence[Objective] | None = None) -> list[dict[str, Any]]:
+    """The front's candidates as table rows (mean and spread over their seeds), best by the run's
+    metric first (`objs`: the run's objectives; default accuracy, params, FLOPs); `extra` holds
+    the other cost objectives (latency)."""
+    objs = objs or objectives.get(objectives.CLASSIC)
+    metric = objs[0]
+    test_key = "test_" + metric.name
     rows = []
     for f in front.get("front", []):
         m = f["metrics"]
-        rows.append({"trial": f["trial_id"], "val": m["val_accuracy"], "test": _number(m.get("test_accuracy")),
-                     "val_std": m.get("val_std", 0.0), "test_std": m.get("test_std", 0.0),
+        rows.append({"trial": f["trial_id"], "val": m[metric.key], "test": _number(m.get(test_key)),
+                     "val_std": m.get(f"{metric.key}_std", m.get("val_std", 0.0)),
+                     "test_std": m.get(f"{test_key}_std", m.get("test_std", 0.0)),
                      "n_seeds": m.get("n_seeds", 1), "params": m["params_total"], "flops": m["flops_total"],
+                     "extra": {o.name: m.get(o.key) for o in objs[1:] if o.name not in ("params", "flops")},
                      "knee": f["trial_id"] == front.get("knee"),
                      "arch": record_spec(f).describe()})
-    return sorted(rows, key=lambda r: -r["val"])
+    return sorted(rows, key=lambda r: -r["val"] if metric.mode == "max" else r["val"])
 
 
 def record_spec(record: Mapping[str, Any]) -> ArchSpec:
