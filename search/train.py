@@ -29,6 +29,7 @@ from fusion_ops.backbones import Backbone, seeded_init
 from fusion_ops.cost import count_flops, count_params
 from fusion_ops.model import FusionHead, build_model, candidate_cost, check_spec, required_taps
 from search.datasets import Dataset
+from search.latency import candidate_latency
 from search.taps import TapCache
 from search.tasks import Task, get_task
 from spaces._yaml_errors import ConfigError, at
@@ -439,6 +440,8 @@ def _metrics(spec: ArchSpec, head: FusionHead, result: FitResult, scores: Mappin
         best_epoch=result.best_epoch,
         seconds_per_epoch=result.seconds / max(result.epochs, 1),
     )
+    if ok:  # measured, not counted: the `latency` objective (search.latency)
+        out.update(candidate_latency(spec, head, backbones, num_classes, cfg.batch_size, cfg.threads))
     return out
 
 

@@ -1,5 +1,5 @@
 """Task types end to end: metrics against slow hand computations, each task through the CLI
-(search, show, report, export, evaluate), configuration mistakes as one line."""
+(search, show, report, export, evaluate), configuration mistakes as one line, and latency."""
 from __future__ import annotations
 
 import itertools
@@ -158,3 +158,18 @@ def test_a_bad_task_metric_or_objective_is_one_line_and_exit_2(tmp_path, capsys,
     assert main(["search", str(config(tmp_path, base, **search))]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_latency_is_a_fourth_objective(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = config(tmp_path, {**PLANTED, "task": "additive"}, objectives=["params", "flops", "latency"])
+    assert main(["search", str(path)]) == 0
+    out = capsys.readouterr().out
+    run_dir = Path(out.strip().splitlines()[-1].split(": ", 1)[1])
+    pareto = json.loads((run_dir / "pareto.json").read_text())
+    assert pareto["objectives"]["objectives"] == ["accuracy", "params", "flops", "latency"]
+    assert all(len(f["objectives"]) == 4 and f["metrics"]["latency_ms"] > 0 for f in pareto["front"])
+    assert "latency ms" in out
+    assert main(["report", str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert 'id="fig-latency-stage"' in page and 'id="fig-parallel"' in page and "median of repeated forward" in page
