@@ -250,7 +250,7 @@ def breakdown(points: Sequence[Point], by: str, higher: bool = True) -> list[dic
 
 def front_table(points: Sequence[Point]) -> list[dict[str, Any]]:
     """The front's trials, most accurate (val) first, as table rows."""
-    rows = [{"trial": p.trial_id, "knee": p.knee, "stage": p.stage, "op": p.op, "val": p.accuracy,
+    rows = [{"trial": p.trial_id, "knee": p.knee, "stage": p.stage, "op": op_label(p.ops), "val": p.accuracy,
              "test": p.test_accuracy, "params": p.params, "flops": p.flops, "arch": p.arch}
             for p in points if p.on_front]
     return sorted(rows, key=lambda r: (-(r["val"] or 0.0), r["params"] or 0.0))

@@ -192,8 +192,10 @@ TABLE_COLUMNS = (("trial", "trial", "text"), ("knee", "knee", "text"), ("stage",
                  ("params", "params", "cost"), ("FLOPs", "flops", "cost"), ("architecture", "arch", "text"))
 
 
-def front_table_html(points: Sequence[Point]) -> str:
-    head = "".join(f'<th data-kind="{k}" title="sort">{html.escape(t)}</th>' for t, _, k in TABLE_COLUMNS)
+def front_table_html(points: Sequence[Point], metric: str = "accuracy") -> str:
+    short = "acc" if metric == "accuracy" else metric
+    head = "".join(f'<th data-kind="{k}" title="sort">{html.escape(t.replace("acc", short))}</th>'
+                   for t, _, k in TABLE_COLUMNS)
     body = []
     for r in front_table(points):
         r = {**r, "knee": "★" if r["knee"] else ""}
@@ -287,7 +289,7 @@ def render_html(title: str, points: Sequence[Point], hist: Mapping[str, list], s
 <div class="grid">{panels}</div>
 <h2>The search over time</h2>{div['history']}
 <h2>Stages and operators</h2>{div['breakdown']}
-<h2>The Pareto front</h2><p class="note">Click a column to sort.</p>{front_table_html(points)}
+<h2>The Pareto front</h2><p class="note">Click a column to sort.</p>{front_table_html(points, names[0])}
 {baselines_html(baselines, comparison_line)}
 <h2>Configuration</h2><pre id="config">{html.escape(config_text)}</pre>
 <script type="application/json" id="report-summary">{summary_json}</script>

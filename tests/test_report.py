@@ -290,3 +290,25 @@ def test_report_on_a_folder_that_is_not_a_run_is_a_usage_error(tmp_path):
 def test_unknown_image_format_is_refused_by_the_parser(run):
     with pytest.raises(SystemExit):
         _parse(["report", str(run.run_dir), "--format", "gif"])
+
+
+def test_colour_by_operator_is_the_last_cells_operator_and_the_chain_is_in_the_hover(run):
+    trials, points = _points(run)
+    series = rd.scatter_series(points, "params", "op")
+    ops_used = {op for p in points for op in p.ops}
+    assert {s.group for s in series} <= ops_used  # no "a→b" chain names in the legend
+    for p, t in zip(points, trials, strict=True):
+        assert p.op == t["spec"]["cells"][-1]["op"]
+        assert all(f"{c['op']}(" in p.hover for c in t["spec"]["cells"])
+
+
+def test_a_run_of_four_objectives_gets_a_panel_per_cost_and_a_parallel_view(run):
+    from search import report_html
+    from search.objectives import get
+
+    trials, points = _points(run)
+    objs = get(["accuracy", "params", "flops", "latency"])
+    figs = report_html.figures(points, rd.history(trials, None), (), objs)
+    assert {"params-stage", "flops-stage", "latency-op", "parallel"} <= set(figs)
+    assert "parallel" not in report_html.figures(points, rd.history(trials, None))
+    assert figs["params-op"].layout.yaxis.title.text == "validation accuracy"
