@@ -6,6 +6,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
+from search.objectives import OBJECTIVES
+
 
 def human(n: float) -> str:
     """`12345678 -> '12.3M'`: counts of params and FLOPs at a glance."""
@@ -47,8 +49,9 @@ def front_table(rows: Sequence[Mapping[str, Any]], metric: str = "accuracy") -> 
     seeds = max(int(r.get("n_seeds", 1)) for r in rows) > 1
     width = 14 if seeds else 6
     extra = list(rows[0].get("extra") or {})
+    units = {e: OBJECTIVES[e].unit for e in extra}
     head = (f"{'':1} {'trial':>10} {'val':>{width}} {'test':>{width}} {'seeds':>5} {'params':>8} {'FLOPs':>8}"
-            + "".join(f" {e + ' ms' if e == 'latency' else e:>10}" for e in extra) + "  architecture")
+            + "".join(f" {f'{e} {units[e]}'.strip():>10}" for e in extra) + "  architecture")
     lines = [head, "-" * len(head)]
     for r in rows:
         mark = "*" if r["knee"] else " "

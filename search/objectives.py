@@ -46,6 +46,7 @@ class Objective:
     known_before: bool
     kind: str  # "metric" (recorded as val_/test_<name>) or "cost"
     bound: float | None = None
+    note: str = ""  # how it is measured, for the report (a measured objective says so)
 
     def values(self, raw: Sequence[float] | np.ndarray) -> np.ndarray:
         """`raw` on this objective's comparison scale (log10 needs values > 0; NaN passes)."""
@@ -85,7 +86,10 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("params", "params_total", "min", "log10", "", "parameters", True, "cost"),
     Objective("flops", "flops_total", "min", "log10", "", "FLOPs per sample", True, "cost"),
     # measured by training, so no sample of the space bounds it in advance: 1 s per sample is the worst that counts
-    Objective("latency", "latency_ms", "min", "log10", "ms", "latency, batch 1 (ms)", False, "cost", 1000.0),
+    Objective("latency", "latency_ms", "min", "log10", "ms", "latency, batch 1 (ms)", False, "cost", 1000.0,
+              "Latency: the median of repeated forward passes of the candidate (the backbone blocks it runs, "
+              "cells and head) at batch 1, after warm-up, on the trial's device with the trial's thread count "
+              "(search.latency); measured, so strategies know it only after training."),
 )}
 COSTS = tuple(n for n, o in OBJECTIVES.items() if o.kind == "cost")
 

@@ -120,7 +120,8 @@ def hover_text(trial: Mapping[str, Any], p: Mapping[str, Any], metric: str = "va
     else:
         lines.append(f"{metric} {acc} · test {test}")
     costs = [f"{k} {human(p[k.lower()])}" for k in ("params", "FLOPs") if p[k.lower()] is not None]
-    costs += [f"{k} {v:.3g} ms" for k, v in (p.get("extra") or {}).items() if v is not None]
+    costs += [f"{k} {v:.3g} {_objectives.OBJECTIVES[k].unit}".strip() for k, v in (p.get("extra") or {}).items()
+              if v is not None]
     lines.append(" · ".join(costs) if costs else "params and FLOPs unknown")
     if p["status"] != "ok" and p["reason"]:
         lines.append(f"reason: {p['reason'][:120]}")

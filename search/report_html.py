@@ -40,9 +40,6 @@ SYMBOLS = {"ok": "circle", "early_stopped": "diamond-open", "failed": "x", "dive
 STAGE_COLOURS = {"early": "#1f77b4", "late": "#ff7f0e", "hybrid": "#2ca02c"}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
-LATENCY_NOTE = ("Latency: the median of repeated forward passes of the candidate (backbones it runs and "
-                "fusion head) at batch 1, after warm-up, on the trial's device with the trial's thread count; "
-                "measured, so strategies know it only after training.")
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
@@ -258,13 +255,13 @@ def _summary_html(title: str, s: Mapping[str, Any]) -> str:
     names = s.get("objectives") or list(_objectives.CLASSIC)
     labels = [_objectives.OBJECTIVES[n].label for n in names]
     metric = labels[0]
-    latency = f" {LATENCY_NOTE}" if "latency" in names else ""
+    notes = "".join(f" {_objectives.OBJECTIVES[n].note}" for n in names if _objectives.OBJECTIVES[n].note)
     return (f"<h1>{html.escape(title)}</h1><p>{s['n_trials']} trials ({counts}); Pareto front of "
             f"{s['front_size']} over {', '.join(labels[:-1])} and {labels[-1]}; hypervolume {s['hypervolume']:.4f}; "
             f"best {metric} {best}; knee: {html.escape(knee)}.{html.escape(unplaced)}</p>"
             "<p class='note'>Markers: ● ok, ◇ early-stopped (the metric when stopped), × failed, ⊕ errored; a trial "
             f"without a metric is drawn at 0. Colour by operator: the operator of the last cell (the whole chain "
-            f"is in the hover). Rings: the {len(names)}-objective Pareto front; ★ its knee. {FLOPS_NOTE}{latency}</p>")
+            f"is in the hover). Rings: the {len(names)}-objective Pareto front; ★ its knee. {FLOPS_NOTE}{notes}</p>")
 
 
 def render_html(title: str, points: Sequence[Point], hist: Mapping[str, list], summary: Mapping[str, Any],

@@ -294,7 +294,7 @@ def candidate_key(record: Mapping[str, Any]) -> str:
 def candidate_records(trials: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One record per candidate, in order of first appearance: each strategy trial joined by
     the confirmation trials (`confirm: true`) of its candidate, with every `val_*`, `test_*` and
-    `latency_*` metric replaced by its mean over every trial (seed) of it, `<key>_std` (sample
+    measured cost (`latency_ms`) replaced by its mean over every trial (seed) of it, `<key>_std` (sample
     std, 0 for one seed) beside each (`val_std`, `test_std`: accuracy's), and `n_seeds`,
     `seeds` and `seed_trials` added to its metrics.
 
@@ -313,7 +313,8 @@ def candidate_records(trials: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
     return [_aggregate(g) for g in groups.values()]
 
 
-SEED_MEANS = ("val_", "test_", "latency_")  # metrics averaged over a candidate's seeds
+# averaged over a candidate's seeds: its metrics, and the costs measured by training (latency)
+SEED_MEANS = ("val_", "test_", *(o.key for o in _objectives.OBJECTIVES.values() if o.kind == "cost" and not o.known_before))
 SEED_KEEP = {"val_std", "test_std"}
 
 
