@@ -54,7 +54,8 @@ COST_NOTE = (
     "Params and FLOPs count the inference path only: auxiliary losses (shared_private's orthogonality "
     "penalty, adversarial's discriminator loss) and training-only modules (adversarial's discriminator) "
     "are left out. FLOPs are forward FLOPs per sample, 2 per multiply-add; elementwise work is not counted. "
-    "Totals add the whole backbone of each modality a spec reads (also when it reads only the raw tap @0)."
+    "Totals add the backbone blocks a spec runs: those up to the deepest tap it reads of each modality "
+    "(none for the raw tap @0)."
 )
 
 

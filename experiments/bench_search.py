@@ -4,7 +4,7 @@
    bench_av_digits.yaml) every spec is trained once in-process with `evaluate_candidate`
    (deterministic for the train seed); the table is cached as JSON, so reruns are cheap.
    Its Pareto front (val accuracy max, log10 params_total min, log10 flops_total min)
-   and hypervolume use one fixed reference per dataset, `pareto.default_reference` of the
+   and hypervolume use one fixed reference per dataset, `objs_mod.default_reference` of the
    costs of every spec in the space (accuracy 0, the decade above 10x the largest cost),
    and, tighter, the space's nadir (its worst accuracy and largest costs).
 2. Strategies: random, grid, mfas and nsga2 are driven through ask/tell, one spec at a
@@ -44,6 +44,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from experiments.results_block import machine_line, write_block  # noqa: E402
+from search import objectives as objs_mod  # noqa: E402
 from search import pareto  # noqa: E402
 from search.config import Config, config_from_dict  # noqa: E402
 from search.pretrain import cache_key  # noqa: E402
@@ -135,7 +136,7 @@ def points(rows: Iterable[Mapping[str, Any]]) -> np.ndarray:
     """Minimisation matrix `[-val accuracy, log10 params, log10 flops]` of the ok rows."""
     good = [r for r in rows if ok(r)]
     cols = [[float(r[k]) for r in good] for k in ("val_accuracy", "params_total", "flops_total")]
-    return pareto.objective_matrix(*cols).reshape(len(good), 3)
+    return objs_mod.objective_matrix(*cols).reshape(len(good), 3)
 
 
 def references(table: Table) -> dict[str, np.ndarray]:
@@ -145,7 +146,7 @@ def references(table: Table) -> dict[str, np.ndarray]:
     rows = list(table.values())
     params, flops = [float(r["params_total"]) for r in rows], [float(r["flops_total"]) for r in rows]
     acc = [float(r["val_accuracy"]) for r in rows if ok(r)]
-    return {"default": pareto.default_reference(params, flops),
+    return {"default": objs_mod.default_reference(params, flops),
             "nadir": np.array([-min(acc), np.log10(max(params)), np.log10(max(flops))])}
 
 

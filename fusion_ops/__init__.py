@@ -30,7 +30,15 @@ from fusion_ops._registry import create_fusion, fusion_args, fusion_class, list_
 from fusion_ops.backbones import Backbone, BackboneConfig, UnimodalClassifier, build_backbone
 from fusion_ops.cost import count_flops, count_params
 from fusion_ops.load import load_model
-from fusion_ops.model import FusionHead, FusionModel, build_model, candidate_cost, model_cost, required_taps
+from fusion_ops.model import (
+    FusionHead,
+    FusionModel,
+    build_model,
+    candidate_cost,
+    deepest_taps,
+    model_cost,
+    required_taps,
+)
 
 __all__ = [
     "Backbone",
@@ -43,6 +51,7 @@ __all__ = [
     "candidate_cost",
     "model_cost",
     "required_taps",
+    "deepest_taps",
     "FusionOp",
     "count_flops",
     "load_model",

@@ -97,9 +97,29 @@ class Backbone(nn.Module):
         self.tap_shapes: list[tuple[int, ...]] = []
 
     def _finish(self) -> None:
+        self.n_blocks = len(self.blocks)
         with torch.no_grad():
             taps = self.forward_taps(torch.zeros(1, *self.input_shape))
         self.tap_shapes = [tuple(t.shape[1:]) for t in taps]
+
+    @property
+    def full_depth(self) -> int:
+        """Blocks of the whole backbone (a `lean` one keeps fewer, and knows it)."""
+        return getattr(self, "n_blocks", len(self.blocks))
+
+    def lean(self, depth: int) -> Backbone:
+        """This backbone cut after block `depth` (0: no block, only the raw tap): a new module
+        sharing the kept blocks' parameters, whose `forward_taps` gives taps `0..depth` exactly
+        as the whole backbone does. A candidate reading depth d runs (and owns) no more."""
+        if not 0 <= depth <= self.full_depth:
+            raise ValueError(f"{self.KIND} backbone: depth {depth} is outside 0..{self.full_depth}")
+        out = self.__class__.__new__(self.__class__)
+        out.__dict__ = dict(self.__dict__)
+        out._parameters, out._buffers, out._modules = dict(self._parameters), dict(self._buffers), dict(self._modules)
+        out.blocks = nn.ModuleList(list(self.blocks)[:depth])
+        out.n_blocks = self.full_depth
+        out.tap_shapes = list(self.tap_shapes[: depth + 1])
+        return out
 
     @property
     def depths(self) -> range:
@@ -127,10 +147,12 @@ class Backbone(nn.Module):
             expected = ", ".join(map(str, ("B", *self.input_shape)))
             raise ValueError(f"{self.KIND} backbone: expected inputs ({expected}), got {tuple(x.shape)}")
         taps = [self.raw_tap(x)]
+        if not len(self.blocks):  # a lean backbone of depth 0: the raw input is all it gives
+            return taps
         state = self.prepare(x)
         for k, block in enumerate(self.blocks, start=1):
             state = block(state)
-            taps.append(self.pool(state) if k == len(self.blocks) else self.as_tap(state))
+            taps.append(self.pool(state) if k == self.full_depth else self.as_tap(state))
         return taps
 
     def forward(self, x: Tensor) -> Tensor:

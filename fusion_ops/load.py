@@ -2,8 +2,10 @@
 
 An export directory holds `arch.yaml` (the `ArchSpec`), `model.json` (what to build:
 each modality's backbone and input shape, the classes, the format version and the
-SHA-256 of the weights) and `weights.safetensors` (every tensor: backbones, fusion
-cells, head, and the train split's input standardisation). safetensors holds tensors
+SHA-256 of the weights) and `weights.safetensors` (every tensor: the backbone blocks the
+model runs — none for a spec on raw inputs, blocks 1..d for one reading depth d — fusion
+cells, head, and the train split's input standardisation). `load_model` builds each
+backbone from its config and cuts it as the architecture needs (`Backbone.lean`). safetensors holds tensors
 and nothing else, so loading an export never runs code from the file; the digest in
 `model.json` catches a weights file changed or cut short after export before any of
 it is parsed.
@@ -44,15 +46,22 @@ class ExportedModel(nn.Module):
     """Standardises raw inputs with the train split's statistics, then runs a `FusionModel`.
 
     `forward(inputs)`: `{m: (B, *input_shape_m)}` (tensors or arrays; extra modalities
-    ignored) -> logits `(B, num_classes)`; `classes[i]` is class i's label in the data.
+    ignored) -> `(B, outputs)`: class logits (`classes[i]` is class i's label in the data),
+    per-label logits (multilabel), or predictions in the targets' units (regression: the
+    model's standardised outputs times `target_std` plus `target_mean`).
     """
 
     def __init__(self, model: FusionModel, mean: Mapping[str, Any], std: Mapping[str, Any],
-                 classes: Sequence[Any] = ()) -> None:
+                 classes: Sequence[Any] = (), task: str = "classification",
+                 target_scale: tuple[Any, Any] | None = None) -> None:
         super().__init__()
         self.model = model
         self.modalities: tuple[str, ...] = model.modalities
         self.classes = tuple(classes)
+        self.task = task
+        if target_scale is not None:
+            self.register_buffer("target_mean", torch.as_tensor(target_scale[0], dtype=torch.float32).clone())
+            self.register_buffer("target_std", torch.as_tensor(target_scale[1], dtype=torch.float32).clone())
         # buffers by position in sorted order: modality names need not be valid attribute names
         for i, m in enumerate(self.modalities):
             self.register_buffer(f"mean_{i}", torch.as_tensor(mean[m], dtype=torch.float32).clone())
@@ -82,7 +91,10 @@ class ExportedModel(nn.Module):
         return out
 
     def forward(self, inputs: Mapping[str, Any]) -> Tensor:
-        return self.model(self.standardize(inputs))
+        out = self.model(self.standardize(inputs))
+        if hasattr(self, "target_mean"):  # regression: back to the targets' units
+            out = out * self.target_std + self.target_mean
+        return out
 
 
 def save_model(model: ExportedModel, out: str | Path, backbones: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -103,6 +115,7 @@ def save_model(model: ExportedModel, out: str | Path, backbones: Mapping[str, Ma
         "arch_id": model.arch_id,
         "num_classes": int(model.model.fusion.head[-1].out_features),
         "classes": list(model.classes),
+        "task": model.task,
         "modalities": {
             m: {"input_shape": list(shape), "backbone": dict(backbones[m])} for m, shape in model.input_shapes.items()
         },
@@ -214,4 +227,6 @@ def _build(spec: ArchSpec, info: Mapping[str, Any], tensors: Mapping[str, Tensor
     stats = {}
     for kind in ("mean", "std"):
         stats[kind] = {m: tensors.get(f"{kind}_{i}", torch.zeros(())) for i, m in enumerate(model.modalities)}
-    return ExportedModel(model, stats["mean"], stats["std"], info.get("classes") or ())
+    scale = (tensors["target_mean"], tensors["target_std"]) if "target_mean" in tensors else None
+    return ExportedModel(model, stats["mean"], stats["std"], info.get("classes") or (),
+                         str(info.get("task", "classification")), scale)

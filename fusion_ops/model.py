@@ -135,22 +135,34 @@ class FusionHead(nn.Module):
         return self.head(h)
 
 
+def deepest_taps(spec: ArchSpec) -> dict[str, int]:
+    """`{modality: the deepest tap depth the spec reads}`: how much of each backbone runs."""
+    out: dict[str, int] = {}
+    for tap in required_taps(spec):
+        m, d = parse_tap(tap)
+        out[m] = max(out.get(m, 0), d)
+    return out
+
+
 class FusionModel(nn.Module):
-    """Backbones (one per modality the spec reads) in front of a `FusionHead`.
+    """Lean backbones (one per modality the spec reads) in front of a `FusionHead`.
 
     `forward(inputs)` takes raw inputs `{m: (B, *input_shape_m)}`;
     `forward_taps(taps)` takes precomputed taps `{"m@d": (B, ...)}`; both give
-    logits `(B, num_classes)`, identical for the same batch. Frozen backbones run
-    in eval mode under `no_grad`; each runs in full (all its taps).
+    logits `(B, num_classes)`, identical for the same batch. Each backbone is cut after
+    the deepest block the spec reads (`Backbone.lean`): a spec on raw inputs runs no block,
+    and the model holds, runs and is charged for exactly the blocks it needs. Frozen
+    backbones run in eval mode under `no_grad`.
     """
 
     def __init__(self, spec: ArchSpec, backbones: Mapping[str, Backbone], num_classes: int, frozen: bool,
                  dropout: float = 0.0) -> None:
         super().__init__()
         self._spec = spec
-        self.modalities: tuple[str, ...] = tuple(sorted({parse_tap(t)[0] for t in required_taps(spec)}))
+        depth = deepest_taps(spec)
+        self.modalities: tuple[str, ...] = tuple(sorted(depth))
         # a list in sorted-name order: modality names need not be valid ModuleDict keys
-        self.backbones = nn.ModuleList(backbones[m] for m in self.modalities)
+        self.backbones = nn.ModuleList(backbones[m].lean(depth[m]) for m in self.modalities)
         self.frozen = frozen
         shapes = {
             make_tap(m, d): s
@@ -232,8 +244,9 @@ def candidate_cost(spec: ArchSpec, backbones: Mapping[str, Backbone], num_classe
     """`params_total`, `params_fusion`, `flops_total`, `flops_fusion` of one sample, untrained.
 
     `*_fusion` is the part that trains: cells + head on cached taps. `*_total` adds
-    every backbone the spec reads, whole (all its blocks, whatever depth is read),
-    as the model runs it on raw inputs. FLOPs follow `fusion_ops.cost`.
+    the part of every backbone the spec reads that runs,
+    as the model runs it on raw inputs: only its blocks up to the deepest tap read (none for
+    a spec on raw inputs). FLOPs follow `fusion_ops.cost`.
     """
     check_spec(spec, {m: len(b.tap_shapes) for m, b in backbones.items()})
     # built directly, not by build_model: costing must not freeze the caller's backbones

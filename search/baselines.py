@@ -17,6 +17,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from search import objectives as _objectives
+
 FILE = "baselines.json"
 PANELS = ("basic", "classic", "none")
 KINDS = ("unimodal", "linear", "late_concat", "classic")
@@ -32,31 +34,43 @@ def _num(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def best_basic(baselines: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The basic-panel baseline with the highest (mean) val accuracy; chosen on val, like the front's best."""
-    scored = [b for b in baselines if b.get("panel") == "basic" and _num(b.get("val_accuracy")) is not None]
-    return max(scored, key=lambda b: float(b["val_accuracy"])) if scored else None
+def _sign(o: _objectives.Objective) -> float:
+    return 1.0 if o.mode == "max" else -1.0
 
 
-def best_front_point(front: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The front member with the highest val accuracy (ties: the cheaper in params), or None."""
-    members = [f for f in front.get("front") or () if _num((f.get("metrics") or {}).get("val_accuracy")) is not None]
+def best_basic(baselines: Sequence[Mapping[str, Any]], metric: _objectives.Objective | None = None
+               ) -> Mapping[str, Any] | None:
+    """The basic-panel baseline with the best (mean) val metric (default accuracy); chosen on val,
+    like the front's best."""
+    metric = metric or _objectives.OBJECTIVES["accuracy"]
+    scored = [b for b in baselines if b.get("panel") == "basic" and _num(b.get(metric.key)) is not None]
+    return max(scored, key=lambda b: _sign(metric) * float(b[metric.key])) if scored else None
+
+
+def best_front_point(front: Mapping[str, Any], metric: _objectives.Objective | None = None
+                     ) -> Mapping[str, Any] | None:
+    """The front member with the best val metric (ties: the cheaper in params), or None."""
+    metric = metric or _objectives.OBJECTIVES["accuracy"]
+    members = [f for f in front.get("front") or () if _num((f.get("metrics") or {}).get(metric.key)) is not None]
     if not members:
         return None
-    return max(members, key=lambda f: (float(f["metrics"]["val_accuracy"]),
+    return max(members, key=lambda f: (_sign(metric) * float(f["metrics"][metric.key]),
                                        -(_num(f["metrics"].get("params_total")) or 0.0)))
 
 
-def dominating_member(front: Mapping[str, Any], baseline: Mapping[str, Any]) -> str | None:
-    """The trial id of a front member that weakly dominates `baseline` (val accuracy >=,
-    params <=, FLOPs <=; equal values count), or None when none does."""
-    acc, params, flops = (_num(baseline.get(k)) for k in ("val_accuracy", "params_total", "flops_total"))
-    if acc is None or params is None or flops is None:
+def dominating_member(front: Mapping[str, Any], baseline: Mapping[str, Any],
+                      objs: Sequence[_objectives.Objective] | None = None) -> str | None:
+    """The trial id of a front member that weakly dominates `baseline` in every objective it has
+    (default: val accuracy >=, params <=, FLOPs <=; equal values count), or None when none does.
+    An objective the baseline does not record (latency) is left out of the comparison."""
+    objs = [o for o in (objs or _objectives.get(_objectives.CLASSIC)) if baseline.get(o.key) is not None]
+    mine = [_num(baseline.get(o.key)) for o in objs]
+    if not objs or any(v is None for v in mine):
         return None
     for f in front.get("front") or ():
         m = f.get("metrics") or {}
-        fa, fp, ff = (_num(m.get(k)) for k in ("val_accuracy", "params_total", "flops_total"))
-        if fa is not None and fp is not None and ff is not None and fa >= acc and fp <= params and ff <= flops:
+        theirs = [_num(m.get(o.key)) for o in objs]
+        if all(t is not None and _sign(o) * t >= _sign(o) * b for o, t, b in zip(objs, theirs, mine, strict=True)):
             return str(f.get("trial_id"))
     return None
 
@@ -66,7 +80,8 @@ def _delta(a: Any, b: Any) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def compare(front: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def compare(front: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]],
+            objs: Sequence[_objectives.Objective] | None = None) -> dict[str, Any]:
     """Did the search earn its cost? `front` as `store.front_from_trials` returns it.
 
     `best`: the front's best point (highest val accuracy) against the best basic baseline
@@ -74,21 +89,24 @@ def compare(front: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]]) ->
     and `beats_val` / `beats_test` (strictly higher). `classic`: for each classic-panel
     baseline, the id of a front member that weakly dominates it (`dominated_by`), or None.
     """
-    top, base = best_front_point(front), best_basic(baselines)
+    objs = tuple(objs or _objectives.get(_objectives.CLASSIC))
+    metric = objs[0]
+    vkey, tkey = metric.key, "test_" + metric.key.removeprefix("val_")
+    top, base = best_front_point(front, metric), best_basic(baselines, metric)
     best: dict[str, Any] | None = None
     if top is not None and base is not None:
         m = top["metrics"]
-        dv, dt = _delta(m.get("val_accuracy"), base.get("val_accuracy")), \
-            _delta(m.get("test_accuracy"), base.get("test_accuracy"))
-        best = {"trial_id": top.get("trial_id"), "front_val": _num(m.get("val_accuracy")),
-                "front_test": _num(m.get("test_accuracy")), "baseline": base["name"],
-                "baseline_val": _num(base.get("val_accuracy")), "baseline_test": _num(base.get("test_accuracy")),
+        dv, dt = _delta(m.get(vkey), base.get(vkey)), _delta(m.get(tkey), base.get(tkey))
+        best = {"trial_id": top.get("trial_id"), "metric": metric.name, "front_val": _num(m.get(vkey)),
+                "front_test": _num(m.get(tkey)), "baseline": base["name"],
+                "baseline_val": _num(base.get(vkey)), "baseline_test": _num(base.get(tkey)),
                 "val_delta": dv, "test_delta": dt,
-                "beats_val": dv is not None and dv > 0, "beats_test": dt is not None and dt > 0}
+                "beats_val": dv is not None and _sign(metric) * dv > 0,
+                "beats_test": dt is not None and _sign(metric) * dt > 0}
     classic = []
     for b in baselines:
         if b.get("panel") == "classic":
-            by = dominating_member(front, b)
+            by = dominating_member(front, b, objs)
             classic.append({"name": b["name"], "dominated": by is not None, "dominated_by": by})
     return {"best": best, "classic": classic, "n_baselines": len(baselines)}
 
@@ -111,6 +129,10 @@ def summary_line(cmp: Mapping[str, Any]) -> str:
 
     v, t = word(b["val_delta"]), word(b["test_delta"])
     verdict = f"{v} on val and test" if v == t else f"{v} on val, {t} on test"
+    metric = b.get("metric", "accuracy")
+    if metric != "accuracy":  # deltas of other metrics are not accuracy points
+        return (f"front best {metric} {acc(b['front_val'])} val / {acc(b['front_test'])} test vs best baseline "
+                f"({b['baseline']}) {acc(b['baseline_val'])} / {acc(b['baseline_test'])} ({verdict})")
     return (f"front best {acc(b['front_val'])} val / {acc(b['front_test'])} test vs best baseline "
             f"({b['baseline']}) {acc(b['baseline_val'])} / {acc(b['baseline_test'])}: "
             f"{pts(b['val_delta'])} / {pts(b['test_delta'])} points ({verdict})")

@@ -24,7 +24,8 @@ from search import baselines as bl
 from search.datasets import Dataset
 from search.store import RunStore
 from search.taps import TapCache
-from search.train import TrainConfig, accuracy, evaluate_candidate, fit
+from search.tasks import Task, get_task
+from search.train import TrainConfig, accuracy, evaluate_candidate, fit, task_metrics, task_of
 from spaces.spec import ArchSpec, CellSpec, make_tap
 
 Say = Callable[[str], Any]
@@ -46,41 +47,82 @@ def flat_inputs(xs: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def logistic_regression(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                        test: tuple[np.ndarray, np.ndarray], grid: Sequence[float] = C_GRID) -> dict[str, Any]:
-    """L2 logistic regression on standardised features, `C` chosen on val (first best in `grid`).
+                        test: tuple[np.ndarray, np.ndarray], grid: Sequence[float] = C_GRID,
+                        task: Task | None = None) -> dict[str, Any]:
+    """The task's L2-regularised linear model on standardised features, strength chosen on val
+    by the task's score (first best in `grid`): logistic regression for classes (one per label
+    for multi-label), ridge regression (`alpha = 1 / C`, the same squared loss candidates train
+    with) for regression targets.
 
-    Returns accuracies, the chosen `C`, val accuracy per `C`, params (weights + biases)
-    and FLOPs per sample (2 per multiply-add: 2 * d * outputs, where sklearn keeps one
-    output for two classes and one per class otherwise; the standardisation is folded
-    into the weights and not counted).
+    Returns the val and test metrics (`val_<metric>`, `test_<metric>`), the chosen `C`, the val
+    score per `C`, params (weights + biases) and FLOPs per sample (2 per multiply-add: 2 * d *
+    outputs, where sklearn keeps one output for two classes and one per class otherwise; the
+    standardisation is folded into the weights and not counted).
     """
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    task = task or get_task("classification")
     scaler = StandardScaler().fit(train[0])
     xtr, xva, xte = (scaler.transform(x) for x in (train[0], val[0], test[0]))
     fits, scores = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for c in grid:
-            model = LogisticRegression(C=c, max_iter=2000).fit(xtr, train[1])
+            model = _LINEAR[task.name](c).fit(xtr, train[1])
             fits.append(model)
-            scores.append(float(model.score(xva, val[1])))
+            scores.append(task.score(_outputs(model, xva, task), torch.tensor(val[1])))
     i = int(np.argmax(scores))
     model = fits[i]
-    return {"C": float(grid[i]), "val_by_C": dict(zip(map(float, grid), scores, strict=True)),
-            "val_accuracy": scores[i], "test_accuracy": float(model.score(xte, test[1])),
-            "params_total": int(model.coef_.size + model.intercept_.size),
-            "flops_total": int(2 * model.coef_.size)}
+    metrics = {f"{split}_{k}": v for split, (x, y) in (("val", (xva, val[1])), ("test", (xte, test[1])))
+               for k, v in task.metrics(_outputs(model, x, task), torch.tensor(y)).items()}
+    coef, intercept = _weights(model)
+    return {"C": float(grid[i]), "val_by_C": dict(zip(map(float, grid), scores, strict=True)), **metrics,
+            "params_total": int(coef + intercept), "flops_total": int(2 * coef)}
+
+
+def _logistic(c: float) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    return LogisticRegression(C=c, max_iter=2000)
+
+
+def _per_label(c: float) -> Any:
+    from sklearn.multioutput import MultiOutputClassifier
+    return MultiOutputClassifier(_logistic(c))
+
+
+def _ridge(c: float) -> Any:
+    from sklearn.linear_model import Ridge
+    return Ridge(alpha=1.0 / c)
+
+
+_LINEAR = {"classification": _logistic, "binary": _logistic, "multilabel": _per_label, "regression": _ridge}
+
+
+def _outputs(model: Any, x: np.ndarray, task: Task) -> torch.Tensor:
+    """What the task's metrics read: log-probabilities (classes), logits per label, or predictions."""
+    if task.name == "regression":
+        out = model.predict(x)
+    elif task.name == "multilabel":
+        out = np.stack([est.decision_function(x) for est in model.estimators_], axis=1)
+    else:
+        out = np.log(np.clip(model.predict_proba(x), 1e-300, None))
+    return torch.as_tensor(np.asarray(out, dtype=np.float64).reshape(len(x), -1))
+
+
+def _weights(model: Any) -> tuple[int, int]:
+    models = getattr(model, "estimators_", [model])
+    return (sum(int(np.size(m.coef_)) for m in models), sum(int(np.size(m.intercept_)) for m in models))
 
 
 def linear_baseline(dataset: Dataset) -> dict[str, Any]:
-    """The `logreg` record: logistic regression on the concatenated raw inputs."""
+    """The `logreg` record: the task's linear model on the concatenated raw inputs."""
     start = time.perf_counter()
     splits = [dataset.split(s) for s in ("train", "val", "test")]
-    r = logistic_regression(*((flat_inputs(xs), np.asarray(y)) for xs, y in splits))
-    return _record("logreg", "linear", "basic", [r["val_accuracy"]], [r["test_accuracy"]], r["params_total"],
+    task = get_task(dataset.task, dataset.target_scale)
+    r = logistic_regression(*((flat_inputs(xs), np.asarray(y)) for xs, y in splits), task=task)
+    runs = [{k: v for k, v in r.items() if k.startswith(("val_", "test_")) and k != "val_by_C"}]
+    return _record("logreg", "linear", "basic", runs, r["params_total"],
                    r["flops_total"], None, start, C=r["C"], val_by_C=r["val_by_C"])
 
 
@@ -115,19 +157,21 @@ def unimodal_baseline(modality: str, backbone: Backbone, taps: TapCache, cfg: Tr
     tap = last_taps({modality: backbone})[modality]
     sub = taps.subset([tap])
     train, val, test = (sub.tensors(s) for s in ("train", "val", "test"))
-    vals, tests = [], []
+    runs = []
+    task = task_of(taps)
     for seed in range(n_seeds):
         with seeded_init(torch.Generator().manual_seed(seed)):
             model = TapLinear(tap, taps.tap_shapes[tap][-1], taps.num_classes)
-        result = fit(model, train, val, dataclasses.replace(cfg, seed=seed))
-        ok = result.status == "ok"
-        vals.append(result.val_accuracy if ok else math.nan)
-        tests.append(accuracy(model, test) if ok else math.nan)
+        result = fit(model, train, val, dataclasses.replace(cfg, seed=seed), task=task)
+        run = task_metrics(task, model, {"val": val, "test": test}) if result.status == "ok" else {}
+        if result.status == "ok" and task.name == "classification":  # as candidates record it
+            run.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(model, test))
+        runs.append(run)
     with torch.enable_grad():  # count_flops needs grad on (see fusion_ops.cost)
         params = count_params(backbone) + count_params(model)
         flops = (count_flops(backbone, torch.zeros(1, *backbone.input_shape))
                  + count_flops(model, {tap: torch.zeros(1, *taps.tap_shapes[tap])}))
-    return _record(f"{modality} alone", "unimodal", "basic", vals, tests, params, flops, None, start)
+    return _record(f"{modality} alone", "unimodal", "basic", runs, params, flops, None, start)
 
 
 def spec_baseline(name: str, kind: str, panel: str, spec: ArchSpec, taps: TapCache, cfg: TrainConfig,
@@ -142,7 +186,8 @@ def spec_baseline(name: str, kind: str, panel: str, spec: ArchSpec, taps: TapCac
             for s in range(n_seeds)]
     costed = [r for r in runs if "params_total" in r]
     reasons = sorted({r["reason"] for r in runs if r["status"] != "ok"})
-    record = _record(name, kind, panel, [r["val_accuracy"] for r in runs], [r["test_accuracy"] for r in runs],
+    scored = [{k: v for k, v in r.items() if k.startswith(("val_", "test_"))} for r in runs]
+    record = _record(name, kind, panel, scored,
                    costed[0]["params_total"] if costed else None, costed[0]["flops_total"] if costed else None,
                    spec.to_dict(), start, **({"reason": "; ".join(reasons)} if reasons else {}))
     if trained is not None:
@@ -158,13 +203,22 @@ def _stats(values: Sequence[float]) -> tuple[float | None, float | None, int]:
     return float(np.mean(ok)), (float(np.std(ok, ddof=1)) if len(ok) > 1 else None), len(ok)
 
 
-def _record(name: str, kind: str, panel: str, vals: Sequence[float], tests: Sequence[float], params: Any,
+def _record(name: str, kind: str, panel: str, runs: Sequence[Mapping[str, float]], params: Any,
             flops: Any, spec: dict[str, Any] | None, start: float, **extra: Any) -> dict[str, Any]:
-    val, val_std, n = _stats(vals)
-    test, test_std, _ = _stats(tests)
-    return {"name": name, "kind": kind, "panel": panel, "val_accuracy": val, "val_std": val_std,
-            "test_accuracy": test, "test_std": test_std, "n_seeds": n,
-            "params_total": None if params is None else int(params),
+    """A baseline record: each `val_*`/`test_*` metric of `runs` (one per seed) as its mean and
+    `<key>_std`; `val_std`/`test_std` and `n_seeds` are accuracy's (any metric's when the task
+    has no accuracy), as records have always had them."""
+    keys = sorted({k for r in runs for k in r})
+    out: dict[str, Any] = {"name": name, "kind": kind, "panel": panel}
+    n = 0
+    for key in keys:
+        mean, std, count = _stats([r.get(key, math.nan) for r in runs])
+        out[key], out[f"{key}_std"] = mean, std
+        n = max(n, count)
+    for split in ("val", "test"):
+        out.setdefault(f"{split}_accuracy", None)
+        out[f"{split}_std"] = out.get(f"{split}_accuracy_std")
+    return {**out, "n_seeds": n, "params_total": None if params is None else int(params),
             "flops_total": None if flops is None else int(flops), "spec": spec,
             "seconds": time.perf_counter() - start, **extra}
 
@@ -208,8 +262,10 @@ def describe(record: Mapping[str, Any]) -> str:
 
     extra = f", C={record['C']:g}" if "C" in record else ""
     reason = f"; failed: {record['reason']}" if record.get("reason") else ""
-    return (f"baseline {record['name']}: val {acc(record['val_accuracy'], record['val_std'])} "
-            f"test {acc(record['test_accuracy'], record['test_std'])} ({record['n_seeds']} seed"
+    metric = next((m for m in ("accuracy", "r2", "auc") if record.get(f"val_{m}") is not None), "accuracy")
+    name = "" if metric == "accuracy" else f"{metric} "
+    return (f"baseline {record['name']}: {name}val {acc(record[f'val_{metric}'], record.get(f'val_{metric}_std'))} "
+            f"test {acc(record[f'test_{metric}'], record.get(f'test_{metric}_std'))} ({record['n_seeds']} seed"
             f"{'s' if record['n_seeds'] != 1 else ''}{extra}, {record['seconds']:.1f} s){reason}")
 
 

@@ -183,7 +183,8 @@ def _print_front(store: Any, trials: list) -> None:
     from search.run import front_rows
     from search.store import STATUSES, front_from_trials
 
-    front = front_from_trials(trials, store.reference)
+    objs = store.objectives()
+    front = front_from_trials(trials, store.reference, objs)
     counts = {s: sum(t.get("status") == s for t in trials) for s in STATUSES}
     print(f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}); "
           f"front of {len(front['trial_ids'])}, hypervolume {front['hypervolume']:.4f}")
@@ -191,11 +192,11 @@ def _print_front(store: Any, trials: list) -> None:
         print(f"every trial ended without a usable score ({len(trials)} of {len(trials)}): the front is empty; "
               "the reasons are in trials.jsonl (`status`, `reason`)")
         return
-    print(front_table(front_rows(front)))
+    print(front_table(front_rows(front, objs), objs[0].name))
     stored = store.baselines()
     if stored:
-        cmp = compare(front, stored)
-        print(baselines_table(stored, cmp))
+        cmp = compare(front, stored, objs)
+        print(baselines_table(stored, cmp, objs[0].name))
         print(summary_line(cmp))
 
 

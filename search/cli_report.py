@@ -40,10 +40,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         m = export_run(args.run, args.pick, args.out, retrain=args.retrain)
     except (FileNotFoundError, ExportError) as err:
         _usage(err)
-    reported = m["reported"]["test_accuracy"]
+    reported = m["reported"]["test_metric"]
     note = {True: "reproduces the trial's", False: "DIFFERS from the trial's", None: "retrained; the trial had"}
     print(f"exported trial {m['trial_id']} ({m['arch']}) to {args.out}")
-    print(f"test accuracy {m['test_accuracy']:.4f} ({note[m['reproduced']]} {reported:.4f}), "
+    print(f"test {m['metric']} {m['test_metric']:.4f} ({note[m['reproduced']]} {reported:.4f}), "
           f"{m['params_total']:,} parameters, {m['flops_total']:,} FLOPs")
     print(f'load it: from fusion_ops.load import load_model; model = load_model("{args.out}")')
     return 0
@@ -58,10 +58,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         r = evaluate_export(args.export, args.config)
     except (FileNotFoundError, ExportError) as err:
         _usage(err)
-    line = f"{r['arch']}: test accuracy {r['test_accuracy']:.4f}"
-    if r["exported_test_accuracy"] is not None:
-        same = r["test_accuracy"] == r["exported_test_accuracy"]
-        line += f" ({'equal to' if same else 'exported with'} {r['exported_test_accuracy']:.4f}"
+    line = f"{r['arch']}: test {r['metric']} {r['test_metric']:.4f}"
+    if r["exported_test_metric"] is not None:
+        same = r["test_metric"] == r["exported_test_metric"]
+        line += f" ({'equal to' if same else 'exported with'} {r['exported_test_metric']:.4f}"
         line += ")" if r["same_data"] else "; the config's data section differs from the export's)"
     print(line)
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fusion_ops import fusion_args, list_fusions
+from search import objectives
 from search.baselines import PANELS as BASELINE_PANELS
 from search.datasets import LOADERS, DataError, load_dataset
 from search.pretrain import BackbonesConfig
@@ -54,6 +55,8 @@ class SearchSettings:
     seed: int = 0
     confirm: int = 2  # more seeds for every front candidate; the front uses their mean
     baselines: str = "basic"  # which baselines train before the search (search.baselines.PANELS)
+    metric: str = ""  # the task metric the search optimises ("": the task's default, search.objectives)
+    objectives: tuple[str, ...] = ()  # objective names (search.objectives.OBJECTIVES); (): metric, params, flops
     # size guards, checked before anything is allocated: the largest architecture of the space
     max_params: int = 100_000_000  # 400 MB of float32 weights
     max_flops: int = 20_000_000_000  # forward FLOPs per sample
@@ -62,7 +65,8 @@ class SearchSettings:
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "search") -> SearchSettings:
         d = _mapping(d, where)
         _no_unknown(d, cls.__dataclass_fields__, where)
-        out = cls(**{k: d[k] for k in d})
+        objectives.check_names(d.get("metric", ""), d.get("objectives", ()), where)
+        out = cls(**{k: (tuple(d[k]) if k == "objectives" else d[k]) for k in d})
         _choice(out.strategy, STRATEGY_NAMES, f"{where}.strategy")
         _choice(out.scheduler, SCHEDULERS, f"{where}.scheduler")
         _choice(out.baselines, BASELINE_PANELS, f"{where}.baselines")
@@ -79,7 +83,7 @@ class SearchSettings:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "objectives": list(self.objectives)}
 
 
 @dataclass(frozen=True)

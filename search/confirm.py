@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from search.objectives import CLASSIC, Objective, get
 from search.store import front_from_trials
 from spaces.spec import ArchSpec
 
@@ -21,15 +22,18 @@ def confirm_seeds(base_seed: int, k: int) -> list[int]:
 
 
 def confirmation_todo(trials: Sequence[Mapping[str, Any]], reference: Sequence[float] | None, k: int,
-                      base_seed: int, in_flight: Iterable[tuple[str, int]] = ()) -> list[tuple[ArchSpec, int]]:
-    """`(spec, seed)` of the trials still needed so that every front candidate has all
-    `k + 1` seeds, most accurate candidate first; pairs in `in_flight`
-    (`(candidate_id, seed)`) are running already."""
+                      base_seed: int, in_flight: Iterable[tuple[str, int]] = (),
+                      objs: Sequence[Objective] | None = None) -> list[tuple[ArchSpec, int]]:
+    """`(spec, seed)` of the trials still needed so that every front candidate (over `objs`,
+    default the classic three) has all `k + 1` seeds, best candidate by the metric first;
+    pairs in `in_flight` (`(candidate_id, seed)`) are running already."""
     if k <= 0:
         return []
     running = set(in_flight)
     todo = []
-    front = sorted(front_from_trials(trials, reference)["front"], key=lambda f: -f["metrics"]["val_accuracy"])
+    objs = objs or get(CLASSIC)
+    sign = -1.0 if objs[0].mode == "max" else 1.0
+    front = sorted(front_from_trials(trials, reference, objs)["front"], key=lambda f: sign * f["metrics"][objs[0].key])
     for entry in front:
         spec = ArchSpec.from_dict(entry["spec"])
         have = {base_seed if s is None else int(s) for s in entry["metrics"].get("seeds", [])}

@@ -3,8 +3,8 @@
 A search keeps no weights, only specs and scores: export trains the chosen spec again
 exactly as its trial did (same data, cached backbones, seed and loop, so the same
 weights and the same test accuracy), or with `retrain` on train+val, and writes the
-directory `fusion_ops.load` reads back: `arch.yaml`, `weights.safetensors` (backbones
-included: the export stands alone), `model.json`, plus `metrics.json` and a README.
+directory `fusion_ops.load` reads back: `arch.yaml`, `weights.safetensors` (the backbone
+blocks the model runs included: the export stands alone), `model.json`, plus `metrics.json` and a README.
 """
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from fusion_ops import FusionModel, build_model, model_cost, required_taps
 from fusion_ops.load import MAX_TEXT_BYTES, ExportedModel, ExportError, load_model, read_bounded, save_model
 from search.config import Config, config_from_dict, load_config
 from search.datasets import Dataset, load_dataset
+from search.objectives import OBJECTIVES, Objective
 from search.run import Prepared, prepare, record_spec
 from search.store import RunStore, front_from_trials, to_jsonable, utc_now
+from search.tasks import Task, get_task
 from search.train import (
     FitResult,
     Split,
@@ -33,6 +35,8 @@ from search.train import (
     candidate_config,
     dataset_tensors,
     fit,
+    predict,
+    task_of,
     torch_threads,
 )
 from spaces import ArchSpec, ConfigError
@@ -42,17 +46,21 @@ Say = Callable[[str], None]
 EXPORT_FILES = {"arch.yaml", "model.json", "weights.safetensors", "metrics.json", "README.md"}
 FLOPS_NOTE = "forward FLOPs per sample, 2 per multiply-add; elementwise work not counted"
 
-# --pick NAME -> sort key over the front's trials (first = chosen); ties fall to the earlier trial
-PICKS: dict[str, Callable[[Mapping[str, Any]], tuple[float, ...]]] = {
-    "accuracy": lambda m: (-m["val_accuracy"], m["params_total"], m["flops_total"]),
-    "smallest": lambda m: (m["params_total"], -m["val_accuracy"], m["flops_total"]),
+# --pick NAME -> sort key over the front's trials (first = chosen) given the run's metric (its val
+# value made "lower is better"); ties fall to the earlier trial
+PICKS: dict[str, Callable[[Mapping[str, Any], Callable[[Mapping[str, Any]], float]], tuple[float, ...]]] = {
+    "accuracy": lambda m, worse: (worse(m), m["params_total"], m["flops_total"]),
+    "smallest": lambda m, worse: (m["params_total"], worse(m), m["flops_total"]),
 }
 
 
-def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], how: str) -> dict[str, Any]:
-    """The trial `how` names: `knee` (of the front), `accuracy` (best val accuracy, then
-    fewest params), `smallest` (fewest params, then best val accuracy), or a trial id.
-    Accuracy here is always validation accuracy: test accuracy never chooses."""
+def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], how: str,
+               metric: Objective | None = None) -> dict[str, Any]:
+    """The trial `how` names: `knee` (of the front), `accuracy` (best val metric — the run's
+    `metric`, accuracy by default — then fewest params), `smallest` (fewest params, then best
+    val metric), or a trial id. The metric is always the validation one: test never chooses."""
+    metric = metric or OBJECTIVES["accuracy"]
+    sign = -1.0 if metric.mode == "max" else 1.0
     by_id = {str(t["trial_id"]): dict(t) for t in trials}
     if how in ("knee", *PICKS):
         if not front.get("trial_ids"):
@@ -60,7 +68,7 @@ def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], ho
         if how == "knee":
             return by_id[front["knee"]]
         members = [by_id[tid] for tid in front["trial_ids"]]
-        return min(members, key=lambda t: PICKS[how](t["metrics"]))
+        return min(members, key=lambda t: PICKS[how](t["metrics"], lambda m: sign * m[metric.key]))
     trial = by_id.get(how)
     if trial is None:
         ids = ", ".join(list(by_id)[:8]) + (", ..." if len(by_id) > 8 else "")
@@ -95,6 +103,7 @@ def train_for_export(spec: ArchSpec, prepared: Prepared, *, retrain: bool = Fals
     the last weights."""
     cfg, data = candidate_config(prepared.config.train, spec, seed), prepared.dataset
     frozen = prepared.config.backbones.freeze
+    task = task_of(prepared.taps)
     if frozen:
         module: torch.nn.Module = build_head(spec, prepared.taps, cfg.seed, cfg.dropout)
         sub = prepared.taps.subset(required_taps(spec))
@@ -104,9 +113,9 @@ def train_for_export(spec: ArchSpec, prepared: Prepared, *, retrain: bool = Fals
                                      torch.Generator().manual_seed(cfg.seed), cfg.dropout)
         train, val = dataset_tensors(data, "train"), dataset_tensors(data, "val")
     if retrain:
-        result = _fit_last(module, _concat(train, val), val, cfg, epochs or cfg.epochs)
+        result = _fit_last(module, _concat(train, val), val, cfg, epochs or cfg.epochs, task)
     else:
-        result = fit(module, train, val, cfg)
+        result = fit(module, train, val, cfg, task=task)
     if result.status != "ok":
         raise ExportError(f"training {spec.arch_id} for export failed: {result.reason}")
     if frozen:  # the trained head behind the frozen backbones it was trained on the taps of
@@ -119,7 +128,8 @@ def _concat(a: Split, b: Split) -> Split:
     return {k: torch.cat([a[0][k], b[0][k]]) for k in a[0]}, torch.cat([a[1], b[1]])
 
 
-def _fit_last(module: torch.nn.Module, train: Split, val: Split, cfg: TrainConfig, epochs: int) -> FitResult:
+def _fit_last(module: torch.nn.Module, train: Split, val: Split, cfg: TrainConfig, epochs: int,
+              task: Task | None = None) -> FitResult:
     """`fit` for exactly `epochs` epochs, keeping the last weights: val is part of the
     training data now, so "best on val" would choose on data the model was fitted to."""
     cfg = dataclasses.replace(cfg, epochs=epochs, patience=epochs)
@@ -129,7 +139,7 @@ def _fit_last(module: torch.nn.Module, train: Split, val: Split, cfg: TrainConfi
         if epoch == epochs:
             last.update({k: v.detach().clone() for k, v in module.state_dict().items()})
 
-    result = fit(module, train, val, cfg, report=keep)
+    result = fit(module, train, val, cfg, report=keep, task=task)
     if last:
         module.load_state_dict(last)
     return dataclasses.replace(result, best_epoch=result.epochs, val_accuracy=math.nan)
@@ -143,8 +153,9 @@ def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool 
     _check_out(out)
     store = RunStore.open(run_dir)
     trials = store.trials()
-    front = front_from_trials(trials, store.reference)
-    trial = pick_trial(trials, front, how)
+    objs = store.objectives()
+    front = front_from_trials(trials, store.reference, objs)
+    trial = pick_trial(trials, front, how, objs[0])
     with in_file(store.trials_path):
         spec = record_spec(trial)
     config = read_config(store.run_dir)
@@ -153,16 +164,18 @@ def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool 
     say("retraining on train+val" if retrain else "training it again as its trial did")
     model, result = train_for_export(spec, prepared, retrain=retrain, epochs=trial["metrics"].get("best_epoch"),
                                      seed=trial["metrics"].get("seed"))
-    exported = ExportedModel(model, prepared.dataset.mean, prepared.dataset.std, prepared.dataset.classes)
+    data = prepared.dataset
+    exported = ExportedModel(model, data.mean, data.std, data.classes, data.task, data.target_scale)
     with torch_threads(config.search.cpus_per_trial):  # score as the trial did, in a worker of that size
-        test = raw_test_accuracy(exported, config, prepared.dataset)
+        tests = raw_test_metrics(exported, config, prepared.dataset)
     shapes = prepared.dataset.shapes
     save_model(exported, out, {m: config.backbones.backbone_for(m, shapes[m]).to_dict() for m in exported.modalities})
-    metrics = _metrics(store, config, trial, front, how, retrain, exported, result, test)
+    metrics = _metrics(store, config, trial, front, how, retrain, exported, result, tests, objs[0])
     store_json(out / "metrics.json", metrics)
     (out / "README.md").write_text(readme(metrics, exported), encoding="utf-8")
     if metrics["reproduced"] is False:
-        say(f"warning: test accuracy {test:.4f} differs from the trial's {trial['metrics'].get('test_accuracy')}")
+        say(f"warning: test {metrics['metric']} {metrics['test_metric']:.4f} differs from the trial's "
+            f"{metrics['reported']['test_metric']}")
     return metrics
 
 
@@ -175,9 +188,10 @@ def _check_out(out: Path) -> None:
         raise ExportError(f"--out {out}: holds other files ({', '.join(others[:3])}); give a new or empty directory")
 
 
-def raw_test_accuracy(model: ExportedModel, config: Config, standardised: Dataset | None = None) -> float:
-    """Test accuracy of `model` on the config's data as stored on disk (before standardisation),
-    the way a user feeds it; labels are checked against `standardised` when given."""
+def raw_test_metrics(model: ExportedModel, config: Config, standardised: Dataset | None = None) -> dict[str, float]:
+    """Every test metric of `model`'s task (`test_<metric>`) on the config's data as stored on disk
+    (before standardisation), the way a user feeds it; labels are checked against `standardised`
+    when given. Classification's `test_accuracy` is computed exactly as a trial computes it."""
     raw = load_dataset({**config.data, "normalize": "none"}, config.path.parent)
     missing = [m for m in model.modalities if m not in raw.shapes]
     if missing:
@@ -189,15 +203,33 @@ def raw_test_accuracy(model: ExportedModel, config: Config, standardised: Datase
                           f"the model reads {model.input_shapes[m]}")
     if standardised is not None and not np.array_equal(raw.y_test, standardised.y_test):
         raise ExportError("the unstandardised data splits differently from the standardised one")
-    return accuracy(model, dataset_tensors(raw, "test", model.modalities))
+    xs, y = dataset_tensors(raw, "test", model.modalities)
+    task = get_task(raw.task)
+    if raw.target_scale is not None:  # the model answers in the targets' units: so must the labels
+        y = y * torch.as_tensor(raw.target_scale[1]) + torch.as_tensor(raw.target_scale[0])
+    out = {f"test_{k}": v for k, v in task.metrics(predict(model, xs), y).items()}
+    if task.name == "classification":
+        out["test_accuracy"] = accuracy(model, (xs, y))
+    return out
+
+
+def raw_test_accuracy(model: ExportedModel, config: Config, standardised: Dataset | None = None) -> float:
+    """Test accuracy of a classifier `model` on the config's data as stored on disk (see `raw_test_metrics`)."""
+    return raw_test_metrics(model, config, standardised)["test_accuracy"]
 
 
 def _metrics(store: RunStore, config: Config, trial: Mapping[str, Any], front: Mapping[str, Any], how: str,
-             retrain: bool, model: ExportedModel, result: FitResult, test: float) -> dict[str, Any]:
+             retrain: bool, model: ExportedModel, result: FitResult, tests: Mapping[str, float],
+             metric: Objective) -> dict[str, Any]:
     reported = trial["metrics"]
     tid = trial["trial_id"]
     on_front = tid in front["trial_ids"]
-    by_acc = sorted(front["front"], key=lambda f: -f["metrics"]["val_accuracy"])
+    sign = -1.0 if metric.mode == "max" else 1.0
+    by_metric = sorted(front["front"], key=lambda f: sign * f["metrics"][metric.key])
+    test_key = "test_" + metric.name
+    val = None if retrain else result.val_accuracy
+    if metric.name != "accuracy" and not retrain:  # fit's score is the selection score: report the metric's
+        val = reported.get(metric.key) if reported.get("n_seeds", 1) == 1 else None
     return {
         "trial_id": tid,
         "arch_id": model.arch_id,
@@ -206,22 +238,28 @@ def _metrics(store: RunStore, config: Config, trial: Mapping[str, Any], front: M
         "run_dir": str(store.run_dir),
         "run": config.name,
         "data": config.data,
+        "task": model.task,
+        "metric": metric.name,
         "trained_on": "train+val" if retrain else "train",
         "seed": candidate_config(config.train, model.spec, trial["metrics"].get("seed")).seed,
         "train_settings": model.spec.train_settings,
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
-        "val_accuracy": None if retrain else result.val_accuracy,
-        "test_accuracy": test,
-        "reproduced": None if retrain else test == reported.get("test_accuracy"),
+        "val_accuracy": (None if retrain else result.val_accuracy) if metric.name == "accuracy" else None,
+        "test_accuracy": tests.get("test_accuracy"),
+        "val_metric": val,
+        "test_metric": tests[test_key],
+        "test_metrics": dict(tests),
+        "reproduced": None if retrain else tests[test_key] == reported.get(test_key),
         **model_cost(model.model),
         "flops_convention": FLOPS_NOTE,
         "reported": {k: reported.get(k) for k in ("val_accuracy", "test_accuracy", "params_total", "flops_total",
-                                                  "params_fusion", "flops_fusion", "epochs", "best_epoch")},
+                                                  "params_fusion", "flops_fusion", "epochs", "best_epoch")}
+        | {"val_metric": reported.get(metric.key), "test_metric": reported.get(test_key)},
         "front": {
             "on_front": on_front,
             "knee": tid == front["knee"],
-            "rank_by_val_accuracy": next((i + 1 for i, f in enumerate(by_acc) if f["trial_id"] == tid), None),
+            "rank_by_val_metric": next((i + 1 for i, f in enumerate(by_metric) if f["trial_id"] == tid), None),
             "size": len(front["trial_ids"]),
             "n_ok": front["n_ok"],
             "n_trials": front["n_trials"],
@@ -238,25 +276,26 @@ def readme(m: Mapping[str, Any], model: ExportedModel) -> str:
     """The export's README.md: what the model is, where it sits on the front, how to load it."""
     f = m["front"]
     if f["on_front"]:
-        where = (f"on the Pareto front of its run: {_ordinal(f['rank_by_val_accuracy'])} most accurate of "
+        best = "most accurate" if m["metric"] == "accuracy" else f"best by val {m['metric']}"
+        where = (f"on the Pareto front of its run: {_ordinal(f['rank_by_val_metric'])} {best} of "
                  f"{f['size']} front points{' and the knee' if f['knee'] else ''} "
                  f"({f['n_ok']} ok trials of {f['n_trials']})")
     else:
         where = f"not on the Pareto front of its run (chosen by trial id; front of {f['size']})"
     inputs = "\n".join(f"| `{mod}` | {tuple(s)} |" for mod, s in model.input_shapes.items())
     example = ", ".join(f'"{mod}": x_{i}' for i, mod in enumerate(model.modalities))
-    val = "n/a (trained on it)" if m["val_accuracy"] is None else f"{m['val_accuracy']:.4f}"
+    val = "n/a (trained on it)" if m["val_metric"] is None else f"{m['val_metric']:.4f}"
     return f"""# {m['run']} / trial {m['trial_id']}
 
 {m['arch']}
 
-A multimodal fusion classifier found by fusion-nas (`--pick {m['pick']}`), {where}.
+A multimodal fusion model ({m['task']}) found by fusion-nas (`--pick {m['pick']}`), {where}.
 Trained on {m['trained_on']} ({m['epochs']} epochs, seed {m['seed']}); backbones included.
 
 | | |
 |---|---|
-| val accuracy | {val} |
-| test accuracy | {m['test_accuracy']:.4f} |
+| val {m['metric']} | {val} |
+| test {m['metric']} | {m['test_metric']:.4f} |
 | parameters | {m['params_total']:,} ({m['params_fusion']:,} in fusion + head) |
 | FLOPs | {m['flops_total']:,} ({m['flops_fusion']:,} in fusion + head) |
 
@@ -284,7 +323,7 @@ Re-score on a config's test split: `fusion-nas evaluate THIS_FOLDER --config CON
 ## Files
 
 - `arch.yaml`: the architecture (`spaces.ArchSpec`)
-- `weights.safetensors`: all weights (tensors only: loading runs no code)
+- `weights.safetensors`: all weights, the backbone blocks it runs included (tensors only: loading runs no code)
 - `model.json`: how to rebuild it, and the weights' SHA-256
 - `metrics.json`: scores, costs and where the trial came from
 """
@@ -298,10 +337,11 @@ def _ordinal(n: int | None) -> str:
 
 # ------------------------------------------------------------------ evaluate
 def evaluate_export(export_dir: str | Path, config_path: str | Path) -> dict[str, Any]:
-    """Test accuracy of the export in `export_dir` on the data of `config_path`, next to the exported one."""
+    """The test metric of the export in `export_dir` (the one it was exported with; accuracy for
+    an older export) on the data of `config_path`, next to the exported value."""
     model = load_model(export_dir)
     config = read_config(config_path)
-    test = raw_test_accuracy(model, config)
+    tests = raw_test_metrics(model, config)
     exported = {}
     metrics_path = Path(export_dir) / "metrics.json"
     if metrics_path.exists():
@@ -311,10 +351,15 @@ def evaluate_export(export_dir: str | Path, config_path: str | Path) -> dict[str
             raise ExportError(f"{metrics_path}: not valid JSON ({err})") from None
         if not isinstance(exported, dict):
             raise ExportError(f"{metrics_path}: expected a JSON object, got {type(exported).__name__}")
-        for key in ("test_accuracy",):
+        for key in ("test_accuracy", "test_metric"):
             value = exported.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise ExportError(f"{metrics_path}: {key}: expected a number, got {value!r}")
-    return {"test_accuracy": test, "exported_test_accuracy": exported.get("test_accuracy"),
+    name = exported.get("metric") if exported.get("metric") in OBJECTIVES else "accuracy"
+    if f"test_{name}" not in tests:  # an export of another task than this data's
+        name = next(iter(tests)).removeprefix("test_")
+    key = "test_metric" if "test_metric" in exported else "test_accuracy"
+    return {"metric": name, "test_metric": tests[f"test_{name}"], "exported_test_metric": exported.get(key),
+            "test_accuracy": tests.get("test_accuracy"), "exported_test_accuracy": exported.get("test_accuracy"),
             "same_data": exported.get("data") == config.data if exported else None,
             "arch": model.spec.describe(), "params_total": model_cost(model.model)["params_total"]}

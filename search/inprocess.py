@@ -55,14 +55,15 @@ def search_in_process(evaluate: Evaluate, strategy: Any, num_samples: int, *, co
         return metrics
 
     def confirm_front() -> None:
-        while todo := confirmation_todo(records, reference, confirm, base_seed):
+        while todo := confirmation_todo(records, reference, confirm, base_seed,
+                                        objs=getattr(strategy, "objectives", None)):
             spec, seed = todo[0]
             run(spec, seed, True)
 
     asked = 0
     while asked < num_samples and not strategy.done:
         spec = strategy.ask()
-        strategy.tell(spec, objectives_of(run(spec, None, False)))
+        strategy.tell(spec, objectives_of(run(spec, None, False), getattr(strategy, "objectives", None)))
         asked += 1
         if asked in checkpoints and asked < num_samples:
             confirm_front()

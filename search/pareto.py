@@ -1,4 +1,6 @@
-"""Multi-objective maths over a `(n_points, n_objectives)` array of values to MINIMISE.
+"""Multi-objective maths over a `(n_points, n_objectives)` array of values to MINIMISE, any number of columns.
+
+Which objectives a run has, and how each becomes a column, is `search.objectives`.
 
 Pure numpy. `to_minimise` is the one place that flips maximised objectives; every
 other function here assumes smaller is better in every column.
@@ -18,7 +20,6 @@ from collections.abc import Sequence
 import numpy as np
 
 MODES = ("min", "max")
-FUSION_MODES = ("max", "min", "min")  # accuracy, params, flops
 
 
 def to_minimise(values: np.ndarray, modes: Sequence[str]) -> np.ndarray:
@@ -31,56 +32,6 @@ def to_minimise(values: np.ndarray, modes: Sequence[str]) -> np.ndarray:
         raise ValueError(f"unknown mode {bad[0]!r}; expected one of {', '.join(MODES)}")
     sign = np.array([-1.0 if m == "max" else 1.0 for m in modes])
     return values * sign
-
-
-def objective_matrix(
-    accuracies: Sequence[float] | np.ndarray,
-    params: Sequence[float] | np.ndarray,
-    flops: Sequence[float] | np.ndarray | None = None,
-) -> np.ndarray:
-    """Minimisation matrix `[-accuracy, log10(params)(, log10(flops))]` of fusion-nas.
-
-    Costs are compared on a log10 scale so that a 10x smaller model counts the same
-    at every size. NaN passes through (the row is then ignored); a cost <= 0 raises.
-    """
-    columns = [np.asarray(accuracies, dtype=float), _log10_cost(params, "params")]
-    if flops is not None:
-        columns.append(_log10_cost(flops, "flops"))
-    if len({c.shape for c in columns}) != 1 or columns[0].ndim != 1:
-        raise ValueError("accuracies, params and flops must be 1-D and of equal length")
-    return to_minimise(np.stack(columns, axis=1), FUSION_MODES[: len(columns)])
-
-
-def _log10_cost(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
-    values = np.asarray(values, dtype=float)
-    if np.any(values <= 0):  # NaN compares False and passes through
-        raise ValueError(f"{name} must be > 0 to take log10, got {values[values <= 0][0]!r}")
-    return np.log10(values)
-
-
-def _decade_above(values: np.ndarray, name: str) -> float:
-    values = np.asarray(values, dtype=float)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0 or np.any(finite <= 0):
-        raise ValueError(f"{name}: need at least one finite value, all > 0")
-    return float(np.ceil(np.log10(finite.max()) + 1.0))
-
-
-def default_reference(
-    params: Sequence[float] | np.ndarray, flops: Sequence[float] | np.ndarray | None = None
-) -> np.ndarray:
-    """Reference point for `objective_matrix`: `[0, ceil(log10(max params) + 1)(, same for flops)]`.
-
-    Accuracy 0 (so any accuracy > 0 counts) and, per cost, the smallest whole decade
-    at least 10x the largest value given, so the costliest model still adds volume.
-    Rounding to a decade keeps the point stable when two strategies see slightly
-    different maxima. For hypervolumes comparable across strategies, pass the costs
-    of the whole space (params and FLOPs are known before training) or one fixed ref.
-    """
-    ref = [0.0, _decade_above(params, "params")]
-    if flops is not None:
-        ref.append(_decade_above(flops, "flops"))
-    return np.array(ref)
 
 
 def _as_points(points: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ import torch
 from fusion_ops import Backbone, count_flops, count_params
 from fusion_ops.backbones import build_backbone
 from fusion_ops.model import FusionCell
+from search import objectives
 from search.config import Config
 from search.datasets import DataError, Dataset, load_dataset
 from spaces import ConfigError
@@ -85,6 +86,7 @@ def _load(config: Config) -> Dataset:
     if missing:
         raise ConfigError(f"backbones.modalities: the data has modality {missing[0]!r} with no backbone; "
                           f"it has {', '.join(dataset.modalities)}")
+    objectives.resolve(getattr(dataset, "task", "classification"), config.search.metric, config.search.objectives)
     return dataset
 
 

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from fusion_ops.backbones import Backbone, BackboneConfig, UnimodalClassifier, build_backbone
 from search.datasets import Dataset
-from search.train import TrainConfig, accuracy, dataset_tensors, fit
+from search.tasks import get_task
+from search.train import TrainConfig, accuracy, dataset_tensors, fit, predict
 from spaces._yaml_errors import ConfigError, at
 
 CACHE_FORMAT = 1  # bump when what a cache file holds, or how it is trained, changes
@@ -166,7 +167,8 @@ def pretrain_backbones(
             if path is not None:
                 _save(path, clf, info)
         info.update(cached=info.get("cached", False), path=None if path is None else str(path), key=key)
-        say(f"{m}: unimodal val {info['val_accuracy']:.3f}, test {info['test_accuracy']:.3f}"
+        score = "" if dataset.task == "classification" else f" {get_task(dataset.task).selection or '-MSE'}"
+        say(f"{m}: unimodal{score} val {info['val_accuracy']:.3f}, test {info['test_accuracy']:.3f}"
             f"{' (cached)' if info['cached'] else ''}")
         backbones[m], infos[m] = clf.backbone.eval(), info
     return backbones, infos
@@ -207,13 +209,16 @@ def _new_classifier(dataset: Dataset, m: str, bcfg: BackboneConfig, pcfg: Pretra
 def _train(dataset: Dataset, m: str, clf: UnimodalClassifier, pcfg: PretrainConfig) -> dict[str, Any]:
     model = _OneModality(m, clf)
     train, val, test = (dataset_tensors(dataset, split, [m]) for split in ("train", "val", "test"))
-    result = fit(model, train, val, pcfg)
+    task = get_task(dataset.task, dataset.target_scale)  # the task's own loss: a regression backbone learns MSE
+    result = fit(model, train, val, pcfg, task=task)
     if result.status != "ok":
         raise RuntimeError(f"pretraining the {m} backbone failed: {result.reason}; lower backbones.pretrain.lr")
     return {
         "kind": clf.backbone.KIND,
+        # the task's selection score (`Task.score`): accuracy for classification
         "val_accuracy": result.val_accuracy,
-        "test_accuracy": accuracy(model, test),
+        "test_accuracy": accuracy(model, test) if task.name == "classification" else
+        task.score(predict(model, test[0]), test[1]),
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "seconds": result.seconds,

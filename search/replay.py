@@ -45,7 +45,7 @@ def replay(strategy: Any, records: Iterable[Mapping[str, Any]], lookahead: int =
             strategy.adopt(spec)
         metrics = dict(record.get("metrics") or {}) | {"status": record.get("status")}
         try:
-            strategy.tell(spec, objectives_of(metrics))
+            strategy.tell(spec, objectives_of(metrics, getattr(strategy, "objectives", None)))
         except Exception as exc:  # a strategy may refuse a spec it never asked
             log.warning("the strategy did not take recorded trial %s: %s", record.get("trial_id"), exc)
     return unmatched

@@ -31,14 +31,15 @@ def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs
         raise ValueError(f"unknown image format {bad[0]!r}; known: {', '.join(IMAGE_FORMATS)}")
     store = RunStore.open(run_dir)
     trials = store.trials()
-    front = front_from_trials(trials, store.reference)
+    objs = store.objectives()
+    front = front_from_trials(trials, store.reference, objs)
     costs = missing_costs(store, trials, say) if fill_costs else {}
-    points = data.trial_points(candidate_records(trials), front, costs)  # a confirmed candidate: one point
-    hist = data.history([t for t in trials if not t.get("confirm")], store.reference)
+    points = data.trial_points(candidate_records(trials), front, costs, objs)  # a confirmed candidate: one point
+    hist = data.history([t for t in trials if not t.get("confirm")], store.reference, objs)
     stored = store.baselines() or []
-    comparison = compare(front, stored)
-    baselines = data.baseline_points(stored, comparison)
-    figs = report_html.figures(points, hist, baselines)
+    comparison = compare(front, stored, objs)
+    baselines = data.baseline_points(stored, comparison, objs)
+    figs = report_html.figures(points, hist, baselines, objs)
     title = f"fusion-nas report: {store.config().get('name', store.run_dir.parent.name)} / {store.run_id}"
     page = report_html.render_html(title, points, hist, data.summary(points, front),
                                    store.config_path.read_text(encoding="utf-8"), figs, baselines=baselines,

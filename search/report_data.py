@@ -1,8 +1,9 @@
 """The data behind every part of `report.html`, computed apart from the drawing.
 
 Tests check these functions; `search.report_html` only turns their output into
-Plotly traces. Accuracy is validation accuracy throughout (what the search optimised
-and the front is made of); test accuracy is shown, never used to choose.
+Plotly traces. The y value is the run's metric on validation throughout (what the search
+optimised and the front is made of: accuracy unless `search.metric` says otherwise); the
+test value is shown, never used to choose. The cost axes are the run's cost objectives.
 """
 from __future__ import annotations
 
@@ -13,26 +14,34 @@ from typing import Any
 
 import numpy as np
 
+from search import objectives as _objectives
 from search import pareto
+from search.objectives import Objective
 from search.store import STATUSES, objective_points, on_front_candidate
 from spaces import ArchSpec
 
-COSTS = ("params", "flops")
+COSTS = _objectives.COSTS
 GROUPINGS = ("stage", "op")
 Costs = Mapping[str, tuple[float, float]]  # arch_id -> (params_total, flops_total)
+Objs = Sequence[Objective] | None  # a run's objectives; None: the classic accuracy, params, FLOPs
+
+
+def _objs(objs: Objs) -> tuple[Objective, ...]:
+    return tuple(objs or _objectives.get(_objectives.CLASSIC))
 
 
 @dataclass(frozen=True)
 class Point:
-    """One trial as the report shows it. `accuracy` is None when the trial has none
-    (drawn at 0); `params`/`flops` are None when unknown (the trial cannot be placed)."""
+    """One trial as the report shows it. `accuracy` (the run's val metric, whatever its name)
+    is None when the trial has none (drawn at 0); a cost is None when unknown (the trial
+    cannot be placed in that cost's plane)."""
 
     trial_id: str
     order: int  # position in trials.jsonl (the order trials finished)
     status: str
     reason: str
     stage: str
-    op: str  # operator label: "tensor", or a chain "tensor→concat"
+    op: str  # colour group: the operator of the last cell (the one feeding the head)
     ops: tuple[str, ...]
     arch: str  # ArchSpec.describe()
     hover: str
@@ -42,9 +51,14 @@ class Point:
     flops: float | None
     on_front: bool
     knee: bool
+    extra: Mapping[str, float | None] | None = None  # other cost objectives (latency) by name
 
     def cost(self, name: str) -> float | None:
-        return self.params if name == "params" else self.flops
+        if name == "params":
+            return self.params
+        if name == "flops":
+            return self.flops
+        return (self.extra or {}).get(name)
 
     @property
     def y(self) -> float:
@@ -85,7 +99,7 @@ def op_label(ops: Sequence[str]) -> str:
     return ops[0] if len(set(ops)) == 1 else "→".join(ops)
 
 
-def hover_text(trial: Mapping[str, Any], p: Mapping[str, Any]) -> str:
+def hover_text(trial: Mapping[str, Any], p: Mapping[str, Any], metric: str = "val accuracy") -> str:
     """What hovering a point shows: trial, status, stage, each cell (operator, taps, args,
     width, activation), head, accuracies and costs. `<br>` separates lines (Plotly)."""
     spec = ArchSpec.from_dict(trial["spec"])
@@ -102,20 +116,29 @@ def hover_text(trial: Mapping[str, Any], p: Mapping[str, Any]) -> str:
     if int(m.get("n_seeds") or 1) > 1 and p["accuracy"] is not None:  # a confirmed candidate: mean ± std
         acc += f" ± {m.get('val_std') or 0:.4f}"
         test += f" ± {m.get('test_std') or 0:.4f}" if p["test_accuracy"] is not None else ""
-        lines.append(f"val accuracy {acc} · test {test} (mean ± std of {m['n_seeds']} seeds)")
+        lines.append(f"{metric} {acc} · test {test} (mean ± std of {m['n_seeds']} seeds)")
     else:
-        lines.append(f"val accuracy {acc} · test {test}")
+        lines.append(f"{metric} {acc} · test {test}")
     costs = [f"{k} {human(p[k.lower()])}" for k in ("params", "FLOPs") if p[k.lower()] is not None]
+    costs += [f"{k} {v:.3g} {_objectives.OBJECTIVES[k].unit}".strip() for k, v in (p.get("extra") or {}).items()
+              if v is not None]
     lines.append(" · ".join(costs) if costs else "params and FLOPs unknown")
     if p["status"] != "ok" and p["reason"]:
         lines.append(f"reason: {p['reason'][:120]}")
     return "<br>".join(lines)
 
 
+def test_key(metric: Objective) -> str:
+    """Where a record keeps a metric's test value: `val_auc` -> `test_auc`."""
+    return "test_" + metric.key.removeprefix("val_")
+
+
 def trial_points(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any],
-                 costs: Costs | None = None) -> list[Point]:
-    """Every trial as a `Point`; `costs` fills params/FLOPs a trial record lacks (errored,
-    early-stopped trials), keyed by arch id."""
+                 costs: Costs | None = None, objs: Objs = None) -> list[Point]:
+    """Every trial as a `Point` of the run's objectives `objs`; `costs` fills params/FLOPs a
+    trial record lacks (errored, early-stopped trials), keyed by arch id."""
+    objs = _objs(objs)
+    metric = objs[0]
     members, knee = set(front.get("trial_ids") or ()), front.get("knee")
     out = []
     for i, t in enumerate(trials):
@@ -125,11 +148,13 @@ def trial_points(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any],
         if (params is None or flops is None) and costs and spec.arch_id in costs:
             params, flops = (float(c) for c in costs[spec.arch_id])
         tid = str(t["trial_id"])
+        extra = {o.name: finite(m.get(o.key)) for o in objs[1:] if o.name not in ("params", "flops")}
         p = {"status": str(t.get("status")), "reason": str(t.get("reason") or ""),
-             "accuracy": finite(m.get("val_accuracy")), "test_accuracy": finite(m.get("test_accuracy")),
-             "params": params, "flops": flops, "on_front": tid in members, "knee": tid == knee}
-        out.append(Point(trial_id=tid, order=i, stage=spec.stage, op=op_label(spec.ops), ops=spec.ops,
-                         arch=spec.describe(), hover=hover_text(t, p), **p))
+             "accuracy": finite(m.get(metric.key)), "test_accuracy": finite(m.get(test_key(metric))),
+             "params": params, "flops": flops, "on_front": tid in members, "knee": tid == knee,
+             "extra": extra or None}
+        out.append(Point(trial_id=tid, order=i, stage=spec.stage, op=spec.ops[-1], ops=spec.ops,
+                         arch=spec.describe(), hover=hover_text(t, p, f"val {metric.name}"), **p))
     return out
 
 
@@ -177,25 +202,29 @@ def staircase(points: Sequence[Point], cost: str) -> tuple[list[float], list[flo
     return xs, ys
 
 
-def history(trials: Sequence[Mapping[str, Any]], reference: Sequence[float] | None = None) -> dict[str, list]:
-    """Hypervolume and best val accuracy after each finished trial, in the order they finished.
+def history(trials: Sequence[Mapping[str, Any]], reference: Sequence[float] | None = None,
+            objs: Objs = None) -> dict[str, list]:
+    """Hypervolume and best val metric (key `best_val_accuracy`, whatever the metric) after
+    each finished trial, in the order they finished.
 
     `reference` is the run's fixed point (`reference.json`); without one, the default
     reference of all the run's ok trials, so the last value equals `pareto.json`'s.
     """
-    ok = [t for t in trials if on_front_candidate(t)]
+    objs = _objs(objs)
+    metric = objs[0]
+    sign = 1.0 if metric.mode == "max" else -1.0
+    ok = [t for t in trials if on_front_candidate(t, objs)]
     out: dict[str, list] = {"n": [], "trial_id": [], "hypervolume": [], "best_val_accuracy": []}
     if reference is None and ok:
-        costs = ([float(t["metrics"][k]) for t in ok] for k in ("params_total", "flops_total"))
-        reference = pareto.default_reference(*costs)
-    front = np.empty((0, 3))
+        reference = _objectives.reference({o.name: [float(t["metrics"][o.key]) for t in ok] for o in objs}, objs)
+    front = np.empty((0, len(objs)))
     best = None
     for i, t in enumerate(trials, 1):
-        if on_front_candidate(t):
-            front = np.vstack([front, objective_points([t])])
+        if on_front_candidate(t, objs):
+            front = np.vstack([front, objective_points([t], objs)])
             front = front[pareto.pareto_mask(front)]  # the hypervolume of the front is that of all points
-            acc = float(t["metrics"]["val_accuracy"])
-            best = acc if best is None else max(best, acc)
+            acc = float(t["metrics"][metric.key])
+            best = acc if best is None else (max if sign > 0 else min)(best, acc)
         out["n"].append(i)
         out["trial_id"].append(str(t["trial_id"]))
         out["hypervolume"].append(pareto.hypervolume(front, reference) if len(front) else 0.0)
@@ -203,9 +232,9 @@ def history(trials: Sequence[Mapping[str, Any]], reference: Sequence[float] | No
     return out
 
 
-def breakdown(points: Sequence[Point], by: str) -> list[dict[str, Any]]:
+def breakdown(points: Sequence[Point], by: str, higher: bool = True) -> list[dict[str, Any]]:
     """Per stage or per operator (a trial counts once for each operator it uses): trials,
-    ok trials, trials on the front, best val accuracy; sorted by name."""
+    ok trials, trials on the front, best val metric (`higher`: is higher better); sorted by name."""
     keys = (lambda p: {p.stage}) if by == "stage" else (lambda p: set(p.ops))
     rows: dict[str, dict[str, Any]] = {}
     for p in points:
@@ -215,13 +244,14 @@ def breakdown(points: Sequence[Point], by: str) -> list[dict[str, Any]]:
             r["ok"] += p.status == "ok"
             r["on_front"] += p.on_front
             if p.status == "ok" and p.accuracy is not None:
-                r["best_val_accuracy"] = max(p.accuracy, r["best_val_accuracy"] or -math.inf)
+                r["best_val_accuracy"] = p.accuracy if r["best_val_accuracy"] is None else \
+                    (max if higher else min)(p.accuracy, r["best_val_accuracy"])
     return [rows[k] for k in sorted(rows)]
 
 
 def front_table(points: Sequence[Point]) -> list[dict[str, Any]]:
     """The front's trials, most accurate (val) first, as table rows."""
-    rows = [{"trial": p.trial_id, "knee": p.knee, "stage": p.stage, "op": p.op, "val": p.accuracy,
+    rows = [{"trial": p.trial_id, "knee": p.knee, "stage": p.stage, "op": op_label(p.ops), "val": p.accuracy,
              "test": p.test_accuracy, "params": p.params, "flops": p.flops, "arch": p.arch}
             for p in points if p.on_front]
     return sorted(rows, key=lambda r: (-(r["val"] or 0.0), r["params"] or 0.0))
@@ -234,9 +264,11 @@ def summary(points: Sequence[Point], front: Mapping[str, Any]) -> dict[str, Any]
         "status_counts": {s: n for s in STATUSES if (n := sum(p.status == s for p in points))},
         "front_size": len(front.get("trial_ids") or ()),
         "hypervolume": front.get("hypervolume", 0.0),
-        "best_val_accuracy": front.get("best_val_accuracy"),
+        "best_val_accuracy": front.get("best_val", front.get("best_val_accuracy")),
+        "metric": front.get("metric", "accuracy"),
         "knee": front.get("knee"),
         "unplaced": [p.trial_id for p in points if p.params is None or p.flops is None],
+        "objectives": (front.get("objectives") or {}).get("objectives", list(_objectives.CLASSIC)),
     }
 
 
@@ -257,21 +289,22 @@ class BaselinePoint:
     hover: str
 
     def cost(self, name: str) -> float | None:
-        return self.params if name == "params" else self.flops
+        return self.params if name == "params" else self.flops if name == "flops" else None
 
 
 def baseline_points(baselines: Sequence[Mapping[str, Any]],
-                    comparison: Mapping[str, Any] | None = None) -> list[BaselinePoint]:
-    """Every baseline record as a `BaselinePoint`; `comparison` (`search.baselines.compare`)
-    adds which front trial dominates each classic one."""
+                    comparison: Mapping[str, Any] | None = None, objs: Objs = None) -> list[BaselinePoint]:
+    """Every baseline record as a `BaselinePoint` at the run's metric; `comparison`
+    (`search.baselines.compare`) adds which front trial dominates each classic one."""
+    metric = _objs(objs)[0]
     dominated = {c["name"]: c["dominated_by"] for c in (comparison or {}).get("classic", ())}
     out = []
     for b in baselines:
-        acc, test = finite(b.get("val_accuracy")), finite(b.get("test_accuracy"))
+        acc, test = finite(b.get(metric.key)), finite(b.get(test_key(metric)))
         params, flops = finite(b.get("params_total")), finite(b.get("flops_total"))
-        std = finite(b.get("val_std"))
+        std = finite(b.get(f"{metric.key}_std", b.get("val_std") if metric.name == "accuracy" else None))
         lines = [f"<b>baseline: {b['name']}</b> ({b['kind']}, {b['panel']} panel)",
-                 f"val accuracy {'-' if acc is None else f'{acc:.4f}'}{'' if std is None else f' ± {std:.4f}'}"
+                 f"val {metric.name} {'-' if acc is None else f'{acc:.4f}'}{'' if std is None else f' ± {std:.4f}'}"
                  f" · test {'-' if test is None else f'{test:.4f}'} · {b.get('n_seeds', 0)} seed(s)",
                  " · ".join(f"{k} {human(v)}" for k, v in (("params", params), ("FLOPs", flops)) if v is not None)]
         if b["panel"] == "classic" and b["name"] in dominated:

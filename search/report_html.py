@@ -16,6 +16,8 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from search import objectives as _objectives
+from search.objectives import Objective
 from search.report_data import (
     BaselinePoint,
     Point,
@@ -38,7 +40,6 @@ SYMBOLS = {"ok": "circle", "early_stopped": "diamond-open", "failed": "x", "dive
 STAGE_COLOURS = {"early": "#1f77b4", "late": "#ff7f0e", "hybrid": "#2ca02c"}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
-AXIS_TITLES = {"params": "parameters (log)", "flops": "FLOPs per sample (log)"}
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
@@ -52,8 +53,13 @@ def _colours(series: Sequence[Series], by: str) -> dict[str, str]:
 BASELINE_MARKER = {"symbol": "x-thin-open", "size": 15, "color": "#8b0000", "line": {"width": 3, "color": "#8b0000"}}
 
 
+def _axis(cost: str) -> str:
+    o = _objectives.OBJECTIVES[cost]
+    return f"{o.label} (log)" if o.scale == "log10" else o.label
+
+
 def scatter_figure(points: Sequence[Point], cost: str, by: str,
-                   baselines: Sequence[BaselinePoint] = ()) -> go.Figure:
+                   baselines: Sequence[BaselinePoint] = (), metric: str = "accuracy") -> go.Figure:
     """Accuracy against one cost (log x): every placeable trial coloured by `by`, marked by
     status; the front ringed and drawn as a step line; the knee a star; baselines a labelled cross."""
     series = scatter_series(points, cost, by)
@@ -86,51 +92,74 @@ def scatter_figure(points: Sequence[Point], cost: str, by: str,
             hovertext=b.hover, hoverinfo="text", marker=BASELINE_MARKER,
         ))
     label = "stage" if by == "stage" else "operator"
-    fig.update_layout(title=f"by {label}", xaxis={"type": "log", "title": AXIS_TITLES[cost]},
-                      yaxis={"title": "validation accuracy"}, hoverlabel={"align": "left"},
+    fig.update_layout(title=f"by {label}", xaxis={"type": "log", "title": _axis(cost)},
+                      yaxis={"title": _objectives.OBJECTIVES[metric].label}, hoverlabel={"align": "left"},
                       legend={"orientation": "h", "y": -0.22, "x": 0}, height=520, margin={"t": 40, "r": 10})
     return fig
 
 
-def history_figure(hist: Mapping[str, list]) -> go.Figure:
-    """Hypervolume and best val accuracy after each finished trial."""
+def history_figure(hist: Mapping[str, list], metric: str = "accuracy") -> go.Figure:
+    """Hypervolume and best val metric after each finished trial."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=("hypervolume of the front", "best validation accuracy"))
+                        subplot_titles=("hypervolume of the front", f"best {_objectives.OBJECTIVES[metric].label}"))
     for row, key in ((1, "hypervolume"), (2, "best_val_accuracy")):
         fig.add_trace(go.Scatter(x=hist["n"], y=hist[key], mode="lines+markers", line={"shape": "hv"},
                                  customdata=hist["trial_id"], meta="history", name=key.replace("_", " "),
                                  hovertemplate="after trial %{x} (%{customdata}): %{y:.4f}<extra></extra>"),
                       row=row, col=1)
     fig.update_xaxes(title_text="trials finished", row=2, col=1)
-    fig.update_yaxes(range=[0, 1.02], row=2, col=1)  # accuracies: a constant line must not float mid-plot
+    if metric in ("accuracy", "balanced_accuracy", "macro_f1", "auc"):  # a constant line must not float mid-plot
+        fig.update_yaxes(range=[0, 1.02], row=2, col=1)
     fig.update_layout(title="Over the course of the search", showlegend=False, height=480, margin={"t": 70})
     return fig
 
 
-def breakdown_figure(points: Sequence[Point]) -> go.Figure:
-    """Trials and front members per stage and per operator, best val accuracy in the hover."""
+def breakdown_figure(points: Sequence[Point], metric: str = "accuracy") -> go.Figure:
+    """Trials and front members per stage and per operator, best val metric in the hover."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("by stage", "by operator (each one a trial uses)"))
+    higher = _objectives.OBJECTIVES[metric].mode == "max"
     for col, by in ((1, "stage"), (2, "op")):
-        rows = breakdown(points, by)
+        rows = breakdown(points, by, higher)
         keys = [r["key"] for r in rows]
         best = ["-" if r["best_val_accuracy"] is None else f"{r['best_val_accuracy']:.4f}" for r in rows]
         for name, field, colour in (("trials", "trials", "#b0b0b0"), ("on the front", "on_front", "#2ca02c")):
             fig.add_trace(go.Bar(x=keys, y=[r[field] for r in rows], name=name, marker_color=colour,
                                  showlegend=col == 1, legendgroup=name, customdata=best, meta="breakdown",
-                                 hovertemplate=f"%{{x}}: %{{y}} {name}, best val accuracy %{{customdata}}"
+                                 hovertemplate=f"%{{x}}: %{{y}} {name}, best val {metric} %{{customdata}}"
                                                "<extra></extra>"),
                           row=1, col=col)
     fig.update_layout(title="Which fusion kinds reach the front", barmode="group", height=400, margin={"t": 70})
     return fig
 
 
+def parallel_figure(points: Sequence[Point], objs: Sequence[Objective]) -> go.Figure:
+    """Every ok trial with all objectives known as one line across one axis per objective
+    (costs on log10), the front in colour: for runs of more than three objectives."""
+    rows = [p for p in points if p.status == "ok" and p.accuracy is not None
+            and all(p.cost(o.name) is not None for o in objs[1:])]
+    dims = [{"label": objs[0].label, "values": [p.accuracy for p in rows]}]
+    dims += [{"label": f"log10 {o.label}" if o.scale == "log10" else o.label,
+              "values": [float(o.values([p.cost(o.name)])[0]) for p in rows]} for o in objs[1:]]
+    fig = go.Figure(go.Parcoords(line={"color": [1 if p.on_front else 0 for p in rows],
+                                       "colorscale": [[0, "#c0c0c0"], [1, "#d62728"]]},
+                                 dimensions=dims, meta="parallel"))
+    fig.update_layout(title="All objectives (red: on the front)", height=420, margin={"t": 70})
+    return fig
+
+
 def figures(points: Sequence[Point], hist: Mapping[str, list],
-            baselines: Sequence[BaselinePoint] = ()) -> dict[str, go.Figure]:
-    """Every figure of the page by its id (also the static images' names)."""
-    out = {f"{cost}-{by}": scatter_figure(points, cost, by, baselines)
-           for by in ("stage", "op") for cost in ("params", "flops")}
-    out["history"] = history_figure(hist)
-    out["breakdown"] = breakdown_figure(points)
+            baselines: Sequence[BaselinePoint] = (), objs: Sequence[Objective] | None = None) -> dict[str, go.Figure]:
+    """Every figure of the page by its id (also the static images' names): one metric-vs-cost
+    panel per cost objective and colouring, the history, the breakdown, and a parallel-
+    coordinates view when there are more than three objectives."""
+    objs = tuple(objs or _objectives.get(_objectives.CLASSIC))
+    metric = objs[0].name
+    out = {f"{o.name}-{by}": scatter_figure(points, o.name, by, baselines, metric)
+           for by in ("stage", "op") for o in objs[1:]}
+    out["history"] = history_figure(hist, metric)
+    out["breakdown"] = breakdown_figure(points, metric)
+    if len(objs) > 3:
+        out["parallel"] = parallel_figure(points, objs)
     return out
 
 
@@ -160,8 +189,10 @@ TABLE_COLUMNS = (("trial", "trial", "text"), ("knee", "knee", "text"), ("stage",
                  ("params", "params", "cost"), ("FLOPs", "flops", "cost"), ("architecture", "arch", "text"))
 
 
-def front_table_html(points: Sequence[Point]) -> str:
-    head = "".join(f'<th data-kind="{k}" title="sort">{html.escape(t)}</th>' for t, _, k in TABLE_COLUMNS)
+def front_table_html(points: Sequence[Point], metric: str = "accuracy") -> str:
+    short = "acc" if metric == "accuracy" else metric
+    head = "".join(f'<th data-kind="{k}" title="sort">{html.escape(t.replace("acc", short))}</th>'
+                   for t, _, k in TABLE_COLUMNS)
     body = []
     for r in front_table(points):
         r = {**r, "knee": "★" if r["knee"] else ""}
@@ -221,11 +252,16 @@ def _summary_html(title: str, s: Mapping[str, Any]) -> str:
     knee = "-" if s["knee"] is None else f"trial {s['knee']}"
     unplaced = (f" {len(s['unplaced'])} trial(s) with unknown params/FLOPs are not drawn: "
                 f"{', '.join(s['unplaced'])}." if s["unplaced"] else "")
+    names = s.get("objectives") or list(_objectives.CLASSIC)
+    labels = [_objectives.OBJECTIVES[n].label for n in names]
+    metric = labels[0]
+    notes = "".join(f" {_objectives.OBJECTIVES[n].note}" for n in names if _objectives.OBJECTIVES[n].note)
     return (f"<h1>{html.escape(title)}</h1><p>{s['n_trials']} trials ({counts}); Pareto front of "
-            f"{s['front_size']} over validation accuracy, parameters and FLOPs; hypervolume {s['hypervolume']:.4f}; "
-            f"best validation accuracy {best}; knee: {html.escape(knee)}.{html.escape(unplaced)}</p>"
-            "<p class='note'>Markers: ● ok, ◇ early-stopped (accuracy when stopped), × failed, ⊕ errored; a trial "
-            f"without an accuracy is drawn at 0. Rings: the 3-objective Pareto front; ★ its knee. {FLOPS_NOTE}</p>")
+            f"{s['front_size']} over {', '.join(labels[:-1])} and {labels[-1]}; hypervolume {s['hypervolume']:.4f}; "
+            f"best {metric} {best}; knee: {html.escape(knee)}.{html.escape(unplaced)}</p>"
+            "<p class='note'>Markers: ● ok, ◇ early-stopped (the metric when stopped), × failed, ⊕ errored; a trial "
+            f"without a metric is drawn at 0. Colour by operator: the operator of the last cell (the whole chain "
+            f"is in the hover). Rings: the {len(names)}-objective Pareto front; ★ its knee. {FLOPS_NOTE}{notes}</p>")
 
 
 def render_html(title: str, points: Sequence[Point], hist: Mapping[str, list], summary: Mapping[str, Any],
@@ -236,17 +272,21 @@ def render_html(title: str, points: Sequence[Point], hist: Mapping[str, list], s
     summary_json = json.dumps(summary).replace("</", "<\\/")  # "</script>" must not end the block
     div = {name: pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{name}",
                              config=PLOT_CONFIG) for name, fig in figs.items()}
+    names = summary.get("objectives") or list(_objectives.CLASSIC)
+    metric_label = _objectives.OBJECTIVES[names[0]].label.capitalize()
+    panels = "".join(div[f"{c}-{by}"] for by in ("stage", "op") for c in names[1:] if f"{c}-{by}" in div)
+    panels += div.get("parallel", "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style>
 <script type="text/javascript">{get_plotlyjs()}</script>
 </head><body>
 {_summary_html(title, summary)}
-<h2>Accuracy against cost</h2>
-<div class="grid">{div['params-stage']}{div['flops-stage']}{div['params-op']}{div['flops-op']}</div>
+<h2>{html.escape(metric_label)} against cost</h2>
+<div class="grid">{panels}</div>
 <h2>The search over time</h2>{div['history']}
 <h2>Stages and operators</h2>{div['breakdown']}
-<h2>The Pareto front</h2><p class="note">Click a column to sort.</p>{front_table_html(points)}
+<h2>The Pareto front</h2><p class="note">Click a column to sort.</p>{front_table_html(points, names[0])}
 {baselines_html(baselines, comparison_line)}
 <h2>Configuration</h2><pre id="config">{html.escape(config_text)}</pre>
 <script type="application/json" id="report-summary">{summary_json}</script>

@@ -6,25 +6,26 @@ first run); `search` runs the trials and leaves everything in a run directory.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fusion_ops import Backbone, FusionHead, count_flops, count_params, required_taps
-from search import pareto
+from fusion_ops import Backbone, FusionHead, count_flops, count_params, deepest_taps
+from search import objectives
 from search.baselines_fit import ensure_baselines, seeds_of
 from search.config import Config, config_from_dict
 from search.datasets import DataError, Dataset, load_dataset
+from search.objectives import Objective
 from search.pretrain import pretrain_backbones
 from search.store import RunStore
 from search.taps import TapCache
 from search.train import TrainConfig, evaluate_candidate, evaluate_with_backbones
 from spaces import ArchSpec, ConfigError, SearchSpace
 from spaces._yaml_errors import in_file
-from spaces.spec import make_tap, parse_tap
+from spaces.spec import make_tap
 
 Say = Callable[[str], None]
 
@@ -82,35 +83,39 @@ def evaluate_trial(spec: ArchSpec, ctx: TrialContext, report: Callable[[int, flo
 def cost_function(prepared: Prepared) -> Callable[[ArchSpec], tuple[int, int]]:
     """Exact (params_total, flops_total) of a spec, known before training (for strategies).
 
-    Equal to `candidate_cost`'s totals; each backbone is counted once up front, so a spec
+    Equal to `candidate_cost`'s totals; each backbone cut at each depth (`Backbone.lean`:
+    only the blocks up to the deepest tap read run) is counted once up front, so a spec
     costs only the build and count of its fusion part (strategies score hundreds).
     """
-    backbone_cost = {
-        m: (count_params(b), count_flops(b, torch.zeros(1, *b.input_shape)))
-        for m, b in prepared.backbones.items()
-    }
+    backbone_cost = {(m, d): _backbone_cost(b.lean(d)) for m, b in prepared.backbones.items() for d in b.depths}
     cache: dict[str, tuple[int, int]] = {}
 
     def cost(spec: ArchSpec) -> tuple[int, int]:
         if spec.arch_id not in cache:
             head = FusionHead(spec, prepared.taps.tap_shapes, prepared.taps.num_classes)
-            used = {parse_tap(t)[0] for t in required_taps(spec)}
+            runs = deepest_taps(spec).items()
             cache[spec.arch_id] = (
-                count_params(head) + sum(backbone_cost[m][0] for m in used),
-                count_flops(head, head.example_taps(1)) + sum(backbone_cost[m][1] for m in used),
+                count_params(head) + sum(backbone_cost[md][0] for md in runs),
+                count_flops(head, head.example_taps(1)) + sum(backbone_cost[md][1] for md in runs),
             )
         return cache[spec.arch_id]
 
     return cost
 
 
+def _backbone_cost(backbone: Backbone) -> tuple[int, int]:
+    return count_params(backbone), count_flops(backbone, torch.zeros(1, *backbone.input_shape))
+
+
 def reference_point(space: SearchSpace, cost: Callable[[ArchSpec], tuple[int, int]], seed: int,
-                    n: int = 64) -> list[float]:
-    """A fixed hypervolume reference for a run, known before any training: accuracy 0 and,
-    per cost, the decade above 10x the largest of `n` sampled specs' exact costs."""
+                    n: int = 64, objs: Sequence[Objective] | None = None) -> list[float]:
+    """A fixed hypervolume reference for a run, known before any training: each metric's and
+    measured cost's `bound` and, per cost known before training, the decade above 10x the
+    largest of `n` sampled specs' exact costs (`objs`: the run's; default the classic three)."""
+    objs = objs or objectives.get(objectives.CLASSIC)
     rng = random.Random(seed)
-    costs = [cost(space.sample(rng)) for _ in range(n)]
-    return pareto.default_reference([c[0] for c in costs], [c[1] for c in costs]).tolist()
+    costs = [objectives.costs_of(cost(space.sample(rng))) for _ in range(n)]
+    return objectives.reference({k: [c[k] for c in costs] for k in costs[0]}, objs).tolist()
 
 
 def resolved_config(store: RunStore) -> Config:
@@ -135,6 +140,18 @@ def start_run(config: Config) -> RunStore:
         return RunStore.create(root, config.name, {**config.to_dict(), "source": str(config.path.resolve())})
 
 
+def run_objectives(store: RunStore, config: Config, dataset: Dataset) -> tuple[Objective, ...]:
+    """The run's objectives: those of `objectives.json` when resuming, else resolved from the
+    config and the data's task, and written there before the first trial."""
+    if (store.run_dir / objectives.FILE).is_file():
+        return store.objectives()
+    task = getattr(dataset, "task", "classification")
+    with in_file(config.path):
+        objs = objectives.resolve(task, config.search.metric, config.search.objectives)
+    store.write_json(objectives.FILE, {"task": task, "objectives": [o.name for o in objs]})
+    return objs
+
+
 def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = print,
            progress: Callable[..., None] | None = None, dataset: Dataset | None = None,
            interrupts: Any = None, warn: Say | None = None) -> list[dict[str, Any]]:
@@ -147,14 +164,15 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
 
     prepared = prepare(config, say, dataset)
     s = config.search
+    objs = run_objectives(store, config, prepared.dataset)
     ensure_baselines(store, prepared.dataset, prepared.backbones, prepared.taps, config.train,
                      panel=s.baselines, n_seeds=seeds_of(s), say=say)
     cost = cost_function(prepared)
     if store.reference is None:
-        store.write_json("reference.json", {"reference": reference_point(config.space, cost, s.seed),
-                                            "objectives": ["-val_accuracy", "log10 params_total",
-                                                           "log10 flops_total"]})
-    strategy = make_strategy(s.strategy, config.space, seed=s.seed, budget=s.num_samples, cost_fn=cost)
+        store.write_json("reference.json", {"reference": reference_point(config.space, cost, s.seed, objs=objs),
+                                            "objectives": objectives.describe(objs)["minimised"]})
+    strategy = make_strategy(s.strategy, config.space, seed=s.seed, budget=s.num_samples, cost_fn=cost,
+                             objectives=objs)
     return run_search(
         evaluate=evaluate_trial, shared=trial_context(prepared), strategy=strategy,
         num_samples=s.num_samples, store=store, cpus_per_trial=s.cpus_per_trial,
@@ -165,17 +183,24 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
     )
 
 
-def front_rows(front: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The front's candidates as table rows (mean and spread over their seeds), most accurate first."""
+def front_rows(front: Mapping[str, Any], objs: Sequence[Objective] | None = None) -> list[dict[str, Any]]:
+    """The front's candidates as table rows (mean and spread over their seeds), best by the run's
+    metric first (`objs`: the run's objectives; default accuracy, params, FLOPs); `extra` holds
+    the other cost objectives (latency)."""
+    objs = objs or objectives.get(objectives.CLASSIC)
+    metric = objs[0]
+    test_key = "test_" + metric.name
     rows = []
     for f in front.get("front", []):
         m = f["metrics"]
-        rows.append({"trial": f["trial_id"], "val": m["val_accuracy"], "test": _number(m.get("test_accuracy")),
-                     "val_std": m.get("val_std", 0.0), "test_std": m.get("test_std", 0.0),
+        rows.append({"trial": f["trial_id"], "val": m[metric.key], "test": _number(m.get(test_key)),
+                     "val_std": m.get(f"{metric.key}_std", m.get("val_std", 0.0)),
+                     "test_std": m.get(f"{test_key}_std", m.get("test_std", 0.0)),
                      "n_seeds": m.get("n_seeds", 1), "params": m["params_total"], "flops": m["flops_total"],
+                     "extra": {o.name: m.get(o.key) for o in objs[1:] if o.name not in ("params", "flops")},
                      "knee": f["trial_id"] == front.get("knee"),
                      "arch": record_spec(f).describe()})
-    return sorted(rows, key=lambda r: -r["val"])
+    return sorted(rows, key=lambda r: -r["val"] if metric.mode == "max" else r["val"])
 
 
 def record_spec(record: Mapping[str, Any]) -> ArchSpec:

@@ -5,6 +5,8 @@ Layout of `root/<name>/<run-id>/`:
 - `trials.jsonl`: one JSON line per finished trial, append-only (the source of truth);
 - `pareto.json`: the current Pareto front, rewritten atomically after each trial;
 - `baselines.json`: the baselines trained before the search (`search.baselines`);
+- `objectives.json`: the run's task and objectives (`search.objectives`; a run without it has
+  the classic accuracy, params, FLOPs);
 - `ray/`: Ray Tune's experiment logs, one experiment per start or resume (never read back:
   a resume rebuilds the search from `trials.jsonl`);
 - `.lock`: held (`flock`) by the one process searching in the run, holding its pid.
@@ -36,20 +38,13 @@ import numpy as np
 import yaml
 
 from search import baselines as _baselines
+from search import objectives as _objectives
 from search import pareto
 from spaces import ConfigError
 from spaces._yaml_errors import read_yaml
 from spaces.spec import ArchSpec
 
 STATUSES = ("ok", "failed", "diverged", "errored", "early_stopped")
-OBJECTIVES = {
-    "names": ["val_accuracy", "params_total", "flops_total"],
-    "modes": list(pareto.FUSION_MODES),
-    "scale": ["linear", "log10", "log10"],
-    "minimised": "[-val_accuracy, log10(params_total), log10(flops_total)]",
-}
-
-
 NAME_RULE = "1-100 characters from letters, digits, '.', '_' and '-', starting with a letter or digit"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -275,6 +270,16 @@ class RunStore:
         path = self.run_dir / "reference.json"
         return json.loads(path.read_text())["reference"] if path.is_file() else None
 
+    def objectives(self) -> tuple[_objectives.Objective, ...]:
+        """The run's objectives (`objectives.json`), the metric first; the classic three without it."""
+        path = self.run_dir / _objectives.FILE
+        return _objectives.from_stored(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None)
+
+    def task(self) -> str:
+        """The run's task (`objectives.json`); classification for a run from before it."""
+        path = self.run_dir / _objectives.FILE
+        return (json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}).get("task", "classification")
+
     def baselines(self) -> list[dict[str, Any]] | None:
         """The run's baselines (`baselines.json`, see `search.baselines`), or None if it has none."""
         path = self.run_dir / _baselines.FILE
@@ -283,9 +288,10 @@ class RunStore:
     def write_pareto(self, front: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Write `pareto.json` (by default the front of the stored trials) and return it; with
         `baselines.json` present, its `baselines` key says whether the front beats them."""
-        data = dict(front) if front is not None else front_from_trials(self.trials(), self.reference)
+        data = dict(front) if front is not None else front_from_trials(self.trials(), self.reference,
+                                                                       self.objectives())
         if (stored := self.baselines()) is not None:
-            data["baselines"] = _baselines.compare(data, stored)
+            data["baselines"] = _baselines.compare(data, stored, self.objectives())
         self.write_json(self.pareto_path.name, data)
         return data
 
@@ -305,8 +311,9 @@ def candidate_key(record: Mapping[str, Any]) -> str:
 
 def candidate_records(trials: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One record per candidate, in order of first appearance: each strategy trial joined by
-    the confirmation trials (`confirm: true`) of its candidate, with `val_accuracy` and `test_accuracy` replaced by their means over every
-    trial (seed) of it, and `val_std`, `test_std` (sample std, 0 for one seed), `n_seeds`,
+    the confirmation trials (`confirm: true`) of its candidate, with every `val_*`, `test_*` and
+    measured cost (`latency_ms`) replaced by its mean over every trial (seed) of it, `<key>_std` (sample
+    std, 0 for one seed) beside each (`val_std`, `test_std`: accuracy's), and `n_seeds`,
     `seeds` and `seed_trials` added to its metrics.
 
     A candidate is ok only if every seed is: one seed that failed, diverged or errored
@@ -324,6 +331,11 @@ def candidate_records(trials: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
     return [_aggregate(g) for g in groups.values()]
 
 
+# averaged over a candidate's seeds: its metrics, and the costs measured by training (latency)
+SEED_MEANS = ("val_", "test_", *(o.key for o in _objectives.OBJECTIVES.values() if o.kind == "cost" and not o.known_before))
+SEED_KEEP = {"val_std", "test_std"}
+
+
 def _aggregate(group: list[Mapping[str, Any]]) -> dict[str, Any]:
     first = dict(group[0])
     metrics = dict(first.get("metrics") or {})
@@ -331,11 +343,15 @@ def _aggregate(group: list[Mapping[str, Any]]) -> dict[str, Any]:
     if bad is not None and bad is not group[0]:
         first["status"] = bad.get("status")
         first["reason"] = f"seed {(bad.get('metrics') or {}).get('seed')}: {bad.get('reason')}"
-    for key in ("val_accuracy", "test_accuracy"):
+    averaged = sorted({k for t in group for k in (t.get("metrics") or {}) if k.startswith(SEED_MEANS)} - SEED_KEEP)
+    for key in averaged:
         values = [_number((t.get("metrics") or {}).get(key)) for t in group]
         values = [v for v in values if v is not None]
         metrics[key] = float(np.mean(values)) if values else None
-        metrics[key.replace("accuracy", "std")] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        metrics[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    for split in ("val", "test"):  # the spread of accuracy, as runs before other metrics named it
+        if f"{split}_accuracy_std" in metrics:
+            metrics[f"{split}_std"] = metrics[f"{split}_accuracy_std"]
     metrics["n_seeds"] = len(group)
     metrics["seeds"] = [t.get("seed", (t.get("metrics") or {}).get("seed")) for t in group]
     metrics["seed_trials"] = [t.get("trial_id") for t in group]
@@ -352,40 +368,40 @@ def _number(v: Any) -> float | None:
 
 
 # ---- the front ----------------------------------------------------------------------
-def on_front_candidate(record: Mapping[str, Any]) -> bool:
-    """An ok trial whose objectives are all finite (costs > 0 for the log scale)."""
+def on_front_candidate(record: Mapping[str, Any], objs: Sequence[_objectives.Objective] | None = None) -> bool:
+    """An ok trial whose objectives (default: the classic three) are all finite (costs > 0)."""
     if record.get("status") != "ok":
         return False
-    m = record.get("metrics") or {}
-    try:
-        acc, params, flops = (float(m[k]) for k in OBJECTIVES["names"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    return math.isfinite(acc) and math.isfinite(params) and math.isfinite(flops) and params > 0 and flops > 0
+    return _objectives.usable(record.get("metrics") or {}, objs or _objectives.get(_objectives.CLASSIC))
 
 
-def objective_points(trials: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """`(n, 3)` minimisation matrix of `trials` (all must be usable)."""
-    cols = [[float(t["metrics"][k]) for t in trials] for k in OBJECTIVES["names"]]
-    return pareto.objective_matrix(*cols).reshape(len(trials), 3)
+def objective_points(trials: Sequence[Mapping[str, Any]],
+                     objs: Sequence[_objectives.Objective] | None = None) -> np.ndarray:
+    """`(n, k)` minimisation matrix of `trials` (all must be usable)."""
+    return _objectives.points(trials, objs or _objectives.get(_objectives.CLASSIC))
 
 
-def front_from_trials(trials: Iterable[Mapping[str, Any]], reference: Sequence[float] | None = None) -> dict[str, Any]:
-    """The Pareto front of the ok candidates (failed, errored, early-stopped never enter it),
-    with its hypervolume, reference point and knee, in the `OBJECTIVES` convention.
+def front_from_trials(trials: Iterable[Mapping[str, Any]], reference: Sequence[float] | None = None,
+                      objs: Sequence[_objectives.Objective] | None = None) -> dict[str, Any]:
+    """The Pareto front of the ok candidates (failed, errored, early-stopped never enter it)
+    over `objs` (the run's objectives, `RunStore.objectives`; default the classic three), with
+    its hypervolume, reference point and knee.
 
     A candidate trained with several seeds (`search.confirm`) is one point at its mean
-    val accuracy (`candidate_records`); the front's entries carry the mean and spread and
+    val metric (`candidate_records`); the front's entries carry the mean and spread and
     name the candidate's first trial.
 
     `reference` fixes the hypervolume's reference point (a run sets one before its first
     trial, so hypervolumes over the course of the search compare); by default it is
-    `pareto.default_reference` of these trials' costs."""
+    `objectives.reference` of these trials' values."""
+    objs = tuple(objs or _objectives.get(_objectives.CLASSIC))
+    metric = objs[0]
     trials = list(trials)
     candidates = candidate_records(trials)
-    ok = [t for t in candidates if on_front_candidate(t)]
+    ok = [t for t in candidates if on_front_candidate(t, objs)]
     out: dict[str, Any] = {
-        "objectives": OBJECTIVES,
+        "objectives": _objectives.describe(objs),
+        "metric": metric.name,
         "n_trials": len(trials),
         "n_candidates": len(candidates),
         "n_ok": len(ok),
@@ -395,12 +411,13 @@ def front_from_trials(trials: Iterable[Mapping[str, Any]], reference: Sequence[f
         "reference": None,
         "knee": None,
         "best_val_accuracy": None,
+        "best_val": None,
     }
     if not ok:
         return out
-    points = objective_points(ok)
+    points = objective_points(ok, objs)
     ref = (np.asarray(reference, dtype=float) if reference is not None else
-           pareto.default_reference(*([float(t["metrics"][k]) for t in ok] for k in OBJECTIVES["names"][1:])))
+           _objectives.reference({o.name: [float(t["metrics"][o.key]) for t in ok] for o in objs}, objs))
     mask = pareto.pareto_mask(points)
     knee = ok[pareto.knee_point(points)]["trial_id"]
     out["front"] = [
@@ -418,5 +435,8 @@ def front_from_trials(trials: Iterable[Mapping[str, Any]], reference: Sequence[f
     out["hypervolume"] = pareto.hypervolume(points, ref)
     out["reference"] = ref.tolist()
     out["knee"] = knee
-    out["best_val_accuracy"] = max(float(t["metrics"]["val_accuracy"]) for t in ok)
+    values = [float(t["metrics"][metric.key]) for t in ok]
+    out["best_val"] = max(values) if metric.mode == "max" else min(values)
+    if metric.name == "accuracy":
+        out["best_val_accuracy"] = out["best_val"]
     return out

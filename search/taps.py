@@ -22,12 +22,16 @@ from spaces.spec import make_tap, parse_tap
 
 @dataclass(frozen=True, eq=False)
 class TapCache:
-    """`taps[split][tap] -> (N_split, *tap_shapes[tap])` float32, `labels[split] -> (N_split,)` int64."""
+    """`taps[split][tap] -> (N_split, *tap_shapes[tap])` float32, `labels[split]` as the dataset
+    keeps them (int64 classes; float32 multi-label or standardised regression targets).
+    `task` and `target_scale` are the dataset's (`search.tasks`)."""
 
     taps: dict[str, dict[str, np.ndarray]]
     labels: dict[str, np.ndarray]
     tap_shapes: dict[str, tuple[int, ...]]
     num_classes: int
+    task: str = "classification"
+    target_scale: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def from_backbones(
@@ -56,8 +60,10 @@ class TapCache:
         if unknown:
             raise ValueError(f"unknown taps {', '.join(unknown)}; the backbones give {', '.join(shapes)}")
         taps = {s: _split_taps(dataset.split(s)[0], backbones, shapes, batch_size) for s in SPLITS}
-        labels = {s: _read_only(np.asarray(dataset.split(s)[1], dtype=np.int64)) for s in SPLITS}
-        return cls(taps, labels, shapes, dataset.num_classes)
+        task = getattr(dataset, "task", "classification")
+        dtype = np.int64 if task in ("classification", "binary") else np.float32
+        labels = {s: _read_only(np.asarray(dataset.split(s)[1], dtype=dtype)) for s in SPLITS}
+        return cls(taps, labels, shapes, dataset.num_classes, task, getattr(dataset, "target_scale", None))
 
     @property
     def tap_names(self) -> list[str]:
@@ -90,6 +96,8 @@ class TapCache:
             dict(self.labels),
             {t: self.tap_shapes[t] for t in names},
             self.num_classes,
+            self.task,
+            self.target_scale,
         )
 
     def tensors(self, split: str) -> tuple[dict[str, Tensor], Tensor]:

@@ -29,7 +29,9 @@ from fusion_ops.backbones import Backbone, seeded_init
 from fusion_ops.cost import count_flops, count_params
 from fusion_ops.model import FusionHead, build_model, candidate_cost, check_spec, required_taps
 from search.datasets import Dataset
+from search.latency import candidate_latency
 from search.taps import TapCache
+from search.tasks import Task, get_task
 from spaces._yaml_errors import ConfigError, at
 from spaces.spec import ArchSpec
 
@@ -184,12 +186,19 @@ def lr_at(step: int, budget: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warm - 1) / (budget - warm)))
 
 
-def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, report: Report | None = None) -> FitResult:
-    """Train `model` (`{name: (B, ...)} -> (B, C)` logits) in place; best-val weights restored.
+def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, report: Report | None = None,
+        task: Task | None = None) -> FitResult:
+    """Train `model` (`{name: (B, ...)} -> (B, outputs)`) in place; best-val weights restored.
+
+    `task` (default classification) gives the loss and the val score that early stopping and
+    the best weights follow (`Task.score`: accuracy for classification, as always; AUC for
+    binary and multi-label; minus the val MSE for regression); `FitResult.val_accuracy` holds
+    the best score.
 
     Deterministic for `cfg.seed`: shuffling draws from its own generator, and anything
     drawing from torch's global RNG meanwhile (dropout) gets a forked one seeded from it.
     """
+    task = task or get_task("classification")
     shuffle = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _adam(params, cfg)
@@ -204,7 +213,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, report:
         for epoch in range(1, cfg.epochs + 1):
             run.epoch = epoch
             order = torch.randperm(n, generator=shuffle)
-            run.reason = _one_epoch(model, opt, params, xs, y, order, batch, run)
+            run.reason = _one_epoch(model, opt, params, xs, y, order, batch, run, task.loss)
             if run.reason:
                 break
             if not run.due():
@@ -213,7 +222,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, report:
             if run.reason:
                 run.status = "diverged"
                 break
-            acc = accuracy(model, val)
+            acc = accuracy(model, val) if task.name == "classification" else task.score(predict(model, val[0]), val[1])
             stop = run.evaluated(acc, model)
             if report is not None and report(epoch, acc) is True:
                 stop = True
@@ -223,7 +232,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, report:
         model.load_state_dict(run.best_state)
     seconds = time.perf_counter() - start
     status, reason = ("ok", "") if not run.reason else (run.status, f"{run.reason} in epoch {run.epoch} (lr {cfg.lr:g})")
-    best = run.best if run.best >= 0 else math.nan
+    best = run.best if run.best_state is not None else math.nan
     return FitResult(status, reason, run.epoch, run.best_epoch, best, seconds, run.step)
 
 
@@ -234,7 +243,7 @@ class _Run:
         self.cfg, self.budget = cfg, budget
         self.step = self.epoch = self.best_epoch = self.last_eval = self.stale = 0
         self.first_loss: float | None = None
-        self.best, self.best_state = -1.0, None
+        self.best, self.best_state = -math.inf, None
         self.reason, self.status = "", "failed"
 
     def due(self) -> bool:
@@ -284,7 +293,8 @@ def _adam(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def _one_epoch(model: nn.Module, opt: torch.optim.Optimizer, params: list[nn.Parameter], xs: Mapping[str, Tensor],
-               y: Tensor, order: Tensor, batch_size: int, run: _Run) -> str:
+               y: Tensor, order: Tensor, batch_size: int, run: _Run,
+               loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> str:
     """One pass over the shuffled data (cut short at the step budget); the reason to stop ('' when fine)."""
     cfg = run.cfg
     if batch_size < len(order):
@@ -292,7 +302,7 @@ def _one_epoch(model: nn.Module, opt: torch.optim.Optimizer, params: list[nn.Par
     for i in range(0, len(order), batch_size):
         if run.step >= run.budget:
             break
-        loss = F.cross_entropy(model({k: v[i : i + batch_size] for k, v in xs.items()}), y[i : i + batch_size])
+        loss = loss_fn(model({k: v[i : i + batch_size] for k, v in xs.items()}), y[i : i + batch_size])
         aux = auxiliary_loss(model, cfg.aux_weight)  # fusion ops' training-only terms
         if aux is not None:
             loss = loss + aux
@@ -336,10 +346,22 @@ def train_fusion(
     return head, _fit_head(head, spec, taps, train_cfg, report)
 
 
+def task_of(taps: TapCache) -> Task:
+    """The task the cached data is (its loss, score and metrics)."""
+    return get_task(taps.task, taps.target_scale)
+
+
 def _fit_head(head: FusionHead, spec: ArchSpec, taps: TapCache, cfg: TrainConfig, report: Report | None) -> FitResult:
     sub = taps.subset(required_taps(spec))  # only the taps this spec reads become tensors
     pool = pooled_taps(spec)
-    return fit(head, _pooled(sub.tensors("train"), pool), _pooled(sub.tensors("val"), pool), cfg, report=report)
+    return fit(head, _pooled(sub.tensors("train"), pool), _pooled(sub.tensors("val"), pool), cfg, report=report,
+               task=task_of(taps))
+
+
+def task_metrics(task: Task, model: nn.Module, splits: Mapping[str, Split]) -> dict[str, float]:
+    """`{split}_{metric}` of every task metric on each split (`val_auc`, `test_r2`, ...)."""
+    return {f"{name}_{k}": v for name, data in splits.items()
+            for k, v in task.metrics(predict(model, data[0]), data[1]).items()}
 
 
 def pooled_taps(spec: ArchSpec) -> set[str]:
@@ -376,32 +398,39 @@ def evaluate_candidate(
     try:
         head = build_head(spec, taps, train_cfg.seed, train_cfg.dropout)
     except ValueError as err:
-        return _failed(spec, f"cannot build: {err}", start, train_cfg.seed)
+        return _failed(spec, f"cannot build: {err}", start, train_cfg.seed, taps.task)
     result = _fit_head(head, spec, taps, train_cfg, report)
-    test = accuracy(head, taps.subset(required_taps(spec)).tensors("test")) if result.status == "ok" else math.nan
-    return _metrics(spec, head, result, test, backbones, taps.num_classes, start, train_cfg.seed)
+    task = task_of(taps)
+    scores: dict[str, float] = {}
+    if result.status == "ok":
+        sub = taps.subset(required_taps(spec))
+        scores = task_metrics(task, head, {"val": sub.tensors("val"), "test": sub.tensors("test")})
+        if task.name == "classification":  # as always: fit's best val accuracy, test accuracy
+            scores.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(head, sub.tensors("test")))
+    return _metrics(spec, head, result, scores, backbones, taps.num_classes, start, train_cfg, task)
 
 
-def _failed(spec: ArchSpec, reason: str, start: float, seed: int) -> dict[str, Any]:
+def _failed(spec: ArchSpec, reason: str, start: float, seed: int, task: str = "classification") -> dict[str, Any]:
     seconds = time.perf_counter() - start
-    return {"arch_id": spec.arch_id, "seed": seed, "status": "failed", "reason": reason, "val_accuracy": math.nan,
-            "test_accuracy": math.nan, "epochs": 0, "steps": 0, "best_epoch": 0, "seconds": seconds,
-            "seconds_per_epoch": math.nan}
+    nan = {f"{s}_{m}": math.nan for s in ("val", "test") for m in get_task(task).metric_names}
+    return {"arch_id": spec.arch_id, "seed": seed, "status": "failed", "reason": reason, **nan,
+            "epochs": 0, "steps": 0, "best_epoch": 0, "seconds": seconds, "seconds_per_epoch": math.nan}
 
 
-def _metrics(spec: ArchSpec, head: FusionHead, result: FitResult, test: float,
-             backbones: Mapping[str, Backbone] | None, num_classes: int, start: float, seed: int) -> dict[str, Any]:
-    out = _failed(spec, result.reason, start, seed)
+def _metrics(spec: ArchSpec, head: FusionHead, result: FitResult, scores: Mapping[str, float],
+             backbones: Mapping[str, Backbone] | None, num_classes: int, start: float,
+             cfg: TrainConfig, task: Task) -> dict[str, Any]:
+    out = _failed(spec, result.reason, start, cfg.seed, task.name)
     ok = result.status == "ok"
     with torch.enable_grad():  # count_flops must run with grad on (see fusion_ops.cost)
         cost = {"params_fusion": count_params(head), "flops_fusion": count_flops(head, head.example_taps(1))}
         if backbones is not None:
             with torch.random.fork_rng(devices=[]):  # costing builds (and initialises) a throwaway model
                 cost = candidate_cost(spec, backbones, num_classes)
+    out.update(scores if ok else {})
     out.update(
         status=result.status,
-        val_accuracy=result.val_accuracy if ok else math.nan,
-        test_accuracy=test,
+        task=task.name,
         params_fusion=cost["params_fusion"],
         flops_fusion=cost["flops_fusion"],
         params_total=cost.get("params_total", cost["params_fusion"]),
@@ -411,6 +440,8 @@ def _metrics(spec: ArchSpec, head: FusionHead, result: FitResult, test: float,
         best_epoch=result.best_epoch,
         seconds_per_epoch=result.seconds / max(result.epochs, 1),
     )
+    if ok:  # measured, not counted: the `latency` objective (search.latency)
+        out.update(candidate_latency(spec, head, backbones, num_classes, cfg.batch_size, cfg.threads))
     return out
 
 
@@ -444,8 +475,13 @@ def evaluate_with_backbones(
         model = build_model(spec, backbones, dataset.num_classes, freeze, torch.Generator().manual_seed(train_cfg.seed),
                             train_cfg.dropout)
     except ValueError as err:
-        return _failed(spec, f"cannot build: {err}", start, train_cfg.seed)
+        return _failed(spec, f"cannot build: {err}", start, train_cfg.seed, dataset.task)
     train, val, test = (dataset_tensors(dataset, s) for s in ("train", "val", "test"))
-    result = fit(model, train, val, train_cfg, report=report)
-    test_acc = accuracy(model, test) if result.status == "ok" else math.nan
-    return _metrics(spec, model.fusion, result, test_acc, backbones, dataset.num_classes, start, train_cfg.seed)
+    task = get_task(dataset.task, dataset.target_scale)
+    result = fit(model, train, val, train_cfg, report=report, task=task)
+    scores: dict[str, float] = {}
+    if result.status == "ok":
+        scores = task_metrics(task, model, {"val": val, "test": test})
+        if task.name == "classification":
+            scores.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(model, test))
+    return _metrics(spec, model.fusion, result, scores, backbones, dataset.num_classes, start, train_cfg, task)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from search import objectives as _objectives
+from search.objectives import Objective
 
 log = logging.getLogger(__name__)
 
@@ -19,12 +22,11 @@ def result_metrics(result: Mapping[str, Any]) -> dict[str, Any] | None:
     return json.loads(result[METRICS_JSON]) if result.get(FINAL) else None
 
 
-def objectives_of(metrics: Mapping[str, Any] | None) -> dict[str, float] | None:
-    """What a strategy is told: `{"accuracy", "params", "flops"}` of an ok trial, else None."""
-    keys = {"accuracy": METRIC, "params": "params_total", "flops": "flops_total"}
-    if not metrics or metrics.get("status", "ok") != "ok":
-        return None
-    if any(metrics.get(k) is None for k in keys.values()):
-        log.warning("an ok trial without %s: told as failed", ", ".join(keys.values()))
-        return None
-    return {name: float(metrics[k]) for name, k in keys.items()}
+def objectives_of(metrics: Mapping[str, Any] | None, objs: Sequence[Objective] | None = None) -> dict[str, float] | None:
+    """What a strategy is told: `{objective name: value}` of an ok trial (`objs`: the strategy's
+    objectives, default the classic accuracy, params, FLOPs), else None."""
+    objs = objs or _objectives.get(_objectives.CLASSIC)
+    out = _objectives.told(metrics, objs)
+    if out is None and metrics and metrics.get("status", "ok") == "ok":
+        log.warning("an ok trial without %s: told as failed", ", ".join(o.key for o in objs))
+    return out

@@ -171,12 +171,12 @@ class StoreCallback(tune.Callback):
             return
         store.append_trial(record)
         self._records[record["trial_id"]] = record
-        front = store.write_pareto(front_from_trials(self._records.values(), store.reference))
+        front = store.write_pareto(front_from_trials(self._records.values(), store.reference, store.objectives()))
         hook = _PROGRESS.get(self.run_dir)
         n_confirm = sum(bool(r.get("confirm")) for r in self._records.values())
         try:
             if hook is not None:  # confirmation seeds are counted apart from the candidates asked for
-                hook(len(self._records) - n_confirm, self.total, front["best_val_accuracy"], len(front["front"]),
+                hook(len(self._records) - n_confirm, self.total, front["best_val"], len(front["front"]),
                      front["hypervolume"], *((n_confirm,) if n_confirm else ()))
         except Exception:  # a broken progress display must not end the search
             log.exception("the progress hook failed")
@@ -251,7 +251,8 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
     sched = _scheduler(scheduler, max_epochs)
     records = store.trials(warn=warn)
     remaining = num_samples - sum(not r.get("confirm") for r in records)
-    if remaining <= 0 and not confirmation_todo(records, store.reference, confirm, base_seed):
+    if remaining <= 0 and not confirmation_todo(records, store.reference, confirm, base_seed,
+                                                objs=getattr(strategy, "objectives", None)):
         store.write_pareto()  # nothing left to run: no Ray at all
         return records
     started = init_ray(address, num_cpus, cpus_per_trial)

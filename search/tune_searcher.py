@@ -89,7 +89,8 @@ class StrategySearcher(Searcher):
             return Searcher.FINISHED
         known = {str(r["trial_id"]): r for r in self._records()}
         in_flight = [(s.candidate_id, self._seeds[t]) for t, s in self._live.items() if t in self._seeds]
-        todo = confirmation_todo(list(known.values()), self._reference(), self.confirm, self.base_seed, in_flight)
+        todo = confirmation_todo(list(known.values()), self._reference(), self.confirm, self.base_seed, in_flight,
+                                 getattr(self.strategy, "objectives", None))
         if not todo:
             return None if self._live else Searcher.FINISHED
         spec, seed = todo[0]
@@ -116,7 +117,7 @@ class StrategySearcher(Searcher):
         if trial_id in self._seeds:
             self._finished[trial_id]["confirm"] = True
         else:
-            self.strategy.tell(spec, objectives_of(metrics))
+            self.strategy.tell(spec, objectives_of(metrics, getattr(self.strategy, "objectives", None)))
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing: the run's record is `trials.jsonl` (Tune skips a searcher that writes no file)."""

@@ -43,7 +43,7 @@ def test_stratified_split_exact_sizes_disjoint_and_proportional():
 
 
 # ---------------------------------------------------------------- planted
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("task", sorted(set(TASKS) - {"regression", "imbalanced"}))
 def test_planted_shapes_splits_and_balance(task):
     ds = load_dataset({**SMALL, "task": task})
     names = ("m1", "m2", "m3") if task == "parity3" else ("m1", "m2")
@@ -207,7 +207,7 @@ def test_planted_bad_seq_len_names_the_key(value):
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [
-        ({"task": "xr"}, "data.task: unknown planted task 'xr'; known: additive, bilinear, parity3, redundant, shift, xor"),
+        ({"task": "xr"}, "data.task: unknown planted task 'xr'; known: additive, bilinear, imbalanced, parity3, redundant, regression, shift, xor"),
         ({"task": "xor", "n_train": -3}, "data.n_train: expected an integer >= 2, got -3"),
         ({"task": "xor", "d": 2.5}, "data.d: expected an integer"),
         ({"task": "xor", "taks": 1}, "data.taks: unknown key for kind 'planted'"),
@@ -276,7 +276,7 @@ def test_standardisation_is_fitted_on_train_only(tmp_path, mode):
     ("override", "message"),
     [
         ({"audio": np.zeros((90, 6))}, "array 'audio' has 90 rows but 'y' has 100"),
-        ({"y": np.linspace(0, 2, 100)}, "'y' must be integer class labels"),
+        ({"y": np.array(["cat"] * 100)}, "'y' must be integer class labels"),  # floats are regression targets
         ({"y": np.full(100, 2)}, "'y' has only one class"),
         ({"image": np.where(np.arange(100)[:, None, None] == 7, np.nan, np.ones((100, 4, 3)))}, "array 'image' contains NaN"),
         ({"y": None}, "no array 'y'"),
@@ -391,3 +391,49 @@ def test_av_digits_missing_array_is_named(tmp_path):
     np.savez(path, image=np.zeros((4, 8, 8)), y=np.arange(4) % 2, split=np.array([0, 0, 1, 2]))
     with pytest.raises(DataError, match=r"av\.npz: no array 'audio'"):
         load_dataset({"kind": "av_digits", "path": str(path)})
+
+
+def test_planted_regression_is_float_targets_standardised_on_train():
+    ds = load_dataset({**SMALL, "task": "regression"})
+    assert ds.task == "regression" and ds.num_classes == 1 and ds.classes == ()
+    assert ds.y_train.dtype == np.float32 and ds.y_train.shape == (800, 1)
+    assert abs(ds.y_train.mean()) < 1e-5 and abs(ds.y_train.std() - 1) < 1e-4
+    mean, std = ds.target_scale
+    raw = ds.y_train[:, 0] * std[0] + mean[0]
+    assert len(np.unique(raw)) == len(raw)  # continuous, not classes
+
+
+def test_planted_imbalanced_is_binary_with_the_asked_share_of_positives():
+    ds = load_dataset({**SMALL, "task": "imbalanced", "positive": 0.1})
+    assert ds.task == "binary" and ds.num_classes == 2
+    for y in (ds.y_train, ds.y_val, ds.y_test):  # stratified: every split has its 10 %
+        assert abs(y.mean() - 0.1) < 0.01
+
+
+@pytest.mark.parametrize(("y", "task"), [
+    (np.arange(60) % 3, "classification"),
+    (np.arange(60) % 3 + 0.5, "regression"),
+    (np.stack([np.arange(60) % 2, np.arange(60) // 30], axis=1), "multilabel"),
+    (np.random.default_rng(0).normal(size=(60, 2)), "regression"),
+])
+def test_npz_takes_float_and_2d_labels_and_infers_the_task(tmp_path, y, task):
+    path = tmp_path / "d.npz"
+    rng = np.random.default_rng(1)
+    np.savez(path, a=rng.normal(size=(60, 3)), b=rng.normal(size=(60, 2)), y=y)
+    ds = load_dataset({"kind": "npz", "path": str(path)})
+    assert ds.task == task
+    assert ds.num_classes == (3 if task == "classification" else 1 if y.ndim == 1 else 2)
+    assert ds.y_train.dtype == (np.int64 if task == "classification" else np.float32)
+
+
+def test_npz_task_override_and_its_errors(tmp_path):
+    path = tmp_path / "d.npz"
+    rng = np.random.default_rng(1)
+    np.savez(path, a=rng.normal(size=(60, 3)), b=rng.normal(size=(60, 2)), y=np.arange(60) % 2)
+    assert load_dataset({"kind": "npz", "path": str(path), "task": "binary"}).task == "binary"
+    assert load_dataset({"kind": "npz", "path": str(path), "task": "regression"}).task == "regression"
+    with pytest.raises(DataError, match="data.task: unknown task 'ranking'; known: classification, binary"):
+        load_dataset({"kind": "npz", "path": str(path), "task": "ranking"})
+    np.savez(path, a=rng.normal(size=(60, 3)), b=rng.normal(size=(60, 2)), y=np.arange(60) % 3)
+    with pytest.raises(DataError, match="a binary task needs exactly 2 classes"):
+        load_dataset({"kind": "npz", "path": str(path), "task": "binary"})

@@ -326,3 +326,20 @@ def test_evaluate_with_a_malformed_metrics_json_is_one_line(trained, exported, t
     assert main(["evaluate", str(copy), "--config", str(trained.run_dir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{copy / 'metrics.json'}:" in err
+
+
+def test_an_export_holds_only_the_backbone_blocks_that_run(tmp_path):
+    """An early spec on raw inputs exports no backbone tensor; one reading m1@1 exports block 1 of m1 only."""
+    from safetensors.torch import load_file
+
+    specs = [spec_dict("early", "concat", ("m1@0", "m2@0"), 8), spec_dict("hybrid", "concat", ("m1@1", "m2@0"), 8)]
+    store = make_trained_run(tmp_path, specs=specs)
+    for tid, want in (("t0", set()), ("t1", {"model.backbones.0.blocks.0.0.weight", "model.backbones.0.blocks.0.0.bias"})):
+        out = tmp_path / tid
+        metrics = export_run(store.run_dir, tid, out, say=lambda _m: None)
+        tensors = load_file(out / "weights.safetensors")
+        assert {k for k in tensors if ".backbones." in f".{k}"} == want
+        assert metrics["reproduced"] is True and metrics["params_total"] == _trial(store, tid)["metrics"]["params_total"]
+        assert sum(v.numel() for k, v in tensors.items() if k.startswith("model.")) == metrics["params_total"]
+        model = load_model(out)
+        assert [len(b.blocks) for b in model.model.backbones] == ([0, 0] if tid == "t0" else [1, 0])

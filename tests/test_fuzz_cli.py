@@ -125,7 +125,7 @@ def data_cases(tmp: Path) -> list[tuple[str, Path]]:
         "only y": {"y": y},
         "rows differ": {**good, "b": np.ones((39, 2))},
         "one class": {**good, "y": np.zeros(40, int)},
-        "float labels": {**good, "y": y + 0.5},
+        "nan labels": {**good, "y": np.where(np.arange(40) == 3, np.nan, y + 0.5)},  # float y is regression: not NaN
         "2-d labels": {**good, "y": y.reshape(20, 2)},
         "string labels": {**good, "y": np.array(["a"] * 40)},
         "nan": {**good, "a": np.full((40, 3), np.nan)},

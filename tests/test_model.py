@@ -156,7 +156,9 @@ def test_frozen_backbones_stay_frozen_and_in_eval():
     backbones = make_backbones()
     spec = stage_specs("concat")["hybrid"]
     model = build_model(spec, backbones, NUM_CLASSES)
-    assert all(model.backbones[i] is backbones[m] for i, m in enumerate(model.modalities))
+    # the blocks that run are the caller's own (shared, not copied)
+    assert all(all(a is b for a, b in zip(model.backbones[i].blocks, backbones[m].blocks, strict=False))
+               for i, m in enumerate(model.modalities))
     model.train()
     assert model.training and model.fusion.training
     assert not any(b.training for b in model.backbones)
@@ -169,7 +171,8 @@ def test_unfrozen_backbones_are_copies_that_train():
     backbones = make_backbones()
     before = {m: [p.detach().clone() for p in b.parameters()] for m, b in backbones.items()}
     model = build_model(stage_specs("concat")["late"], backbones, NUM_CLASSES, freeze_backbones=False)
-    assert not any(model.backbones[i] is backbones[m] for i, m in enumerate(model.modalities))
+    assert not any(a is b for i, m in enumerate(model.modalities)
+                   for a, b in zip(model.backbones[i].blocks, backbones[m].blocks, strict=False))
     model.train()
     assert all(b.training for b in model.backbones)
     model(make_inputs(batch=4)).sum().backward()
@@ -292,11 +295,53 @@ def test_candidate_cost_adds_up(op, stage):
     trainable -= sum(p.numel() for p in training_only_parameters(model))
     assert cost["params_fusion"] == trainable == F.count_params(model.fusion)
     used = ("audio", "vec")
-    assert cost["params_total"] == cost["params_fusion"] + sum(F.count_params(backbones[m]) for m in used)
+    lean = {m: backbones[m].lean(d) for m, d in F.deepest_taps(spec).items()}  # only the blocks that run
+    assert cost["params_total"] == cost["params_fusion"] + sum(F.count_params(lean[m]) for m in used)
 
     inputs = make_inputs(batch=1, modalities=used)
     taps = {t: v for t, v in all_taps(backbones, inputs).items() if t in required_taps(spec)}
     assert cost["flops_fusion"] == F.count_flops(model.fusion, taps) > 0
-    backbone_flops = sum(F.count_flops(backbones[m], inputs[m]) for m in used)
+    backbone_flops = sum(F.count_flops(lean[m], inputs[m]) for m in used)
     assert cost["flops_total"] == cost["flops_fusion"] + backbone_flops
     assert cost["flops_total"] == F.count_flops(model, inputs), "the whole forward on raw inputs"
+    if stage == "early":  # raw inputs only: no backbone runs, and none is charged
+        assert (cost["params_total"], cost["flops_total"]) == (cost["params_fusion"], cost["flops_fusion"])
+
+
+def test_an_early_spec_on_raw_inputs_is_the_fusion_head_alone(backbone_sets):
+    backbones = backbone_sets["gru"]
+    spec = ArchSpec("early", (cell(["audio@0", "image@0"], "concat"),), head=(4,))
+    model = build_model(spec, backbones, NUM_CLASSES)
+    cost = candidate_cost(spec, backbones, NUM_CLASSES)
+    assert cost["params_total"] == cost["params_fusion"] == F.count_params(model.fusion)
+    assert cost["flops_total"] == cost["flops_fusion"]
+    assert not [k for k in model.state_dict() if k.startswith("backbones.")], "no backbone tensor is kept"
+    assert all(len(b.blocks) == 0 for b in model.backbones)
+
+
+def test_a_spec_reading_depth_1_runs_and_counts_only_block_1(backbone_sets):
+    backbones = backbone_sets["conv1d"]
+    spec = ArchSpec("late", (cell(["audio@1", "vec@2"], "concat"),))
+    model = build_model(spec, backbones, NUM_CLASSES)
+    audio = model.backbones[model.modalities.index("audio")]
+    assert len(audio.blocks) == 1 and audio.blocks[0] is backbones["audio"].blocks[0]
+    audio_keys = {k for k in model.state_dict() if k.startswith(f"backbones.{model.modalities.index('audio')}.")}
+    assert audio_keys and all(".blocks.0." in k for k in audio_keys)
+    cost = candidate_cost(spec, backbones, NUM_CLASSES)
+    block1 = F.count_params(backbones["audio"].blocks[0])
+    assert cost["params_total"] == cost["params_fusion"] + block1 + F.count_params(backbones["vec"])
+    x = make_inputs(1, ("audio",))["audio"]
+    assert F.count_flops(audio, x) == F.count_flops(backbones["audio"].blocks[0], x.transpose(1, 2)) > 0
+
+
+@pytest.mark.parametrize("kind", list(AUDIO))
+def test_the_lean_model_on_raw_inputs_equals_forward_taps_on_cached_taps(backbone_sets, kind):
+    backbones = backbone_sets[kind]
+    inputs = make_inputs(5)
+    taps = all_taps(backbones, inputs)
+    for spec in (ArchSpec("early", (cell(["audio@0", "vec@0"]),)),
+                 ArchSpec("hybrid", (cell(["audio@1", "image@0"]), cell(["image@1", "vec@2"]))),
+                 ArchSpec("late", (cell(["audio@2", "image@2", "vec@2"]),))):
+        model = build_model(spec, backbones, NUM_CLASSES).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model(inputs), model.forward_taps(taps), rtol=0, atol=0)

@@ -6,14 +6,13 @@ import itertools
 import numpy as np
 import pytest
 
+from search.objectives import default_reference, objective_matrix
 from search.pareto import (
-    default_reference,
     hypervolume,
     hypervolume_contributions,
     hypervolume_gain,
     knee_point,
     non_dominated_sort,
-    objective_matrix,
     pareto_front,
     pareto_mask,
     to_minimise,

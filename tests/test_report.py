@@ -16,7 +16,7 @@ import pytest
 import yaml
 from plotly.offline import get_plotlyjs
 
-from search import pareto
+from search import objectives
 from search import report_data as rd
 from search.config import load_config
 from search.store import RunStore, front_from_trials
@@ -186,7 +186,7 @@ def test_history_ends_at_pareto_json_and_never_decreases(run):
     assert np.all(np.diff(hist["hypervolume"]) >= -1e-12)
     assert hist["best_val_accuracy"][-1] == front["best_val_accuracy"] == 0.90
     # each step equals the front of the trials so far, computed from scratch with the same reference
-    ref = pareto.default_reference([t["metrics"]["params_total"] for t in trials if t["status"] == "ok"],
+    ref = objectives.default_reference([t["metrics"]["params_total"] for t in trials if t["status"] == "ok"],
                                    [t["metrics"]["flops_total"] for t in trials if t["status"] == "ok"])
     for i in (1, 4, 7):
         assert hist["hypervolume"][i - 1] == pytest.approx(front_from_trials(trials[:i], ref)["hypervolume"])
@@ -290,3 +290,25 @@ def test_report_on_a_folder_that_is_not_a_run_is_a_usage_error(tmp_path):
 def test_unknown_image_format_is_refused_by_the_parser(run):
     with pytest.raises(SystemExit):
         _parse(["report", str(run.run_dir), "--format", "gif"])
+
+
+def test_colour_by_operator_is_the_last_cells_operator_and_the_chain_is_in_the_hover(run):
+    trials, points = _points(run)
+    series = rd.scatter_series(points, "params", "op")
+    ops_used = {op for p in points for op in p.ops}
+    assert {s.group for s in series} <= ops_used  # no "a→b" chain names in the legend
+    for p, t in zip(points, trials, strict=True):
+        assert p.op == t["spec"]["cells"][-1]["op"]
+        assert all(f"{c['op']}(" in p.hover for c in t["spec"]["cells"])
+
+
+def test_a_run_of_four_objectives_gets_a_panel_per_cost_and_a_parallel_view(run):
+    from search import report_html
+    from search.objectives import get
+
+    trials, points = _points(run)
+    objs = get(["accuracy", "params", "flops", "latency"])
+    figs = report_html.figures(points, rd.history(trials, None), (), objs)
+    assert {"params-stage", "flops-stage", "latency-op", "parallel"} <= set(figs)
+    assert "parallel" not in report_html.figures(points, rd.history(trials, None))
+    assert figs["params-op"].layout.yaxis.title.text == "validation accuracy"

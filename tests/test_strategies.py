@@ -14,7 +14,8 @@ import numpy as np
 import optuna
 import pytest
 
-from search.pareto import hypervolume, hypervolume_gain, objective_matrix
+from search.objectives import objective_matrix
+from search.pareto import hypervolume, hypervolume_gain
 from search.strategies import (
     STRATEGIES,
     SpaceExhausted,
@@ -185,7 +186,7 @@ def test_nan_or_infinite_accuracy_is_a_failure() -> None:
     assert parse_objectives(None) is None
     assert parse_objectives({"accuracy": float("nan"), "params": 1, "flops": 1}) is None
     assert parse_objectives({"accuracy": float("inf"), "params": 1, "flops": 1}) is None
-    assert parse_objectives({"accuracy": 0.5, "params": 3, "flops": 7}).params == 3.0
+    assert parse_objectives({"accuracy": 0.5, "params": 3, "flops": 7}).values["params"] == 3.0
 
 
 def test_strategies_never_import_ray() -> None:

@@ -27,9 +27,11 @@ class DataError(ValueError):
 class Dataset:
     """Split, standardised multimodal data: `train/val/test[modality]` is float32 `(N, *shape)`.
 
-    `mean`/`std` (per-sample shape) were fitted on train and already applied to every split;
-    labels are int64 in `0..num_classes-1`, `classes[i]` is the original label of class `i`.
-    Treat the arrays as read-only.
+    `mean`/`std` (per-sample shape) were fitted on train and already applied to every split.
+    Labels by `task`: classification and binary, int64 in `0..num_classes-1` (`classes[i]` is
+    the original label of class `i`); multilabel, float32 0/1 `(N, L)`; regression, float32
+    `(N, K)` standardised by `target_mean`/`target_std`. `num_classes` is the number of model
+    outputs (classes, labels or targets). Treat the arrays as read-only.
     """
 
     name: str
@@ -45,6 +47,14 @@ class Dataset:
     std: dict[str, np.ndarray]
     classes: tuple[Any, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"  # classification | binary | multilabel | regression (search.tasks)
+    target_mean: np.ndarray | None = None  # regression: the train mean and std that standardised y
+    target_std: np.ndarray | None = None
+
+    @property
+    def target_scale(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """`(mean, std)` of regression targets (labels are standardised with it), else None."""
+        return None if self.target_mean is None else (self.target_mean, self.target_std)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -158,6 +168,51 @@ def validate_labels(source: str, y: np.ndarray, allow_one_class: bool = False) -
         raise DataError(f"{source}: 'y' has only one class")
 
 
+TASK_TYPES = ("classification", "binary", "multilabel", "regression")
+
+
+def infer_task(y: np.ndarray) -> str:
+    """classification for integer labels (integral floats too), multilabel for a 2-D 0/1 `y`,
+    regression for other float labels (one or more targets)."""
+    y = np.asarray(y)
+    if y.ndim == 2:
+        return "multilabel" if y.size and np.isin(y, (0, 1)).all() else "regression"
+    if np.issubdtype(y.dtype, np.floating) and not (np.isfinite(y) & (y == np.round(y))).all():
+        return "regression"
+    return "classification"
+
+
+def check_task(source: str, y: np.ndarray, task: Any) -> str:
+    """`task` (None: inferred from `y`) if `y` fits it; DataError naming what does not."""
+    if task is None:
+        task = infer_task(y)
+    if task not in TASK_TYPES:
+        raise DataError(f"data.task: unknown task {task!r}; known: {', '.join(TASK_TYPES)}")
+    if task in ("classification", "binary"):
+        validate_labels(source, y)
+        if task == "binary" and len(np.unique(y)) != 2:
+            raise DataError(f"{source}: a binary task needs exactly 2 classes in 'y', found {len(np.unique(y))}")
+    elif not (np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.bool_)) or y.ndim not in (1, 2):
+        raise DataError(f"{source}: 'y' of a {task} task must be a numeric 1-d or 2-d array, got {y.dtype} {y.shape}")
+    elif not np.isfinite(y.astype(float)).all():
+        raise DataError(f"{source}: 'y' contains NaN or inf")
+    elif task == "multilabel" and (y.ndim != 2 or not np.isin(y, (0, 1)).all()):
+        raise DataError(f"{source}: 'y' of a multilabel task must be a 2-d array of 0/1, got shape {y.shape}")
+    return task
+
+
+def random_split(n: int, sizes: Sequence[int], rng: np.random.Generator) -> list[np.ndarray]:
+    """Disjoint random index sets of exactly `sizes` (for labels that cannot be stratified)."""
+    perm = rng.permutation(n)
+    bounds = np.cumsum([0, *sizes])
+    return [perm[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def split_for(task: str, y: np.ndarray, sizes: Sequence[int], rng: np.random.Generator) -> list[np.ndarray]:
+    """Stratified for classes, random for multi-label and regression targets."""
+    return stratified_split(y, sizes, rng) if task in ("classification", "binary") else random_split(len(y), sizes, rng)
+
+
 def validate_modalities(source: str, xs: Mapping[str, np.ndarray], y: np.ndarray) -> None:
     """Names usable as modality names, numeric arrays, as many rows as `y`."""
     if not xs:
@@ -205,13 +260,15 @@ def build_dataset(
     splits: Sequence[np.ndarray],
     normalize: str = "feature",
     meta: Mapping[str, Any] | None = None,
+    task: str | None = None,
 ) -> Dataset:
-    """Validate whole arrays `xs`/`y`, cut them by the three index arrays `splits`, then `assemble`."""
+    """Validate whole arrays `xs`/`y`, cut them by the three index arrays `splits`, then `assemble`.
+    `task` (None: inferred from `y`, see `infer_task`) says what the labels are."""
     y = np.asarray(y)
     validate_modalities(source, xs, y)
-    validate_labels(source, y)
+    task = check_task(source, y, task)
     parts = {s: ({m: x[idx] for m, x in xs.items()}, y[idx]) for s, idx in zip(SPLITS, splits, strict=True)}
-    return assemble(name, source, parts, normalize, meta)
+    return assemble(name, source, parts, normalize, meta, task)
 
 
 def assemble(
@@ -220,22 +277,22 @@ def assemble(
     parts: Mapping[str, tuple[Mapping[str, np.ndarray], np.ndarray]],
     normalize: str = "feature",
     meta: Mapping[str, Any] | None = None,
+    task: str | None = None,
 ) -> Dataset:
     """Dataset from already split `parts[split] = (xs, y)`: float32 copies, checked, standardised on train."""
     ys = [np.asarray(parts[s][1]) for s in SPLITS]
+    task = check_task(source, np.concatenate(ys), task)
     for split, y in zip(SPLITS, ys, strict=True):
-        validate_labels(source, y, allow_one_class=True)
+        if task in ("classification", "binary"):
+            validate_labels(source, y, allow_one_class=True)
         validate_modalities(source, parts[split][0], y)
         if len(y) == 0:
             raise DataError(f"{source}: the {split} split is empty")
         if set(parts[split][0]) != set(parts["train"][0]):
             raise DataError(f"{source}: the {split} split has modalities {sorted(parts[split][0])}, "
                             f"train has {sorted(parts['train'][0])}")
-    y_all = np.concatenate(ys)
-    validate_labels(source, y_all)
-    y_all = y_all.astype(np.int64) if y_all.dtype.kind in "fb" else y_all  # integral floats, as CSVs store them
-    classes, codes = np.unique(y_all, return_inverse=True)
     bounds = np.cumsum([0, *map(len, ys)])
+    labels, classes, outputs, scale = _labels(task, ys)
     out: dict[str, dict[str, np.ndarray]] = {s: {} for s in SPLITS}
     mean, std = {}, {}
     for mod in sorted(parts["train"][0]):
@@ -252,17 +309,37 @@ def assemble(
         for split in SPLITS:
             out[split][mod] -= mean[mod]
             out[split][mod] /= std[mod]
-    labels = [codes[a:b].astype(np.int64) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    labels = [labels[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     return Dataset(
         name=name,
         **out,
         y_train=labels[0],
         y_val=labels[1],
         y_test=labels[2],
-        num_classes=len(classes),
+        num_classes=outputs,
         shapes={m: tuple(out["train"][m].shape[1:]) for m in sorted(out["train"])},
         mean=mean,
         std=std,
-        classes=tuple(c.item() for c in classes),
+        classes=tuple(c.item() if hasattr(c, "item") else c for c in classes),
         meta=dict(meta or {}, source=source),
+        task=task,
+        target_mean=None if scale is None else scale[0],
+        target_std=None if scale is None else scale[1],
     )
+
+
+def _labels(task: str, ys: Sequence[np.ndarray]) -> tuple[np.ndarray, Sequence[Any], int, Any]:
+    """All splits' labels as the model trains on them, the classes, the number of outputs, and
+    regression's target scale (train mean and std)."""
+    y_all = np.concatenate(ys)
+    if task in ("classification", "binary"):
+        y_all = y_all.astype(np.int64) if y_all.dtype.kind in "fb" else y_all  # integral floats, as CSVs store them
+        classes, codes = np.unique(y_all, return_inverse=True)
+        return codes.astype(np.int64), classes, len(classes), None
+    y_all = y_all.astype(np.float32).reshape(len(y_all), -1)
+    if task == "multilabel":
+        return y_all, tuple(range(y_all.shape[1])), y_all.shape[1], None
+    train = y_all[: len(ys[0])].astype(np.float64)
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std = np.where(std < 1e-12, 1.0, std)
+    return ((y_all - mean) / std).astype(np.float32), (), y_all.shape[1], (mean.astype(np.float32), std.astype(np.float32))

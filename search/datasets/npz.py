@@ -1,7 +1,10 @@
 """Any user data in one `.npz`: one array per modality (named by its key), `y`, optional `split`.
 
+`y` is integer class labels `(N,)`, a 0/1 multi-label matrix `(N, L)` or float regression
+targets `(N,)`/`(N, K)`; the task is inferred from it (`search.datasets._common.infer_task`)
+unless `data.task` names it (`binary` for a two-class `y` judged by AUC, say).
 `split` holds 0/1/2 or the strings train/val/test per row; without it the rows are split
-stratified by `data.seed` in `data.fractions` (default 0.6/0.2/0.2).
+by `data.seed` in `data.fractions` (default 0.6/0.2/0.2), stratified for class labels.
 """
 from __future__ import annotations
 
@@ -20,13 +23,13 @@ from search.datasets._common import (
     Dataset,
     build_dataset,
     check_keys,
+    check_task,
     normalize_of,
     opt_fractions,
     resolve_path,
     seed_of,
+    split_for,
     split_sizes,
-    stratified_split,
-    validate_labels,
 )
 
 RESERVED = ("y", "split")
@@ -107,7 +110,7 @@ def _split_indices(source: str, split: np.ndarray, n: int) -> list[np.ndarray]:
 
 def load_npz(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Dataset:
     """Read the `.npz` at `cfg['path']` (relative to `base_dir`)."""
-    check_keys(cfg, ("path", "fractions"), "npz")
+    check_keys(cfg, ("path", "fractions", "task"), "npz")
     path = resolve_path(cfg, "path", base_dir)
     arrays = read_npz(path)
     source = str(path)
@@ -116,10 +119,11 @@ def load_npz(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Dataset:
     y, split = arrays.pop("y"), arrays.pop("split", None)
     if not arrays:
         raise DataError(f"{source}: needs one array per modality besides {' and '.join(RESERVED)}")
-    validate_labels(source, y)
+    task = check_task(source, y, cfg.get("task"))
     if split is not None:
         splits = _split_indices(source, split, len(y))
     else:
         rng = np.random.default_rng(seed_of(cfg))
-        splits = stratified_split(y, split_sizes(len(y), opt_fractions(cfg)), rng)
-    return build_dataset(path.stem, source, arrays, y, splits, normalize_of(cfg), meta={"given_split": split is not None})
+        splits = split_for(task, y, split_sizes(len(y), opt_fractions(cfg)), rng)
+    return build_dataset(path.stem, source, arrays, y, splits, normalize_of(cfg),
+                         meta={"given_split": split is not None}, task=task)

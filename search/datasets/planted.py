@@ -14,6 +14,11 @@ the task. Which fusion can solve a task:
 - redundant: `y = [a + ε > 0]`, and `x_1`, `x_2` each hold their own noisy copy of `a` along
              `u_m`; either modality suffices.
 - parity3:   three modalities, `y = [ã_1 ã_2 ã_3 > 0]`.
+- regression: a regression target `y = ã_1 ã_2 + (ã_1 + ã_2) / 2` (float): an additive part any
+             fusion finds and a multiplicative part that needs an interaction; judged by R².
+- imbalanced: a binary task, `y = [ã_1 ã_2 > t]` with `t` set so that `positive` (default 0.1)
+             of the samples are positive: always answering "negative" scores 1 - positive in
+             accuracy and 0.5 in AUC, so the task type is `binary` (AUC).
 
 Modalities are named `m1`, `m2` (`m3`). `meta` keeps the planted `u` (or `R`).
 
@@ -42,11 +47,12 @@ from search.datasets._common import (
     opt_float,
     opt_int,
     seed_of,
-    stratified_split,
+    split_for,
 )
 
 Arrays = dict[str, np.ndarray]
-_KEYS = ("task", "n_train", "n_test", "n_val", "val_fraction", "d", "noise", "rank", "n_shifts", "seq_len")
+_KEYS = ("task", "n_train", "n_test", "n_val", "val_fraction", "d", "noise", "rank", "n_shifts", "seq_len",
+         "positive")
 
 
 def _unit(rng: np.random.Generator, d: int) -> np.ndarray:
@@ -112,6 +118,19 @@ def _redundant(rng: np.random.Generator, n: int, d: int, noise: float, **_: Any)
     return xs, a + noise * rng.standard_normal(n) > 0, {"u": us}
 
 
+def _regression(rng: np.random.Generator, n: int, d: int, noise: float, **_: Any) -> tuple[Arrays, np.ndarray, dict]:
+    xs, a, params = _noisy_projections(rng, n, d, noise, 2)
+    return xs, a[:, 0] * a[:, 1] + a.sum(axis=1) / 2, params
+
+
+def _imbalanced(rng: np.random.Generator, n: int, d: int, noise: float, positive: float = 0.1,
+                **_: Any) -> tuple[Arrays, np.ndarray, dict]:
+    xs, a, params = _noisy_projections(rng, n, d, noise, 2)
+    score = a.prod(axis=1)
+    threshold = float(np.quantile(score, 1.0 - positive))
+    return xs, score > threshold, {**params, "threshold": threshold}
+
+
 TASKS: dict[str, Callable[..., tuple[Arrays, np.ndarray, dict]]] = {
     "additive": _additive,
     "xor": _product_task(2),
@@ -119,7 +138,10 @@ TASKS: dict[str, Callable[..., tuple[Arrays, np.ndarray, dict]]] = {
     "shift": _shift,
     "redundant": _redundant,
     "parity3": _product_task(3),
+    "regression": _regression,
+    "imbalanced": _imbalanced,
 }
+TASK_TYPES = {"regression": "regression", "imbalanced": "binary"}  # the others: classification
 
 
 def _sequences(xs: Arrays, seq_len: int, rng: np.random.Generator) -> tuple[Arrays, np.ndarray]:
@@ -161,14 +183,16 @@ def load_planted(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Datase
     seq_len = opt_int(cfg, "seq_len", None, 2)
     rng = np.random.default_rng(seed_of(cfg))
     xs, y, params = TASKS[task](
-        rng, n_train + n_test, d, noise, rank=opt_int(cfg, "rank", 2, 1), n_shifts=opt_int(cfg, "n_shifts", 8, 2)
+        rng, n_train + n_test, d, noise, rank=opt_int(cfg, "rank", 2, 1), n_shifts=opt_int(cfg, "n_shifts", 8, 2),
+        positive=opt_float(cfg, "positive", 0.1, 0.01, 0.5),
     )
-    y = np.asarray(y, dtype=np.int64)
-    splits = stratified_split(y, [n_train - n_val, n_val, n_test], rng)
+    kind = TASK_TYPES.get(task, "classification")
+    y = np.asarray(y, dtype=np.float64 if kind == "regression" else np.int64)
+    splits = split_for(kind, y, [n_train - n_val, n_val, n_test], rng)
     name, meta = f"planted-{task}", {"task": task, **params}
     if seq_len is not None:
         # a generator of its own: the vector task's draws (x_m, labels, splits) stay the same
         xs, pos = _sequences(xs, seq_len, np.random.default_rng([seed_of(cfg), seq_len]))
         name, meta = f"{name}-seq{seq_len}", {**meta, "seq_len": seq_len,
                                              "positions": {s: pos[i] for s, i in zip(SPLITS, splits, strict=True)}}
-    return build_dataset(name, f"planted:{task}", xs, y, splits, normalize_of(cfg), meta=meta)
+    return build_dataset(name, f"planted:{task}", xs, y, splits, normalize_of(cfg), meta=meta, task=kind)

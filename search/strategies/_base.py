@@ -1,23 +1,24 @@
 """What every search strategy shares: the ask/tell contract and its bookkeeping.
 
 A strategy proposes one `ArchSpec` per `ask()` and learns from `tell(spec, objectives)`,
-where `objectives` is `{"accuracy": float, "params": int, "flops": int}` (accuracy is
-maximised and may be NaN) or `None` for a failed trial. A NaN accuracy counts as a
-failure. The base class keeps track of what was asked and told, so that no strategy
-proposes a spec twice until every spec of the space has been asked.
+where `objectives` maps each of the strategy's objectives (`search.objectives`; default the
+classic `{"accuracy", "params", "flops"}`) to its raw value, or is `None` for a failed trial.
+A non-finite metric counts as a failure. The base class keeps track of what was asked and
+told, so that no strategy proposes a spec twice until every spec of the space has been asked.
 """
 from __future__ import annotations
 
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from search import objectives as _objectives
 from spaces.space import SearchSpace
 from spaces.spec import ArchSpec
 
-CostFn = Callable[[ArchSpec], tuple[int, int]]
+CostFn = Callable[[ArchSpec], "Mapping[str, float] | tuple[int, int]"]  # known-before costs by name
 ENUMERATE_LIMIT = 100_000  # the spaces small enough to list what is left when draws keep repeating
 
 
@@ -27,46 +28,58 @@ class SpaceExhausted(RuntimeError):
 
 @dataclass(frozen=True)
 class Result:
-    """The objectives of one successful trial."""
+    """The objectives of one successful trial: raw `values` by objective name, and `score`,
+    the run's metric made "higher is better" (what a surrogate learns)."""
 
-    accuracy: float
-    params: float
-    flops: float
+    values: Mapping[str, float]
+    score: float
+
+    @property
+    def accuracy(self) -> float:  # the classic name of the score
+        return self.score
 
 
-def parse_objectives(objectives: Mapping[str, float] | None) -> Result | None:
-    """The `Result` of a told trial, or None when it failed (None, or a non-finite accuracy).
+def parse_objectives(objectives: Mapping[str, float] | None,
+                     objs: Sequence[_objectives.Objective] | None = None) -> Result | None:
+    """The `Result` of a told trial, or None when it failed (None, or a non-finite metric).
 
-    Costs of a trial that did not fail must be finite and > 0 (they go through log10):
-    anything else is a bug upstream and raises ValueError rather than skewing the front.
+    Costs of a trial that did not fail must be finite (and > 0 on a log scale): anything
+    else is a bug upstream and raises ValueError rather than skewing the front.
     """
     if objectives is None:
         return None
-    missing = [k for k in ("accuracy", "params", "flops") if k not in objectives]
+    objs = objs or _objectives.get(_objectives.CLASSIC)
+    missing = [o.name for o in objs if o.name not in objectives]
     if missing:
         raise ValueError(f"objectives: missing {', '.join(missing)}; got keys {sorted(objectives)}")
-    accuracy = float(objectives["accuracy"])
-    if not math.isfinite(accuracy):
+    metric = objs[0]
+    value = float(objectives[metric.name])
+    if not math.isfinite(value):
         return None
-    costs = {k: float(objectives[k]) for k in ("params", "flops")}
-    for k, v in costs.items():
-        if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"objectives.{k}: expected a finite number > 0, got {objectives[k]!r}")
-    return Result(accuracy, costs["params"], costs["flops"])
+    values = {metric.name: value}
+    for o in objs[1:]:
+        v = float(objectives[o.name])
+        if not (math.isfinite(v) and (v > 0 or o.scale != "log10")):
+            raise ValueError(f"objectives.{o.name}: expected a finite number > 0, got {objectives[o.name]!r}")
+        values[o.name] = v
+    return Result(values, value if metric.mode == "max" else -value)
 
 
 class Strategy:
     """Base of the search strategies: subclasses implement `_propose` and may override `_observe`.
 
     `budget` is the number of candidates the caller means to ask for (None: open-ended);
-    strategies that plan ahead use it, asks beyond it still work. `cost_fn(spec) ->
-    (params, flops)` gives a spec's exact costs before training, for strategies that use them.
+    strategies that plan ahead use it, asks beyond it still work. `cost_fn(spec)` gives a
+    spec's exact costs before training (`{"params": .., "flops": ..}`, or that pair), for
+    strategies that use them. `objectives` (`search.objectives`, the metric first) is what
+    `tell` reports; default the classic accuracy, params, FLOPs.
     """
 
     name = "base"
 
     def __init__(
-        self, space: SearchSpace, *, seed: int, budget: int | None = None, cost_fn: CostFn | None = None
+        self, space: SearchSpace, *, seed: int, budget: int | None = None, cost_fn: CostFn | None = None,
+        objectives: Sequence[_objectives.Objective] | None = None,
     ) -> None:
         if budget is not None and budget < 1:
             raise ValueError(f"budget: expected a positive number of candidates, got {budget}")
@@ -74,6 +87,7 @@ class Strategy:
         self.seed = seed
         self.budget = budget
         self.cost_fn = cost_fn
+        self.objectives: tuple[_objectives.Objective, ...] = tuple(objectives or _objectives.get(_objectives.CLASSIC))
         self._size = space.size()
         self._asked: dict[str, ArchSpec] = {}
         self._pending: Counter[str] = Counter()
@@ -96,12 +110,12 @@ class Strategy:
         return spec
 
     def tell(self, spec: ArchSpec, objectives: Mapping[str, float] | None) -> None:
-        """Report the objectives of an asked spec (None, or NaN accuracy: the trial failed)."""
+        """Report the objectives of an asked spec (None, or a NaN metric: the trial failed)."""
         aid = spec.candidate_id
         if self._pending[aid] < 1:
             what = "was already told" if aid in self._asked else "was never asked"
             raise ValueError(f"tell: {spec.describe()} {what}")
-        result = parse_objectives(objectives)
+        result = parse_objectives(objectives, self.objectives)
         self._pending[aid] -= 1
         self.results[aid] = result
         self.history.append((spec, result))

@@ -6,7 +6,9 @@ the space, not only its first stage and operator.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
+from search.objectives import Objective
 from search.strategies._base import CostFn, Strategy
 from spaces.space import SearchSpace
 from spaces.spec import ArchSpec
@@ -26,9 +28,10 @@ class GridStrategy(Strategy):
         seed: int,
         budget: int | None = None,
         cost_fn: CostFn | None = None,
+        objectives: Sequence[Objective] | None = None,
         limit: int = GRID_LIMIT,
     ) -> None:
-        super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn)
+        super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn, objectives=objectives)
         size = space.size()
         if size > limit:
             raise ValueError(

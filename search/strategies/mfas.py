@@ -8,11 +8,12 @@ MFAS's re-choice of layer l for a longer one); later rounds' level 0 re-chooses 
 cell of the best chains. A surrogate fitted on the observed accuracies rates the
 candidates, and K of them are drawn with MFAS's cooling temperature.
 
-The multi-objective part: params and FLOPs are exact before training (`cost_fn`), so the
-surrogate predicts accuracy only, and a candidate's score is the hypervolume it would add
-to the observed front with an optimistic accuracy (ensemble mean + `explore` x spread),
-plus a tiny floor so that no candidate has zero odds. Without `cost_fn` the score is
-the predicted accuracy itself, as in MFAS. `ask()` serves a queue; an empty queue builds
+The multi-objective part: costs known before training (params, FLOPs) are exact
+(`cost_fn`), so the surrogate predicts the run's metric only, and a candidate's score is the
+hypervolume it would add to the observed front with an optimistic metric (ensemble mean +
+`explore` x spread) and, for a cost measured only by training (latency), the best value
+observed so far (as optimistic), plus a tiny floor so that no candidate has zero odds.
+Without `cost_fn` the score is the predicted metric itself, as in MFAS. `ask()` serves a queue; an empty queue builds
 the next batch from whatever has been told so far.
 
 Training settings (when the space searches them) are part of a candidate: level-0 specs
@@ -24,10 +25,13 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 
-from search.pareto import default_reference, non_dominated_sort, objective_matrix
+from search import objectives as _objectives
+from search.objectives import Objective
+from search.pareto import non_dominated_sort
 from search.strategies._base import CostFn, Strategy
 from search.strategies._pools import one_cell_pool, position_pool, sampled_train, varied_train
 from search.strategies._sampling import SIGMA, T0, TF, hypervolume_gains, sample_k, temperature
@@ -48,6 +52,7 @@ class MFASStrategy(Strategy):
         seed: int,
         budget: int | None = None,
         cost_fn: CostFn | None = None,
+        objectives: Sequence[Objective] | None = None,
         batch_size: int = 15,
         top_k: int | None = None,
         initial: int | None = None,
@@ -59,7 +64,7 @@ class MFASStrategy(Strategy):
         sigma: float = SIGMA,
         surrogate_steps: int = 200,
     ) -> None:
-        super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn)
+        super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn, objectives=objectives)
         if batch_size < 1 or max_candidates < 1:
             raise ValueError("mfas: batch_size and max_candidates must be >= 1")
         self.batch_size, self.top_k = batch_size, top_k or batch_size
@@ -76,7 +81,7 @@ class MFASStrategy(Strategy):
         self.surrogate = Surrogate(space.encode_length, seed=seed, steps=surrogate_steps)
         self._fitted_on = -1
         self.fit_losses: list[float] = []
-        self._costs: dict[str, tuple[float, float]] = {}
+        self._costs: dict[str, dict[str, float]] = {}
         self._ref: np.ndarray | None = None
         self.batches: list[dict[str, float]] = []  # one record per batch built: round, level, size, temperature
 
@@ -121,22 +126,25 @@ class MFASStrategy(Strategy):
             self._level, self._round = 0, self._round + 1
 
     # ---- candidates -------------------------------------------------------------------
-    def _successes(self) -> list[tuple[ArchSpec, float, float, float]]:
-        """(spec, accuracy, params, flops) of every spec whose latest result succeeded, in ask order."""
+    def _successes(self) -> list[tuple[ArchSpec, float, dict[str, float]]]:
+        """(spec, score, raw objective values) of every spec whose latest result succeeded, in ask order."""
         return [
-            (spec, r.accuracy, r.params, r.flops)
+            (spec, r.score, dict(r.values))
             for aid, spec in self._asked.items()
             if (r := self.results.get(aid)) is not None
         ]
 
+    def _matrix(self, rows: list[dict[str, float]]) -> np.ndarray:
+        cols = {o.name: [r[o.name] for r in rows] for o in self.objectives}
+        return _objectives.minimised(cols, self.objectives).reshape(len(rows), len(self.objectives))
+
     def _top(self, min_cells: int, stages: tuple[str, ...] = ("hybrid",)) -> list[ArchSpec]:
-        """The top-K observed specs of `stages` with at least `min_cells` cells: by front rank, then accuracy."""
+        """The top-K observed specs of `stages` with at least `min_cells` cells: by front rank, then score."""
         rows = [row for row in self._successes() if row[0].stage in stages and len(row[0].cells) >= min_cells]
         if not rows:
             return []
-        _, acc, params, flops = zip(*rows, strict=True)
-        ranks = non_dominated_sort(objective_matrix(acc, params, flops))
-        order = sorted(range(len(rows)), key=lambda i: (ranks[i], -acc[i], rows[i][0].candidate_id))
+        ranks = non_dominated_sort(self._matrix([r[2] for r in rows]))
+        order = sorted(range(len(rows)), key=lambda i: (ranks[i], -rows[i][1], rows[i][0].candidate_id))
         return [rows[i][0] for i in order[: self.top_k]]
 
     def _candidates(self, level: int) -> list[ArchSpec]:
@@ -169,30 +177,36 @@ class MFASStrategy(Strategy):
         scores = self._scores(candidates, mean + self.explore * std, rows)
         return [candidates[i] for i in sample_k(scores, k, temp, self._np_rng)]
 
-    def _scores(self, candidates: list[ArchSpec], accuracy: np.ndarray, rows: list[tuple]) -> np.ndarray:
-        """Sampling scores (>= 0) of candidates with predicted `accuracy`, given observed `rows`."""
+    def _scores(self, candidates: list[ArchSpec], score: np.ndarray, rows: list[tuple]) -> np.ndarray:
+        """Sampling scores (>= 0) of candidates with predicted `score` (the metric, higher is
+        better), given observed `rows`."""
         if self.cost_fn is None:
-            raw = np.maximum(accuracy, 0.0)
+            raw = np.maximum(score, 0.0)
         else:
-            costs = np.array([self._cost(s) for s in candidates])
-            _, acc, params, flops = zip(*rows, strict=True)
-            front = objective_matrix(acc, params, flops)
-            points = objective_matrix(accuracy, costs[:, 0], costs[:, 1])
-            raw = hypervolume_gains(front, points, self._reference(costs, params, flops))
-            if not raw.any():  # the surrogate sees nothing beating the front: fall back to accuracy
-                raw = accuracy - accuracy.min()
+            seen = [r[2] for r in rows]
+            metric = self.objectives[0]
+            guesses = []
+            for spec, sc in zip(candidates, score, strict=True):
+                guess = {metric.name: sc if metric.mode == "max" else -sc, **self._cost(spec)}
+                for o in self.objectives[1:]:  # measured only by training: the best seen, optimistically
+                    if o.name not in guess:
+                        guess[o.name] = min(r[o.name] for r in seen)
+                guesses.append(guess)
+            front, points = self._matrix(seen), self._matrix(guesses)
+            raw = hypervolume_gains(front, points, self._reference(seen + guesses))
+            if not raw.any():  # the surrogate sees nothing beating the front: fall back to the metric
+                raw = score - score.min()
         return raw + self.floor * max(float(raw.max()), 1e-12)
 
-    def _cost(self, spec: ArchSpec) -> tuple[float, float]:
+    def _cost(self, spec: ArchSpec) -> dict[str, float]:
         aid = spec.arch_id  # costs are the architecture's: training settings do not change them
         if aid not in self._costs:
             assert self.cost_fn is not None
-            params, flops = self.cost_fn(spec)
-            self._costs[aid] = (float(params), float(flops))
+            self._costs[aid] = _objectives.costs_of(self.cost_fn(spec))
         return self._costs[aid]
 
-    def _reference(self, costs: np.ndarray, params: tuple, flops: tuple) -> np.ndarray:
+    def _reference(self, rows: list[dict[str, float]]) -> np.ndarray:
         """Fixed hypervolume reference: raised (never lowered) when bigger costs appear."""
-        ref = default_reference(np.append(costs[:, 0], params), np.append(costs[:, 1], flops))
+        ref = _objectives.reference({o.name: [r[o.name] for r in rows] for o in self.objectives}, self.objectives)
         self._ref = ref if self._ref is None else np.maximum(self._ref, ref)
         return self._ref

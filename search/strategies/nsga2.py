@@ -1,4 +1,5 @@
-"""NSGA-II through Optuna: accuracy up, log10 params and log10 FLOPs down.
+"""NSGA-II through Optuna over the run's objectives (by default accuracy up, log10 params and
+log10 FLOPs down), each on its comparison scale (`search.objectives`).
 
 The strategy drives an Optuna study with `ask`/`tell` and the define-by-run mapping of
 `optuna_space.suggest_spec`. A genetic algorithm proposes repeats as the population
@@ -8,13 +9,14 @@ enqueued instead, so that no spec is asked twice before the space is exhausted.
 """
 from __future__ import annotations
 
-import math
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 
 import optuna
 from optuna.trial import TrialState
 
+from search.objectives import Objective
 from search.strategies._base import CostFn, Result, Strategy
 from search.strategies.optuna_space import quiet_optuna, spec_from_params, spec_to_params, suggest_spec
 from spaces.space import SearchSpace
@@ -22,7 +24,7 @@ from spaces.spec import ArchSpec
 
 __all__ = ["NSGA2Strategy", "spec_from_params", "spec_to_params", "suggest_spec"]
 
-DIRECTIONS = ("maximize", "minimize", "minimize")  # accuracy, log10 params, log10 flops
+DIRECTIONS = {"max": "maximize", "min": "minimize"}
 
 
 def default_population(budget: int | None) -> int:
@@ -42,10 +44,11 @@ class NSGA2Strategy(Strategy):
         seed: int,
         budget: int | None = None,
         cost_fn: CostFn | None = None,
+        objectives: Sequence[Objective] | None = None,
         population_size: int | None = None,
         retries: int = 20,
     ) -> None:
-        super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn)
+        super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn, objectives=objectives)
         self.retries = retries
         self._rng = random.Random(seed)
         self._open: defaultdict[str, list[optuna.Trial]] = defaultdict(list)  # candidate_id -> trials awaiting it
@@ -53,7 +56,8 @@ class NSGA2Strategy(Strategy):
             sampler = optuna.samplers.NSGAIISampler(
                 seed=seed, population_size=population_size or default_population(budget)
             )
-            self.study = optuna.create_study(directions=list(DIRECTIONS), sampler=sampler)
+            self.study = optuna.create_study(directions=[DIRECTIONS[o.mode] for o in self.objectives],
+                                             sampler=sampler)
 
     def _propose(self) -> ArchSpec:
         with quiet_optuna():
@@ -91,8 +95,7 @@ class NSGA2Strategy(Strategy):
                 if result is None:
                     self.study.tell(trial, state=TrialState.FAIL)
                 else:
-                    values = [result.accuracy, math.log10(result.params), math.log10(result.flops)]
-                    self.study.tell(trial, values)
+                    self.study.tell(trial, [float(o.values([result.values[o.name]])[0]) for o in self.objectives])
 
     def spec_of(self, trial: optuna.trial.FrozenTrial) -> ArchSpec:
         """The spec a trial of this study chose."""

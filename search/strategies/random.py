@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
+from search.objectives import Objective
 from search.strategies._base import CostFn, Strategy
 from spaces.space import SearchSpace
 from spaces.spec import ArchSpec
@@ -25,9 +27,10 @@ class RandomStrategy(Strategy):
         seed: int,
         budget: int | None = None,
         cost_fn: CostFn | None = None,
+        objectives: Sequence[Objective] | None = None,
         uniform: bool = False,
     ) -> None:
-        super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn)
+        super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn, objectives=objectives)
         self._rng = random.Random(seed)
         self._draw = space.sample_uniform if uniform else space.sample
 
