@@ -11,7 +11,7 @@ from typing import Any
 from search import cli_report
 from search.datasets import DataError
 from spaces import ConfigError
-from spaces._yaml_errors import in_file
+from spaces.yaml_errors import in_file
 
 
 class UsageError(ValueError):
@@ -161,8 +161,17 @@ def _print_front(store: Any, trials: list) -> None:
         print(summary_line(cmp))
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a commented starter config (read from `--data` when given)."""
+    from search.starter import write_starter
+
+    path = write_starter(args.out, args.data, args.force)
+    print(f"wrote {path}; next: fusion-nas space {path}, then fusion-nas search {path}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "ops": cmd_ops, "space": cmd_space, "search": cmd_search, "show": cmd_show,
+    "ops": cmd_ops, "space": cmd_space, "search": cmd_search, "show": cmd_show, "init": cmd_init,
 }
 COMMANDS.update(cli_report.COMMANDS)
 
@@ -174,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     search = sub.add_parser("search", help="search a config's space; prints the Pareto front")
     search.add_argument("config", nargs="?", help="the run's YAML config")
-    search.add_argument("--strategy", choices=["mfas", "nsga2", "random", "grid"])
+    search.add_argument("--strategy", help="a registered strategy (default: the config's); "
+                        "plugins' strategies too, so the name is checked with the config")
     search.add_argument("--num-samples", type=int, help="candidates to train")
     search.add_argument("--name", help="run name (default: the config's)")
     search.add_argument("--seed", type=int)
@@ -184,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="the Pareto front of a run, as a table")
     show.add_argument("run", metavar="RUN_DIR")
     sub.add_parser("ops", help="list fusion operators and their arguments")
+    init = sub.add_parser("init", help="write a commented starter config (from your data with --data)")
+    init.add_argument("--data", metavar="FILE", help="an .npz: one array per modality, y, optional split")
+    init.add_argument("--out", default="fusion-nas.yaml", help="where to write it (default: fusion-nas.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
     cli_report.add_parsers(sub)
     space = sub.add_parser("space", help="size of a config's search space, and samples")
     space.add_argument("config")

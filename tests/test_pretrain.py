@@ -87,7 +87,7 @@ def test_a_configured_modality_missing_from_the_data_is_named(dataset, tmp_path)
 
 def test_a_modality_without_a_config_gets_a_default_backbone_by_shape():
     assert P.default_backbone((7,)).kind == "mlp"
-    assert P.default_backbone((8, 8)).kind == "cnn2d"
+    assert P.default_backbone((8, 8)).kind == "conv1d" and P.default_backbone((1, 8, 8)).kind == "cnn2d"
     cfg = BackbonesConfig.from_dict({"modalities": {"a": {"kind": "gru"}}})
     assert cfg.backbone_for("a", (5, 3)).kind == "gru" and cfg.backbone_for("b", (5,)).kind == "mlp"
 
