@@ -19,14 +19,20 @@ class UsageError(ValueError):
 
 
 def cmd_ops(args: argparse.Namespace) -> int:
-    """List the fusion operators and their arguments."""
-    from fusion_ops import fusion_args, fusion_class, list_fusions
+    """List the fusion operators and their arguments, then the other registries' names."""
+    from fusion_ops import fusion_args, fusion_class, list_backbones, list_fusions
+    from search.datasets import list_datasets
+    from search.strategies import list_strategies
 
     for name in list_fusions():
         doc = (fusion_class(name).__doc__ or "").strip().splitlines()[0]
         print(f"{name}: {doc}")
         for arg in fusion_args(name):
             print(f"    {arg.describe()}")
+    # every name comes from a registry: a plugin's entries are listed with the built-in ones
+    print(f"backbones: {', '.join(list_backbones())}")
+    print(f"strategies: {', '.join(list_strategies())}")
+    print(f"datasets: {', '.join(list_datasets())}")
     return 0
 
 

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from fusion_ops import BackboneConfig, build_backbone, build_model, create_fusion, fusion_class, lengths_key, list_fusions
+from fusion_ops import (
+    BackboneConfig,
+    build_backbone,
+    build_model,
+    create_fusion,
+    fusion_class,
+    lengths_key,
+    list_fusions,
+)
 from fusion_ops.base import takes_masks
 from search.datasets import DataError, load_dataset
 from search.taps import TapCache

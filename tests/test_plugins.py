@@ -3,6 +3,7 @@ entry points, and the one-line errors for each way they can be wrong."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -190,3 +191,29 @@ def test_entry_points_register_installed_plugins(tmp_path, monkeypatch):
     assert datasets.names() == ["my_data"] and datasets.get("my_data")({}) == "loaded"
     with pytest.raises(PluginError, match=r"entry point fusion_nas.ops:bad_op \(ep_missing_module:Op\) failed"):
         Registry("fusion operator", "ops").names()
+
+
+def _table_names(text: str, heading: str) -> list[str]:
+    """The first-column names of the markdown table under `heading`."""
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([a-z_0-9]+)` \|", section, re.M)
+
+
+def test_the_readme_tables_list_exactly_the_registered_names():
+    """The README's operator and data tables, and its backbone line, follow the registries."""
+    from fusion_ops import list_backbones
+    from search.datasets import list_datasets
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    builtin_ops = [n for n in list_fusions() if n != "plugin_sum"]
+    assert sorted(_table_names(text, "## Fusion operators")) == builtin_ops
+    assert sorted(_table_names(text, "## Data\n")) == list_datasets()
+    line = next(ln for ln in text.splitlines() if "mlp: widths" in ln)
+    assert all(f"{kind}:" in line or f"{kind}/" in line or f"/{kind}" in line for kind in list_backbones()), line
+
+
+def test_fusion_nas_ops_lists_every_registry(capsys):
+    assert main(["ops"]) == 0
+    out = capsys.readouterr().out
+    assert "backbones: cnn2d, conv1d, gru, mlp, python" in out and "datasets: av_digits" in out
+    assert "strategies: grid, mfas, nsga2, random" in out
