@@ -11,7 +11,7 @@ from fusion_ops.backbones import BackboneConfig
 from search.datasets import load_dataset
 from search.pretrain import BackbonesConfig, PretrainConfig, pretrain_backbones
 from search.train import TrainConfig
-from spaces._yaml_errors import ConfigError
+from spaces import ConfigError
 
 DATA = {"kind": "planted", "task": "additive", "n_train": 600, "n_test": 200, "d": 6, "seed": 1}
 MODS = {"m1": {"kind": "mlp", "widths": [8, 4]}, "m2": {"kind": "mlp", "widths": [8]}}
