@@ -19,10 +19,11 @@ class Progress:
     """`trials 7/24 | best val 0.912 | front 4 | HV 1.83 | 0:42` — one line, redrawn in a
     terminal, one line per trial otherwise (logs stay readable)."""
 
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        # sys.stdout read now, not at import: it may have been replaced since (pytest's capture, a notebook)
+        self.stream = stream if stream is not None else sys.stdout
         self.start = time.monotonic()
-        self.live = stream.isatty()
+        self.live = self.stream.isatty()
 
     def __call__(self, done: int, total: int, best: float | None, front: int, hv: float, confirm: int = 0) -> None:
         secs = int(time.monotonic() - self.start)
