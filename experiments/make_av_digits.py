@@ -228,7 +228,7 @@ def main() -> None:
     """CLI entry point."""
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=here / "data" / "av_digits.npz")
+    ap.add_argument("--out", type=Path, default=here.parent / "search" / "datasets" / "data" / "av_digits.npz")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--check", action="store_true", help="fit sklearn classifiers and print accuracies")
     args = ap.parse_args()

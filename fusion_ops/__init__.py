@@ -7,6 +7,7 @@ Public API::
     fusion_args(name) -> tuple[Arg, ...]
     count_params(module) -> int;  count_flops(module, *inputs) -> int
     build_backbone(cfg, input_shape) -> Backbone      (per-modality encoders with taps)
+    register_fusion(name) / register_backbone(name, kind): extension points (see spaces.registry)
     build_model(spec, backbones, num_classes) -> FusionModel
     candidate_cost(spec, backbones, num_classes) -> params/FLOPs, total and fusion-only
 """
@@ -22,12 +23,29 @@ from fusion_ops import (  # noqa: F401
     low_rank,
     memory,
     ptp,
+    python_backbone,
     shared_private,
     tensor,
 )
-from fusion_ops._base import FusionOp
-from fusion_ops._registry import create_fusion, fusion_args, fusion_class, list_fusions, register_fusion
-from fusion_ops.backbones import Backbone, BackboneConfig, UnimodalClassifier, build_backbone
+from fusion_ops._registry import (
+    OPERATORS,
+    create_fusion,
+    fusion_args,
+    fusion_class,
+    list_fusions,
+    register_fusion,
+)
+from fusion_ops.backbones import (
+    BACKBONE_KINDS,
+    Backbone,
+    BackboneConfig,
+    BackboneKind,
+    UnimodalClassifier,
+    build_backbone,
+    list_backbones,
+    register_backbone,
+)
+from fusion_ops.base import FusionOp, auxiliary_loss, lengths_key, masked_mean
 from fusion_ops.cost import count_flops, count_params
 from fusion_ops.load import load_model
 from fusion_ops.model import (
@@ -41,7 +59,15 @@ from fusion_ops.model import (
 )
 
 __all__ = [
+    "BACKBONE_KINDS",
+    "OPERATORS",
     "Backbone",
+    "BackboneKind",
+    "auxiliary_loss",
+    "lengths_key",
+    "list_backbones",
+    "masked_mean",
+    "register_backbone",
     "BackboneConfig",
     "FusionHead",
     "FusionModel",

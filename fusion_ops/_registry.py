@@ -1,15 +1,20 @@
-"""Name -> operator class registry (`@register_fusion`, `create_fusion`)."""
+"""Name -> operator class registry (`@register_fusion`, `create_fusion`), a `spaces.registry.Registry`.
+
+Third-party operators register with the same decorator from their own module, imported
+by a config's `plugins:` list or by an entry point of group `fusion_nas.ops`.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from spaces.args import Arg, resolve_args
+from spaces.registry import Registry
 
 if TYPE_CHECKING:
-    from fusion_ops._base import FusionOp
+    from fusion_ops.base import FusionOp
 
-_REGISTRY: dict[str, type[FusionOp]] = {}
+OPERATORS: Registry[type[FusionOp]] = Registry("fusion operator", "ops")
 T = TypeVar("T", bound="type[FusionOp]")
 
 
@@ -17,10 +22,8 @@ def register_fusion(name: str) -> Callable[[T], T]:
     """Class decorator: register a `FusionOp` subclass under `name` (duplicates raise)."""
 
     def deco(cls: T) -> T:
-        if name in _REGISTRY:
-            raise ValueError(f"fusion operator {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        OPERATORS.add(name, cls)
         cls.NAME = name
-        _REGISTRY[name] = cls
         return cls
 
     return deco
@@ -28,15 +31,12 @@ def register_fusion(name: str) -> Callable[[T], T]:
 
 def list_fusions() -> list[str]:
     """Names of all registered fusion operators, sorted."""
-    return sorted(_REGISTRY)
+    return OPERATORS.names()
 
 
 def fusion_class(name: str) -> type[FusionOp]:
     """The class registered as `name`; an unknown name raises listing the known ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown fusion operator {name!r}; known: {', '.join(list_fusions())}") from None
+    return OPERATORS.get(name)
 
 
 def fusion_args(name: str) -> tuple[Arg, ...]:

@@ -29,16 +29,20 @@ class Block(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(mlp_ratio * dim, dim)
 
-    def attention(self, x: Tensor) -> Tensor:
-        """Multi-head self-attention over all `S` tokens: `(B, S, D) -> (B, S, D)`."""
+    def attention(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """Multi-head self-attention over all `S` tokens (`key_mask` `(B, S)`: only True keys
+        are attended to): `(B, S, D) -> (B, S, D)`."""
         b, s, d = x.shape
         hd = d // self.heads
         qkv = self.qkv(x).view(b, s, 3, self.heads, hd).permute(2, 0, 3, 1, 4)  # (3, B, h, S, hd)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        weights = ((q @ k.transpose(-2, -1)) * hd**-0.5).softmax(dim=-1)  # (B, h, S, S)
+        logits = (q @ k.transpose(-2, -1)) * hd**-0.5  # (B, h, S, S)
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        weights = logits.softmax(dim=-1)
         out = (weights @ v).transpose(1, 2).reshape(b, s, d)  # (B, S, D)
         return self.proj(out)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attention(self.norm1(x))
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        x = x + self.attention(self.norm1(x), key_mask)
         return x + self.fc2(self.act(self.fc1(self.norm2(x))))

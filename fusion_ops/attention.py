@@ -6,8 +6,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from fusion_ops._base import FusionOp
 from fusion_ops._registry import register_fusion
+from fusion_ops.base import FusionOp
 from spaces.args import Arg
 
 DEFAULT_DIM = 16
@@ -35,18 +35,24 @@ class AttentionFusion(FusionOp):
         self.v = nn.Linear(d, 1, bias=False)  # v in s = vᵀ tanh(W p)
         self.out = nn.Linear(d, out_dim)
 
-    def _attend(self, feats: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def _attend(self, feats: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Weights `α` `(B, N)` and projected candidates `p` `(B, N, dim)`, N = Σ_m T_m."""
-        p = torch.cat([lin(x) for lin, x in zip(self.proj, self.tokens(feats), strict=True)], dim=1)  # (B, N, d)
+        tokens = self.tokens(feats)
+        p = torch.cat([lin(x) for lin, x in zip(self.proj, tokens, strict=True)], dim=1)  # (B, N, d)
         scores = self.v(torch.tanh(self.w(p))).squeeze(-1)  # (B, N)
+        real = self.token_masks(tokens, masks)
+        if real is not None:  # padding gets weight exactly 0
+            scores = scores.masked_fill(~torch.cat(real, dim=1), float("-inf"))
         return torch.softmax(scores, dim=1), p
 
-    def weights(self, feats: Mapping[str, Tensor]) -> Tensor:
+    def weights(self, feats: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> Tensor:
         """Attention weights `(B, N)` over the candidates, modalities in sorted order, tokens in order."""
-        return self._attend(feats)[0]
+        return self._attend(feats, masks)[0]
 
-    def forward(self, feats: Mapping[str, Tensor]) -> Tensor:
-        alpha, p = self._attend(feats)
+    def forward(self, feats: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> Tensor:
+        alpha, p = self._attend(feats, masks)
+        if masks:
+            p = p.masked_fill(alpha.unsqueeze(-1) == 0, 0.0)  # a padded token's value never enters (0 * inf)
         # a batched matrix product, so the weighted sum is counted as 2 N d FLOPs
         fused = torch.bmm(alpha.unsqueeze(1), p).squeeze(1)  # (B, 1, N) @ (B, N, d) -> (B, d)
         return self.out(fused)

@@ -3,7 +3,8 @@
 A backbone is a chain of blocks. `forward_taps(x)` returns tap 0 = the raw input
 and tap k = block k's output, each either a vector `(B, d)` or tokens `(B, T, d)`;
 the last tap is always the pooled embedding `(B, embed_dim)`, so late fusion fuses
-embeddings. Kinds, chosen by name from a table:
+embeddings. Kinds are registered by name in `BACKBONE_KINDS` (a `spaces.registry.Registry`;
+`python`, an encoder from user code, lives in `fusion_ops/python_backbone.py`):
 
 | kind   | input          | block                              | tap 0      | inner taps      |
 |--------|----------------|------------------------------------|------------|-----------------|
@@ -14,70 +15,28 @@ embeddings. Kinds, chosen by name from a table:
 
 The last block is pooled: global average (cnn2d, conv1d), final hidden state (gru).
 No normalisation layers: outputs do not depend on batch composition or mode.
+Sequence kinds (conv1d, gru) take per-sample `lengths` of padded inputs: padded steps
+are zeroed after every block, and neither the valid tokens nor the pooled embedding
+depend on how much padding follows a sequence.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from itertools import pairwise
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-# kind -> (name of its size list in a config, default sizes)
-SIZE_KEYS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "cnn2d": ("channels", (8, 16)),
-    "conv1d": ("channels", (16, 32)),
-    "gru": ("hidden", (32,)),
-    "mlp": ("widths", (64, 32)),
-}
-
-
-def _check_kind(kind: Any, label: str) -> str:
-    if not isinstance(kind, str) or kind not in SIZE_KEYS:
-        raise ValueError(f"{label}: unknown backbone {kind!r}; known: {', '.join(sorted(SIZE_KEYS))}")
-    return kind
-
-
-def _check_sizes(sizes: Any, label: str) -> tuple[int, ...]:
-    if (
-        not isinstance(sizes, (list, tuple))
-        or not sizes
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes)
-    ):
-        raise ValueError(f"{label}: expected a non-empty list of positive integers, got {sizes!r}")
-    return tuple(sizes)
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """`kind` (cnn2d | conv1d | gru | mlp) and the widths of its blocks, one per block
-    (`channels`, `hidden` or `widths` in a config dict, by kind)."""
-
-    kind: str
-    sizes: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        _check_kind(self.kind, "BackboneConfig.kind")
-        object.__setattr__(self, "sizes", _check_sizes(self.sizes, "BackboneConfig.sizes"))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "backbone") -> BackboneConfig:
-        """Validated config; errors name the key path, e.g. `backbones.audio.kind: ...`."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"{where}: expected a mapping with a 'kind', got {d!r}")
-        kind = _check_kind(d.get("kind"), f"{where}.kind")
-        key, default = SIZE_KEYS[kind]
-        unknown = sorted(set(d) - {"kind", key})
-        if unknown:
-            raise ValueError(f"{where}.{unknown[0]}: unknown key for a {kind} backbone; known: kind, {key}")
-        return cls(kind, _check_sizes(d.get(key, default), f"{where}.{key}"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, SIZE_KEYS[self.kind][0]: list(self.sizes)}
+from fusion_ops.backbone_config import (  # noqa: F401 - re-exported: the config side of a backbone
+    BACKBONE_KINDS,
+    BackboneConfig,
+    BackboneKind,
+    list_backbones,
+    register_backbone,
+)
 
 
 class Backbone(nn.Module):
@@ -89,6 +48,7 @@ class Backbone(nn.Module):
     """
 
     KIND: ClassVar[str] = ""
+    SEQUENCE: ClassVar[bool] = False  # takes per-sample `lengths` of padded (T, F) inputs
 
     def __init__(self, input_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -138,26 +98,74 @@ class Backbone(nn.Module):
     def as_tap(self, state: Tensor) -> Tensor:
         return state
 
-    def pool(self, state: Tensor) -> Tensor:
+    def pool(self, state: Tensor, lengths: Tensor | None = None) -> Tensor:
         return state
 
-    def forward_taps(self, x: Tensor) -> list[Tensor]:
-        """`(B, *input_shape)` -> `len(blocks) + 1` taps, each `(B, d)` or `(B, T, d)`."""
+    # ---- padded sequences (SEQUENCE kinds): a block's state keeps zeros past each sample's length
+    def run_block(self, k: int, block: nn.Module, state: Tensor, lengths: Tensor | None) -> Tensor:
+        return block(state)
+
+    def next_lengths(self, k: int, lengths: Tensor) -> Tensor:
+        """Valid steps after block `k` (1-based), from the valid steps before it."""
+        return lengths
+
+    def mask_state(self, state: Tensor, lengths: Tensor) -> Tensor:
+        return state
+
+    def tap_lengths(self, lengths: Tensor | None) -> list[Tensor | None]:
+        """Valid tokens of each tap per sample (None for a vector tap, or without lengths)."""
+        if lengths is None:
+            return [None] * len(self.tap_shapes)
+        out: list[Tensor | None] = [lengths]
+        for k in range(1, len(self.tap_shapes)):
+            lengths = self.next_lengths(k, lengths)
+            out.append(lengths if len(self.tap_shapes[k]) == 2 else None)
+        if len(self.tap_shapes[0]) != 2:
+            out[0] = None
+        return out
+
+    def forward_taps(self, x: Tensor, lengths: Tensor | None = None) -> list[Tensor]:
+        """`(B, *input_shape)` -> `len(blocks) + 1` taps, each `(B, d)` or `(B, T, d)`.
+
+        `lengths` `(B,)`: valid steps of padded `(T, F)` inputs (sequence kinds only); the
+        steps past them never change a tap's valid tokens or the pooled embedding.
+        """
         if tuple(x.shape[1:]) != self.input_shape:
             expected = ", ".join(map(str, ("B", *self.input_shape)))
             raise ValueError(f"{self.KIND} backbone: expected inputs ({expected}), got {tuple(x.shape)}")
+        if lengths is not None:
+            if not self.SEQUENCE:
+                raise ValueError(f"{self.KIND} backbone: cannot read padded sequences (lengths given); "
+                                 "use a sequence backbone (conv1d, gru)")
+            x = zero_padding(x, lengths)
         taps = [self.raw_tap(x)]
         if not len(self.blocks):  # a lean backbone of depth 0: the raw input is all it gives
             return taps
         state = self.prepare(x)
         for k, block in enumerate(self.blocks, start=1):
-            state = block(state)
-            taps.append(self.pool(state) if k == self.full_depth else self.as_tap(state))
+            state = self.run_block(k, block, state, lengths)
+            if lengths is not None:
+                lengths = self.next_lengths(k, lengths)
+                state = self.mask_state(state, lengths)
+            taps.append(self.pool(state, lengths) if k == self.full_depth else self.as_tap(state))
         return taps
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """`(B, *input_shape)` -> embedding `(B, embed_dim)` (the last tap)."""
-        return self.forward_taps(x)[-1]
+        return self.forward_taps(x, lengths)[-1]
+
+
+def step_mask(lengths: Tensor, steps: int) -> Tensor:
+    """`(B,)` lengths -> `(B, steps)` bool, True on the valid (leading) steps."""
+    return torch.arange(steps, device=lengths.device) < lengths.reshape(-1, 1)
+
+
+def zero_padding(x: Tensor, lengths: Tensor, dim: int = 1) -> Tensor:
+    """`x` with the steps along `dim` past each sample's length set to 0."""
+    mask = step_mask(lengths, x.shape[dim])  # (B, T)
+    shape = [x.shape[0]] + [1] * (x.dim() - 1)
+    shape[dim] = x.shape[dim]
+    return x * mask.reshape(shape).to(x.dtype)
 
 
 class MLPBackbone(Backbone):
@@ -198,20 +206,37 @@ class CNN2dBackbone(Backbone):
     def as_tap(self, state: Tensor) -> Tensor:
         return state.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
 
-    def pool(self, state: Tensor) -> Tensor:
+    def pool(self, state: Tensor, lengths: Tensor | None = None) -> Tensor:
         return state.mean(dim=(2, 3))  # (B, C)
 
 
 class Conv1dBackbone(Backbone):
     KIND = "conv1d"
+    SEQUENCE = True
 
     def __init__(self, input_shape: tuple[int, ...], channels: tuple[int, ...]) -> None:
         super().__init__(input_shape)
         t, c = input_shape
+        self.kernels: list[int] = []
         for out in channels:
             kernel = 2 if t >= 2 else 1
+            self.kernels.append(kernel)
             self.blocks.append(nn.Sequential(nn.Conv1d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool1d(kernel)))
             c, t = out, t // kernel
+
+    def run_block(self, k: int, block: nn.Module, state: Tensor, lengths: Tensor | None) -> Tensor:
+        if lengths is None:
+            return block(state)
+        conv, relu, pool = block
+        # zero the padded steps before pooling: after the ReLU a 0 never wins a max
+        return pool(zero_padding(relu(conv(state)), lengths, dim=2))
+
+    def next_lengths(self, k: int, lengths: Tensor) -> Tensor:
+        # a pooled step is valid when both its inputs are (the unpadded sequence drops an odd tail too)
+        return lengths if self.kernels[k - 1] == 1 else torch.clamp(lengths // 2, min=1)
+
+    def mask_state(self, state: Tensor, lengths: Tensor) -> Tensor:
+        return zero_padding(state, lengths, dim=2)  # (B, C, T)
 
     def raw_tap(self, x: Tensor) -> Tensor:
         return x  # (B, T, F) tokens
@@ -222,8 +247,10 @@ class Conv1dBackbone(Backbone):
     def as_tap(self, state: Tensor) -> Tensor:
         return state.transpose(1, 2)  # (B, C, T) -> (B, T, C)
 
-    def pool(self, state: Tensor) -> Tensor:
-        return state.mean(dim=2)  # (B, C)
+    def pool(self, state: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if lengths is None:
+            return state.mean(dim=2)  # (B, C)
+        return state.sum(dim=2) / lengths.reshape(-1, 1).to(state.dtype)  # padding is 0: mean of valid steps
 
 
 class _GRULayer(nn.Module):
@@ -239,6 +266,7 @@ class _GRULayer(nn.Module):
 
 class GRUBackbone(Backbone):
     KIND = "gru"
+    SEQUENCE = True
 
     def __init__(self, input_shape: tuple[int, ...], hidden: tuple[int, ...]) -> None:
         super().__init__(input_shape)
@@ -248,17 +276,24 @@ class GRUBackbone(Backbone):
     def raw_tap(self, x: Tensor) -> Tensor:
         return x  # (B, T, F) tokens
 
-    def pool(self, state: Tensor) -> Tensor:
-        return state[:, -1]  # final hidden state (B, h)
+    def pool(self, state: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if lengths is None:
+            return state[:, -1]  # final hidden state (B, h)
+        return state[torch.arange(state.shape[0]), lengths.long() - 1]  # the state at each sample's last step
+
+    def mask_state(self, state: Tensor, lengths: Tensor) -> Tensor:
+        return zero_padding(state, lengths, dim=1)  # causal: valid steps never saw the padding
 
 
-# kind -> (constructor(input_shape, sizes), legal input ranks (None: any), what they mean)
-BACKBONES: dict[str, tuple[Callable[[tuple[int, ...], tuple[int, ...]], Backbone], tuple[int, ...] | None, str]] = {
-    "cnn2d": (CNN2dBackbone, (2, 3), "(H, W) or (C, H, W)"),
-    "conv1d": (Conv1dBackbone, (2,), "(T, F)"),
-    "gru": (GRUBackbone, (2,), "(T, F)"),
-    "mlp": (MLPBackbone, None, "of any shape"),
-}
+for _name, _cls, _ranks, _expected, _key, _sizes in (
+    ("cnn2d", CNN2dBackbone, (2, 3), "(H, W) or (C, H, W)", "channels", (8, 16)),
+    ("conv1d", Conv1dBackbone, (2,), "(T, F)", "channels", (16, 32)),
+    ("gru", GRUBackbone, (2,), "(T, F)", "hidden", (32,)),
+    ("mlp", MLPBackbone, None, "of any shape", "widths", (64, 32)),
+):
+    register_backbone(_name, BackboneKind(
+        lambda shape, cfg, cls=_cls: cls(shape, cfg.sizes), _ranks, _expected, _key, _sizes,
+        sequence=_cls.SEQUENCE))
 
 
 @contextlib.contextmanager
@@ -281,12 +316,12 @@ def build_backbone(
     cfg: BackboneConfig, input_shape: tuple[int, ...], generator: torch.Generator | None = None
 ) -> Backbone:
     """A `cfg.kind` backbone for per-sample inputs of `input_shape`, tap shapes computed."""
-    cls, ranks, expected = BACKBONES[cfg.kind]
+    kind = BACKBONE_KINDS.get(cfg.kind)
     shape = tuple(int(s) for s in input_shape)
-    if not shape or (ranks is not None and len(shape) not in ranks) or any(s < 1 for s in shape):
-        raise ValueError(f"{cfg.kind} backbone: inputs must be {expected} per sample, got shape {shape}")
+    if not shape or (kind.ranks is not None and len(shape) not in kind.ranks) or any(s < 1 for s in shape):
+        raise ValueError(f"{cfg.kind} backbone: inputs must be {kind.expected} per sample, got shape {shape}")
     with seeded_init(generator):
-        backbone = cls(shape, cfg.sizes)
+        backbone = kind.build(shape, cfg)
     backbone._finish()
     return backbone
 
@@ -300,6 +335,6 @@ class UnimodalClassifier(nn.Module):
         with seeded_init(generator):
             self.classifier = nn.Linear(backbone.embed_dim, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """`(B, *input_shape)` -> logits `(B, num_classes)`."""
-        return self.classifier(self.backbone(x))
+        return self.classifier(self.backbone(x, lengths))

@@ -16,9 +16,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from fusion_ops._base import FusionOp
 from fusion_ops._registry import register_fusion
 from fusion_ops._transformer import Block
+from fusion_ops.base import FusionOp
 from spaces.args import Arg
 
 
@@ -76,14 +76,19 @@ class BottleneckFusion(FusionOp):
         nn.init.normal_(self.cls, std=0.02)
         nn.init.normal_(self.bottleneck, std=0.02)
 
-    def forward_tokens(self, feats: Mapping[str, Tensor], bottleneck_hook: BottleneckHook | None = None) -> list[TokenState]:
+    def forward_tokens(self, feats: Mapping[str, Tensor], bottleneck_hook: BottleneckHook | None = None,
+                       masks: Mapping[str, Tensor] | None = None) -> list[TokenState]:
         """Token states after 0, 1, ..., `layers` layers (`layers + 1` entries).
 
         `bottleneck_hook(layer, b)`, if given, replaces the bottleneck that enters
-        each fusing layer; tests use it to cut the only cross-modal path.
+        each fusing layer; tests use it to cut the only cross-modal path. `masks`:
+        padded tokens are never attended to (their own states are left as they come).
         """
         tokens = self.tokens(feats)
         batch = tokens[0].shape[0]
+        real = self.token_masks(tokens, masks)
+        # key masks: the class token (and later the bottleneck) is always real
+        keys = None if real is None else [torch.cat([r.new_ones(batch, 1), r], dim=1) for r in real]
         xs = [
             torch.cat([self.cls[i].expand(batch, 1, -1), proj(x)], dim=1)  # (B, 1 + T_m, D)
             for i, (proj, x) in enumerate(zip(self.proj, tokens, strict=True))
@@ -92,26 +97,29 @@ class BottleneckFusion(FusionOp):
         states = [TokenState(xs, b)]
         for layer in range(self.args["layers"]):
             if layer < self.args["fusion_layer"]:
-                xs = [blocks[layer](x) for blocks, x in zip(self.blocks, xs, strict=True)]
+                xs = [blocks[layer](x, None if keys is None else keys[i])
+                      for i, (blocks, x) in enumerate(zip(self.blocks, xs, strict=True))]
             else:
                 if bottleneck_hook is not None:
                     b = bottleneck_hook(layer, b)
-                xs, b = self._fuse(layer, xs, b)
+                xs, b = self._fuse(layer, xs, b, keys)
             states.append(TokenState(xs, b))
         return states
 
-    def _fuse(self, layer: int, xs: list[Tensor], b: Tensor) -> tuple[list[Tensor], Tensor]:
+    def _fuse(self, layer: int, xs: list[Tensor], b: Tensor,
+              keys: list[Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
         """One fusing layer: each modality attends over `cat(x_m, b)`; `b` <- mean of updates."""
         new_xs, new_bs = [], []
-        for blocks, x in zip(self.blocks, xs, strict=True):
+        for i, (blocks, x) in enumerate(zip(self.blocks, xs, strict=True)):
             t = x.shape[1]
-            out = blocks[layer](torch.cat([x, b], dim=1))  # (B, t + n_b, D)
+            key = None if keys is None else torch.cat([keys[i], keys[i].new_ones(b.shape[:2])], dim=1)
+            out = blocks[layer](torch.cat([x, b], dim=1), key)  # (B, t + n_b, D)
             new_xs.append(out[:, :t])
             new_bs.append(out[:, t:])
         return new_xs, torch.stack(new_bs).mean(dim=0)  # (B, n_b, D)
 
-    def forward(self, feats: Mapping[str, Tensor]) -> Tensor:
-        xs, b = self.forward_tokens(feats)[-1]
+    def forward(self, feats: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> Tensor:
+        xs, b = self.forward_tokens(feats, masks=masks)[-1]
         pooled = [self.norms[i](x[:, 0]) for i, x in enumerate(xs)]  # class tokens, (B, D) each
         # pool before the norm: in late fusion `b` is a view of a parameter, which
         # FlopCounterMode's module tracker rejects as a module input under no_grad

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from fusion_ops._base import FusionOp
 from fusion_ops._registry import register_fusion
+from fusion_ops.base import FusionOp
 from spaces.args import Arg
 
 DEFAULT_DIM = 16

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, bmm_flop, sdpa_flop_count
 
-from fusion_ops._base import FusionOp
+from fusion_ops.base import FusionOp
 
 aten = torch.ops.aten
 

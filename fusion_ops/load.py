@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from fusion_ops.backbones import BackboneConfig, build_backbone
+from fusion_ops.base import lengths_key
 from fusion_ops.model import FusionModel, build_model
 from spaces.spec import ArchSpec
 
@@ -49,6 +50,7 @@ class ExportedModel(nn.Module):
     ignored) -> `(B, outputs)`: class logits (`classes[i]` is class i's label in the data),
     per-label logits (multilabel), or predictions in the targets' units (regression: the
     model's standardised outputs times `target_std` plus `target_mean`).
+    A padded sequence modality takes its valid lengths `(B,)` as `inputs[m + ":lengths"]`.
     """
 
     def __init__(self, model: FusionModel, mean: Mapping[str, Any], std: Mapping[str, Any],
@@ -88,6 +90,8 @@ class ExportedModel(nn.Module):
         for i, m in enumerate(self.modalities):
             x = torch.as_tensor(inputs[m], dtype=torch.float32)
             out[m] = (x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")
+            if lengths_key(m) in inputs:  # padded sequences: the backbone zeroes the padding itself
+                out[lengths_key(m)] = torch.as_tensor(inputs[lengths_key(m)], dtype=torch.long)
         return out
 
     def forward(self, inputs: Mapping[str, Any]) -> Tensor:

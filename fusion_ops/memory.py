@@ -37,8 +37,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from fusion_ops._base import FusionOp
 from fusion_ops._registry import register_fusion
+from fusion_ops.base import FusionOp
 from spaces.args import Arg
 
 DEFAULT_HIDDEN = 16
@@ -52,6 +52,20 @@ def align_steps(x: Tensor, steps: int) -> Tensor:
         return x
     index = torch.arange(steps, device=x.device) * t // steps
     return x.index_select(1, index)
+
+
+def _align_per_sample(projected: list[Tensor], lengths: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """Per-sample nearest-index alignment of padded sequences: `(B, steps, k)` per modality and
+    `active` `(B, steps)` bool, with `T_b = max_m L_mb` steps for sample b and `steps = max_b T_b`."""
+    lens = torch.stack(lengths, dim=1).clamp(min=1)  # (B, M)
+    total = lens.max(dim=1).values  # (B,) = T_b
+    steps = int(total.max())
+    t = torch.arange(steps, device=lens.device)
+    out = []
+    for p, n in zip(projected, lens.unbind(dim=1), strict=True):
+        index = torch.minimum(t[None, :] * n[:, None] // total[:, None], n[:, None] - 1)  # (B, steps)
+        out.append(p.gather(1, index.unsqueeze(-1).expand(-1, -1, p.shape[-1])))
+    return out, t[None, :] < total[:, None]
 
 
 def lstm_step(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -93,19 +107,32 @@ class MemoryFusion(FusionOp):
         self.memory = nn.Linear(2 * n, 3 * mem)  # [D_u; D_γ1; D_γ2]
         self.out = nn.Linear(n + mem, out_dim)
 
-    def final_states(self, feats: Mapping[str, Tensor]) -> tuple[list[Tensor], Tensor]:
-        """The last hidden states `h^m_T` `(B, hidden)`, modalities sorted, and the memory `u_T` `(B, mem)`."""
+    def final_states(self, feats: Mapping[str, Tensor],
+                     masks: Mapping[str, Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
+        """The last hidden states `h^m_T` `(B, hidden)`, modalities sorted, and the memory `u_T` `(B, mem)`.
+
+        With `masks` (padded tokens), each sample is aligned on its own real lengths
+        (`T_b = max_m L_mb` steps, step t reading token `floor(t L_mb / T_b)`) and its
+        states stop changing after its last step, so padding never changes the result.
+        """
         tokens = self.tokens(feats)
-        steps = max(x.shape[1] for x in tokens)
+        real = self.token_masks(tokens, masks)
         # project the original tokens, then resample: repeating a token repeats its projection
-        pre = [align_steps(lin(x), steps) for lin, x in zip(self.input_gates, tokens, strict=True)]  # (B, T, 4k)
+        projected = [lin(x) for lin, x in zip(self.input_gates, tokens, strict=True)]  # (B, T_m, 4k)
+        if real is None:
+            steps = max(x.shape[1] for x in tokens)
+            pre = [align_steps(p, steps) for p in projected]  # (B, T, 4k)
+            active = None
+        else:
+            pre, active = _align_per_sample(projected, [r.sum(dim=1) for r in real])
+            steps = pre[0].shape[1]
         batch, k = tokens[0].shape[0], self.args["hidden"]
         # copies, not views: a parameter view fed to a submodule trips the FLOP counter under no_grad
         hs = [h0.repeat(batch, 1) for h0 in self.h0]  # (B, k) each
         cs = [tokens[0].new_zeros(batch, k)] * len(pre)
         u = tokens[0].new_zeros(batch, self.args["mem"])
         for t in range(steps):
-            c_prev = cs
+            c_prev, h_prev, u_prev = cs, hs, u
             gates = [p[:, t] + w(h) for p, w, h in zip(pre, self.hidden_gates, hs, strict=True)]  # (B, 4k)
             stepped = [lstm_step(g, c) for g, c in zip(gates, cs, strict=True)]
             hs, cs = [h for h, _ in stepped], [c for _, c in stepped]
@@ -113,8 +140,13 @@ class MemoryFusion(FusionOp):
             attended = c_hat * torch.softmax(self.attention(c_hat), dim=1)
             u_hat, g1, g2 = self.memory(attended).chunk(3, dim=1)  # (B, mem) each
             u = torch.sigmoid(g1) * u + torch.sigmoid(g2) * torch.tanh(u_hat)
+            if active is not None:  # a sample past its own last step keeps its states
+                on = active[:, t : t + 1]  # (B, 1)
+                hs = [torch.where(on, h, hp) for h, hp in zip(hs, h_prev, strict=True)]
+                cs = [torch.where(on, c, cp) for c, cp in zip(cs, c_prev, strict=True)]
+                u = torch.where(on, u, u_prev)
         return hs, u
 
-    def forward(self, feats: Mapping[str, Tensor]) -> Tensor:
-        hs, u = self.final_states(feats)
+    def forward(self, feats: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> Tensor:
+        hs, u = self.final_states(feats, masks)
         return self.out(torch.cat([*hs, u], dim=1))  # (B, n + mem) -> (B, out_dim)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from fusion_ops._registry import create_fusion
 from fusion_ops.backbones import Backbone, seeded_init
+from fusion_ops.base import LENGTHS_SUFFIX, lengths_key, masked_mean, step_masks, takes_masks
 from fusion_ops.cost import count_flops, count_params
 from spaces.spec import ACTIVATIONS, PREV, STAGES, ArchSpec, CellSpec, make_tap, parse_tap
 
@@ -80,13 +81,17 @@ class FusionCell(nn.Module):
             in_dims[PREV] = prev_width
         self.op = create_fusion(cell.op, in_dims, cell.width, **cell.op_args)
         self.act = ACTIVATION_MODULES[cell.activation]()
+        self.op_takes_masks = self.op.TOKEN_INPUTS and takes_masks(self.op)
 
     def forward(self, taps: Mapping[str, Tensor], prev: Tensor | None = None) -> Tensor:
         feats = {m: taps[t] for m, t in self.sources}
+        masks = step_masks(taps, dict(self.sources))  # padded token taps only
+        if masks and not self.op_takes_masks:  # the op would mean-pool: pool the real tokens here
+            feats.update({m: masked_mean(feats[m], mask) for m, mask in masks.items()})
         if self.chained:
             assert prev is not None, "a chained cell needs the previous cell's output"
             feats[PREV] = prev
-        return self.act(self.op(feats))
+        return self.act(self.op(feats, masks=masks) if masks and self.op_takes_masks else self.op(feats))
 
 
 class FusionHead(nn.Module):
@@ -192,9 +197,13 @@ class FusionModel(nn.Module):
         taps: dict[str, Tensor] = {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             for m, backbone in zip(self.modalities, self.backbones, strict=True):
-                for d, tap in enumerate(backbone.forward_taps(inputs[m])):
+                lengths = inputs.get(lengths_key(m))  # padded sequences: (B,) valid steps
+                for d, tap in enumerate(backbone.forward_taps(inputs[m], lengths)):
                     taps[make_tap(m, d)] = tap
-        return {t: taps[t] for t in self.fusion.tap_shapes}
+                for d, n in enumerate(backbone.tap_lengths(lengths)):
+                    if n is not None:
+                        taps[lengths_key(make_tap(m, d))] = n
+        return {t: v for t, v in taps.items() if t.removesuffix(LENGTHS_SUFFIX) in self.fusion.tap_shapes}
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         return self.fusion(self.compute_taps(inputs))

@@ -5,8 +5,8 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from fusion_ops._base import FusionOp, with_one
 from fusion_ops._registry import register_fusion
+from fusion_ops.base import FusionOp, with_one
 from spaces.args import Arg
 
 # Π(k+1) features per sample: 3 modalities at proj_dim 40 already give 68921, and

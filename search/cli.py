@@ -11,7 +11,7 @@ from typing import Any
 from search import cli_report
 from search.datasets import DataError
 from spaces import ConfigError
-from spaces._yaml_errors import in_file
+from spaces.yaml_errors import in_file
 
 
 class UsageError(ValueError):
@@ -19,14 +19,20 @@ class UsageError(ValueError):
 
 
 def cmd_ops(args: argparse.Namespace) -> int:
-    """List the fusion operators and their arguments."""
-    from fusion_ops import fusion_args, fusion_class, list_fusions
+    """List the fusion operators and their arguments, then the other registries' names."""
+    from fusion_ops import fusion_args, fusion_class, list_backbones, list_fusions
+    from search.datasets import list_datasets
+    from search.strategies import list_strategies
 
     for name in list_fusions():
         doc = (fusion_class(name).__doc__ or "").strip().splitlines()[0]
         print(f"{name}: {doc}")
         for arg in fusion_args(name):
             print(f"    {arg.describe()}")
+    # every name comes from a registry: a plugin's entries are listed with the built-in ones
+    print(f"backbones: {', '.join(list_backbones())}")
+    print(f"strategies: {', '.join(list_strategies())}")
+    print(f"datasets: {', '.join(list_datasets())}")
     return 0
 
 
@@ -200,8 +206,17 @@ def _print_front(store: Any, trials: list) -> None:
         print(summary_line(cmp))
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a commented starter config (read from `--data` when given)."""
+    from search.starter import write_starter
+
+    path = write_starter(args.out, args.data, args.force)
+    print(f"wrote {path}; next: fusion-nas space {path}, then fusion-nas search {path}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "ops": cmd_ops, "space": cmd_space, "search": cmd_search, "show": cmd_show,
+    "ops": cmd_ops, "space": cmd_space, "search": cmd_search, "show": cmd_show, "init": cmd_init,
 }
 COMMANDS.update(cli_report.COMMANDS)
 
@@ -213,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     search = sub.add_parser("search", help="search a config's space; prints the Pareto front")
     search.add_argument("config", nargs="?", help="the run's YAML config")
-    search.add_argument("--strategy", choices=["mfas", "nsga2", "random", "grid"])
+    search.add_argument("--strategy", help="a registered strategy (default: the config's); "
+                        "plugins' strategies too, so the name is checked with the config")
     search.add_argument("--num-samples", type=int, help="candidates to train")
     search.add_argument("--name", help="run name (default: the config's)")
     search.add_argument("--seed", type=int)
@@ -223,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="the Pareto front of a run, as a table")
     show.add_argument("run", metavar="RUN_DIR")
     sub.add_parser("ops", help="list fusion operators and their arguments")
+    init = sub.add_parser("init", help="write a commented starter config (from your data with --data)")
+    init.add_argument("--data", metavar="FILE", help="an .npz: one array per modality, y, optional split")
+    init.add_argument("--out", default="fusion-nas.yaml", help="where to write it (default: fusion-nas.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
     cli_report.add_parsers(sub)
     space = sub.add_parser("space", help="size of a config's search space, and samples")
     space.add_argument("config")

@@ -1,30 +1,35 @@
 """The run configuration: one YAML file, validated at load time.
 
-Sections: `name`, `data` (a dataset, see `search.datasets`), `backbones`
-(per-modality encoders and their pretraining), `space` (what to search),
-`train` (how one candidate trains) and `search` (strategy, budget, Ray).
+Sections: `name`, `plugins` (modules to import first: their imports register
+operators, backbones, datasets or strategies), `data` (a dataset, see
+`search.datasets`), `backbones` (per-modality encoders and their pretraining),
+`space` (what to search), `train` (how one candidate trains) and `search`
+(strategy and its `options`, budget, Ray). Every list of names checked here comes
+from a registry (`spaces.registry`).
 Every mistake is a one-line `ConfigError`: `<file>: <key path>: <what is wrong>`.
 """
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fusion_ops import fusion_args, list_fusions
 from search import objectives
 from search.baselines import PANELS as BASELINE_PANELS
-from search.datasets import LOADERS, DataError, load_dataset
+from search.datasets import DataError, list_datasets, load_dataset
 from search.pretrain import BackbonesConfig
 from search.store import check_run_name
+from search.strategies import list_strategies
 from search.train import TrainConfig
 from spaces import ConfigError, SearchSpace
-from spaces._yaml_errors import in_file, read_yaml
+from spaces.registry import load_plugins
+from spaces.yaml_errors import in_file, read_yaml
 
-SECTIONS = ("name", "data", "backbones", "space", "train", "search")
-STRATEGY_NAMES = ("grid", "mfas", "nsga2", "random")
+SECTIONS = ("name", "plugins", "data", "backbones", "space", "train", "search")
 SCHEDULERS = ("none", "asha")
 # `host:port` (as `ray start --head` prints it), `ray://host:port` (Ray Client) or `auto`
 _ADDRESS = re.compile(r"(?:ray://)?(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253})|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
@@ -57,6 +62,7 @@ class SearchSettings:
     baselines: str = "basic"  # which baselines train before the search (search.baselines.PANELS)
     metric: str = ""  # the task metric the search optimises ("": the task's default, search.objectives)
     objectives: tuple[str, ...] = ()  # objective names (search.objectives.OBJECTIVES); (): metric, params, flops
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the strategy
     # size guards, checked before anything is allocated: the largest architecture of the space
     max_params: int = 100_000_000  # 400 MB of float32 weights
     max_flops: int = 20_000_000_000  # forward FLOPs per sample
@@ -67,7 +73,11 @@ class SearchSettings:
         _no_unknown(d, cls.__dataclass_fields__, where)
         objectives.check_names(d.get("metric", ""), d.get("objectives", ()), where)
         out = cls(**{k: (tuple(d[k]) if k == "objectives" else d[k]) for k in d})
-        _choice(out.strategy, STRATEGY_NAMES, f"{where}.strategy")
+        _choice(out.strategy, tuple(list_strategies()), f"{where}.strategy")
+        if not isinstance(out.options, Mapping) or not all(isinstance(k, str) for k in out.options):
+            raise ConfigError(f"{where}.options: expected a mapping of the strategy's keyword arguments, "
+                              f"got {out.options!r}")
+        object.__setattr__(out, "options", dict(out.options))
         _choice(out.scheduler, SCHEDULERS, f"{where}.scheduler")
         _choice(out.baselines, BASELINE_PANELS, f"{where}.baselines")
         for key, low in (("num_samples", 1), ("cpus_per_trial", 1), ("max_concurrent", 0), ("seed", 0),
@@ -97,10 +107,12 @@ class Config:
     space: SearchSpace
     train: TrainConfig
     search: SearchSettings
+    plugins: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            **({"plugins": list(self.plugins)} if self.plugins else {}),
             "data": dict(self.data),
             "backbones": self.backbones.to_dict(),
             "space": self.space.to_dict(),
@@ -127,9 +139,13 @@ def config_from_dict(raw: Any, path: Path, overrides: Mapping[str, Any] | None =
     # a name from the file name is made legal; a name the user wrote is checked as written
     default = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).lstrip("._-")[:100] or "run"
     name = check_run_name(raw.get("name", default))
+    plugins = raw.get("plugins") or []
+    if not isinstance(plugins, list):
+        raise ConfigError(f"plugins: expected a list of module names, got {plugins!r}")
+    load_plugins(plugins, path.parent)  # first: what they register is known to every check below
     data = _mapping(raw.get("data"), "data")
-    if not isinstance(data.get("kind"), str) or data["kind"] not in LOADERS:
-        raise ConfigError(f"data.kind: unknown dataset kind {data.get('kind')!r}; known: {', '.join(sorted(LOADERS))}")
+    if not isinstance(data.get("kind"), str) or data["kind"] not in list_datasets():
+        raise ConfigError(f"data.kind: unknown dataset kind {data.get('kind')!r}; known: {', '.join(list_datasets())}")
     try:
         backbones = BackbonesConfig.from_dict(raw.get("backbones"), "backbones")
     except ConfigError:
@@ -139,11 +155,24 @@ def config_from_dict(raw: Any, path: Path, overrides: Mapping[str, Any] | None =
     if len(backbones.modalities) < 2:
         backbones = _with_default_backbones(backbones, data, path.parent)
     catalogue = {op: fusion_args(op) for op in list_fusions()}
-    depths = {m: list(range(len(b.sizes) + 1)) for m, b in backbones.modalities.items()}
+    depths = {m: list(range(b.n_taps)) for m, b in backbones.modalities.items()}
     space = SearchSpace.from_dict(raw.get("space"), catalogue=catalogue, depths=depths, where="space")
     train = TrainConfig.from_dict(raw.get("train"), "train")
     search = SearchSettings.from_dict({**_mapping(raw.get("search"), "search"), **(overrides or {})})
-    return Config(path, name, dict(data), backbones, space, train, search)
+    _check_options(search, space)
+    return Config(path, name, dict(data), backbones, space, train, search, tuple(plugins))
+
+
+def _check_options(search: SearchSettings, space: SearchSpace) -> None:
+    """`search.options` must be keyword arguments the chosen strategy's constructor takes."""
+    from search.strategies import STRATEGIES
+
+    try:
+        inspect.signature(STRATEGIES.get(search.strategy)).bind(space, seed=0, budget=1, cost_fn=None,
+                                                                **search.options)
+    except TypeError as err:
+        raise ConfigError(f"search.options: the {search.strategy} strategy does not take these options ({err})") \
+            from None
 
 
 def _with_default_backbones(backbones: BackbonesConfig, data: Mapping[str, Any], base_dir: Path) -> BackbonesConfig:

@@ -22,7 +22,8 @@ class Progress:
     terminal, one line per trial otherwise (logs stay readable)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stdout  # today's stdout, not the one at import
+        # sys.stdout read now, not at import: it may have been replaced since (pytest's capture, a notebook)
+        self.stream = stream if stream is not None else sys.stdout
         self.start = time.monotonic()
         self.live = self.stream.isatty()
 

@@ -6,6 +6,7 @@ Every failure is a one-line `ConfigError` naming the config file and key.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Mapping
@@ -20,10 +21,9 @@ from fusion_ops.model import FusionCell
 from search import objectives
 from search.config import Config
 from search.datasets import DataError, Dataset, load_dataset
-from spaces import ConfigError
-from spaces._space_config import OpChoice
-from spaces._yaml_errors import in_file, one_line
+from spaces import ConfigError, OpChoice
 from spaces.spec import CellSpec, make_tap
+from spaces.yaml_errors import in_file, one_line
 
 MAX_SETTINGS = 8  # an operator with more argument settings is sized at each argument's largest value
 
@@ -96,8 +96,12 @@ def meta_backbones(config: Config, dataset: Dataset) -> dict[str, Backbone]:
     for m in dataset.modalities:
         try:
             bcfg = config.backbones.backbone_for(m, dataset.shapes[m])
-            with torch.device("meta"):
+            # user code (a factory) may load weights from a file: it is built for real, once
+            with contextlib.nullcontext() if bcfg.kind == "python" else torch.device("meta"):
                 out[m] = build_backbone(bcfg, dataset.shapes[m])
+            if m in dataset.lengths_of("train") and not type(out[m]).SEQUENCE:
+                raise ValueError(f"{bcfg.kind} backbone cannot read padded sequences ({m!r} comes with "
+                                 "lengths); use a sequence backbone: conv1d or gru")
         except (ValueError, RuntimeError) as err:
             raise ConfigError(one_line(f"backbones.modalities.{m}: {err}")) from None
     return out

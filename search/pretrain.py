@@ -24,10 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from fusion_ops.backbones import Backbone, BackboneConfig, UnimodalClassifier, build_backbone
+from fusion_ops.base import lengths_key
+from fusion_ops.python_backbone import factory_digest
 from search.datasets import Dataset
 from search.tasks import get_task
 from search.train import TrainConfig, accuracy, dataset_tensors, fit, predict
-from spaces._yaml_errors import ConfigError, at
+from spaces.yaml_errors import ConfigError, at
 
 CACHE_FORMAT = 1  # bump when what a cache file holds, or how it is trained, changes
 DEFAULT_CACHE_DIR = "~/.cache/fusion-nas/backbones"
@@ -116,8 +118,9 @@ class BackbonesConfig:
 
 
 def default_backbone(shape: tuple[int, ...]) -> BackboneConfig:
-    """mlp for vectors, cnn2d for 2-D and 3-D samples (images, spectrograms), default sizes."""
-    return BackboneConfig.from_dict({"kind": "mlp" if len(shape) == 1 else "cnn2d"})
+    """mlp for vectors, conv1d for `(T, F)` samples (sequences, padded or not, and spectrograms),
+    cnn2d for `(C, H, W)` images; default sizes. A `(H, W)` image wants `kind: cnn2d` by name."""
+    return BackboneConfig.from_dict({"kind": {1: "mlp", 2: "conv1d"}.get(len(shape), "cnn2d")})
 
 
 class _OneModality(nn.Module):
@@ -129,7 +132,7 @@ class _OneModality(nn.Module):
         self.classifier = classifier
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        return self.classifier(inputs[self.modality])
+        return self.classifier(inputs[self.modality], inputs.get(lengths_key(self.modality)))
 
 
 def pretrain_backbones(
@@ -159,9 +162,16 @@ def pretrain_backbones(
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset.name}-{m}")
             path = Path(cfg.cache_dir).expanduser() / f"{name}-{key}.pt"
         clf = _new_classifier(dataset, m, bcfg, cfg.pretrain)
+        if not bcfg.pretrain:  # an encoder that comes pretrained: used as its factory made it
+            say(f"{m}: {bcfg.kind} backbone used as given (pretrain: false)")
+            backbones[m] = clf.backbone.eval()
+            infos[m] = {"kind": bcfg.kind, "pretrained": False, "val_accuracy": float("nan"),
+                        "test_accuracy": float("nan"), "epochs": 0, "best_epoch": 0, "seconds": 0.0,
+                        "cached": False, "path": None, "key": key}
+            continue
         info = _load(path, clf) if path is not None else None
         if info is None:
-            say(f"pretraining the {m} backbone ({bcfg.kind} {list(bcfg.sizes)})")
+            say(f"pretraining the {m} backbone ({bcfg.kind} {list(bcfg.sizes) or bcfg.option('factory')})")
             clf = _new_classifier(dataset, m, bcfg, cfg.pretrain)  # a failed load may have half-filled it
             info = _train(dataset, m, clf, cfg.pretrain)
             if path is not None:
@@ -183,6 +193,7 @@ def cache_key(dataset: Dataset, modality: str, bcfg: BackboneConfig, pcfg: Pretr
         "digest": _data_digest(dataset, modality),
         "modality": modality,
         "backbone": bcfg.to_dict(),
+        "code": factory_digest(bcfg) if bcfg.kind == "python" else "",  # user code changed: retrain
         "pretrain": {k: v for k, v in pcfg.to_dict().items() if k != "threads"},  # threads do not change the result
     }
     text = json.dumps(payload, sort_keys=True, default=str)

@@ -5,6 +5,7 @@ first run); `search` runs the trials and leaves everything in a run directory.
 """
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ from search.store import RunStore
 from search.taps import TapCache
 from search.train import TrainConfig, evaluate_candidate, evaluate_with_backbones
 from spaces import ArchSpec, ConfigError, SearchSpace
-from spaces._yaml_errors import in_file
+from spaces.registry import IMPORT_PATHS, load_plugins
 from spaces.spec import make_tap
+from spaces.yaml_errors import in_file
 
 Say = Callable[[str], None]
 
@@ -49,11 +51,14 @@ class TrialContext:
     backbones: dict[str, Backbone]
     train: TrainConfig
     dataset: Dataset | None = None  # only when backbones train end to end (freeze: false)
+    plugins: tuple[str, ...] = ()  # imported in the trial's process before it builds anything
 
 
 def prepare(config: Config, say: Say = print, dataset: Dataset | None = None) -> Prepared:
     """Load the data (unless given), pretrain (or load) the backbones, and compute the tap cache."""
     dataset = dataset if dataset is not None else load_dataset(config.data, config.path.parent)
+    if dataset.meta.get("notice"):
+        say(str(dataset.meta["notice"]))
     missing = sorted(set(dataset.modalities) - set(config.space.modalities))
     if missing:
         raise ConfigError(f"{config.path}: backbones.modalities: the data has modality {missing[0]!r} "
@@ -68,13 +73,14 @@ def prepare(config: Config, say: Say = print, dataset: Dataset | None = None) ->
 def trial_context(prepared: Prepared) -> TrialContext:
     frozen = prepared.config.backbones.freeze
     return TrialContext(prepared.taps, prepared.backbones, prepared.config.train,
-                        None if frozen else prepared.dataset)
+                        None if frozen else prepared.dataset, prepared.config.plugins)
 
 
 def evaluate_trial(spec: ArchSpec, ctx: TrialContext, report: Callable[[int, float], bool] | None = None,
                    seed: int | None = None) -> dict:
     """Train and score one candidate inside a Ray trial (a module-level function: picklable);
     `seed` replaces the run's training seed (a confirmation trial)."""
+    load_plugins(ctx.plugins)  # a Ray worker is a fresh process: plugin operators register here too
     if ctx.dataset is not None:
         return evaluate_with_backbones(spec, ctx.dataset, ctx.backbones, ctx.train, freeze=False, seed=seed)
     return evaluate_candidate(spec, ctx.taps, ctx.train, backbones=ctx.backbones, report=report, seed=seed)
@@ -172,7 +178,8 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
         store.write_json("reference.json", {"reference": reference_point(config.space, cost, s.seed, objs=objs),
                                             "objectives": objectives.describe(objs)["minimised"]})
     strategy = make_strategy(s.strategy, config.space, seed=s.seed, budget=s.num_samples, cost_fn=cost,
-                             objectives=objs)
+                             objectives=objs, **s.options)
+    share_import_paths()
     return run_search(
         evaluate=evaluate_trial, shared=trial_context(prepared), strategy=strategy,
         num_samples=s.num_samples, store=store, cpus_per_trial=s.cpus_per_trial,
@@ -181,6 +188,15 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
         progress=progress, max_epochs=config.train.epochs, confirm=s.confirm, base_seed=config.train.seed,
         interrupts=interrupts, warn=warn,
     )
+
+
+def share_import_paths() -> None:
+    """Put the folders plugins and factories were imported from on `PYTHONPATH`, so that the
+    processes an embedded Ray starts (which unpickle user modules) can import them too.
+    (On an existing cluster, install the plugin package on every node instead.)"""
+    paths = [p for p in IMPORT_PATHS if p not in os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    if paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def front_rows(front: Mapping[str, Any], objs: Sequence[Objective] | None = None) -> list[dict[str, Any]]:

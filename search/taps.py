@@ -8,15 +8,16 @@ store, which hands it out read-only, so nothing may write into it anyway.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from fusion_ops.backbones import Backbone
+from fusion_ops.base import lengths_key
 from search.datasets import Dataset
-from search.datasets._common import SPLITS
+from search.datasets.common import SPLITS
 from spaces.spec import make_tap, parse_tap
 
 
@@ -24,7 +25,11 @@ from spaces.spec import make_tap, parse_tap
 class TapCache:
     """`taps[split][tap] -> (N_split, *tap_shapes[tap])` float32, `labels[split]` as the dataset
     keeps them (int64 classes; float32 multi-label or standardised regression targets).
-    `task` and `target_scale` are the dataset's (`search.tasks`)."""
+    `task` and `target_scale` are the dataset's (`search.tasks`).
+
+    `lengths[split][tap] -> (N_split,)` int64: the real tokens of a padded token tap (padded
+    sequences only; absent otherwise); `tensors(split)` hands them out as `lengths_key(tap)`.
+    """
 
     taps: dict[str, dict[str, np.ndarray]]
     labels: dict[str, np.ndarray]
@@ -32,6 +37,7 @@ class TapCache:
     num_classes: int
     task: str = "classification"
     target_scale: tuple[np.ndarray, np.ndarray] | None = None
+    lengths: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def from_backbones(
@@ -59,11 +65,14 @@ class TapCache:
         unknown = sorted((keep or set()) - set(shapes))
         if unknown:
             raise ValueError(f"unknown taps {', '.join(unknown)}; the backbones give {', '.join(shapes)}")
-        taps = {s: _split_taps(dataset.split(s)[0], backbones, shapes, batch_size) for s in SPLITS}
+        taps, lengths = {}, {}
+        for s in SPLITS:
+            taps[s], lengths[s] = _split_taps(dataset.split(s)[0], backbones, shapes, batch_size, dataset.lengths_of(s))
         task = getattr(dataset, "task", "classification")
         dtype = np.int64 if task in ("classification", "binary") else np.float32
         labels = {s: _read_only(np.asarray(dataset.split(s)[1], dtype=dtype)) for s in SPLITS}
-        return cls(taps, labels, shapes, dataset.num_classes, task, getattr(dataset, "target_scale", None))
+        return cls(taps, labels, shapes, dataset.num_classes, task, getattr(dataset, "target_scale", None),
+                   lengths if any(lengths.values()) else {})
 
     @property
     def tap_names(self) -> list[str]:
@@ -98,13 +107,16 @@ class TapCache:
             self.num_classes,
             self.task,
             self.target_scale,
+            {s: {t: n for t, n in split.items() if t in names} for s, split in self.lengths.items()},
         )
 
     def tensors(self, split: str) -> tuple[dict[str, Tensor], Tensor]:
         """`({tap: (N, ...)}, labels (N,))` of `split` as torch tensors (copies: the arrays stay untouched)."""
         if split not in self.taps:
             raise KeyError(f"unknown split {split!r}; known: {', '.join(self.taps)}")
-        return {t: torch.tensor(a) for t, a in self.taps[split].items()}, torch.tensor(self.labels[split])
+        xs = {t: torch.tensor(a) for t, a in self.taps[split].items()}
+        xs.update({lengths_key(t): torch.tensor(n) for t, n in self.lengths.get(split, {}).items()})
+        return xs, torch.tensor(self.labels[split])
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -118,19 +130,29 @@ def _split_taps(
     backbones: Mapping[str, Backbone],
     shapes: Mapping[str, tuple[int, ...]],
     batch_size: int,
-) -> dict[str, np.ndarray]:
-    """Every kept tap of one split, `{tap: (N, *shape)}`, filled batch by batch."""
+    lengths: Mapping[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every kept tap of one split, `{tap: (N, *shape)}`, filled batch by batch, and the
+    real-token counts `{tap: (N,)}` of the padded token taps."""
     out: dict[str, np.ndarray] = {}
+    out_lengths: dict[str, np.ndarray] = {}
+    lengths = lengths or {}
     for m, x in sorted(inputs.items()):
         backbone = backbones[m]
         was_training = backbone.training
         backbone.eval()
         kept = [(d, make_tap(m, d)) for d in backbone.depths if make_tap(m, d) in shapes]
         arrays = {t: np.empty((len(x), *shapes[t]), dtype=np.float32) for _, t in kept}
+        n = None if m not in lengths else torch.as_tensor(lengths[m], dtype=torch.long)
+        if n is not None:
+            per_depth = backbone.tap_lengths(n)
+            out_lengths.update({t: _read_only(per_depth[d].numpy().astype(np.int64))
+                                for d, t in kept if per_depth[d] is not None})
         for i in range(0, len(x), batch_size):
-            batch_taps = backbone.forward_taps(torch.from_numpy(np.array(x[i : i + batch_size], dtype=np.float32)))
+            batch = torch.from_numpy(np.array(x[i : i + batch_size], dtype=np.float32))
+            batch_taps = backbone.forward_taps(batch, None if n is None else n[i : i + batch_size])
             for d, t in kept:
                 arrays[t][i : i + batch_size] = batch_taps[d].numpy()
         backbone.train(was_training)
         out.update({t: _read_only(a) for t, a in arrays.items()})
-    return out
+    return out, out_lengths

@@ -23,17 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusion_ops._base import auxiliary_loss
-from fusion_ops._registry import fusion_class
+from fusion_ops import fusion_class
 from fusion_ops.backbones import Backbone, seeded_init
+from fusion_ops.base import LENGTHS_SUFFIX, auxiliary_loss, lengths_key, masked_mean
 from fusion_ops.cost import count_flops, count_params
 from fusion_ops.model import FusionHead, build_model, candidate_cost, check_spec, required_taps
 from search.datasets import Dataset
 from search.latency import candidate_latency
 from search.taps import TapCache
 from search.tasks import Task, get_task
-from spaces._yaml_errors import ConfigError, at
 from spaces.spec import ArchSpec
+from spaces.yaml_errors import ConfigError, at
 
 Split = tuple[dict[str, Tensor], Tensor]  # ({input name: (N, ...)}, labels (N,))
 Report = Callable[[int, float], Any]  # (epoch, val_accuracy) at each evaluation; returning True stops training
@@ -373,7 +373,14 @@ def pooled_taps(spec: ArchSpec) -> set[str]:
 
 def _pooled(split: Split, pool: set[str]) -> Split:
     xs, y = split
-    return {k: (v.mean(dim=1) if k in pool and v.dim() == 3 else v) for k, v in xs.items()}, y
+    out = {k: (masked_mean(v, _real(xs, k, v)) if k in pool and v.dim() == 3 else v) for k, v in xs.items()}
+    return {k: v for k, v in out.items() if k.removesuffix(LENGTHS_SUFFIX) not in pool or k in pool}, y
+
+
+def _real(xs: Mapping[str, Tensor], tap: str, x: Tensor) -> Tensor | None:
+    """`(N, T)` bool of the real tokens of padded tap `tap` (None: not padded)."""
+    n = xs.get(lengths_key(tap))
+    return None if n is None else torch.arange(x.shape[1]) < n.reshape(-1, 1)
 
 
 def evaluate_candidate(
@@ -450,7 +457,10 @@ def dataset_tensors(dataset: Dataset, split: str, modalities: Iterable[str] | No
     """Raw inputs `{modality: (N, *shape)}` (all modalities, or those given) and labels of one split, as copies."""
     xs, y = dataset.split(split)
     names = dataset.modalities if modalities is None else modalities
-    return {m: torch.tensor(xs[m]) for m in names}, torch.tensor(y)
+    out = {m: torch.tensor(xs[m]) for m in names}
+    lengths = dataset.lengths_of(split)  # padded sequences carry their valid lengths
+    out.update({lengths_key(m): torch.tensor(lengths[m]) for m in names if m in lengths})
+    return out, torch.tensor(y)
 
 
 def evaluate_with_backbones(

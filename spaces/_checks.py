@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from spaces._yaml_errors import ConfigError, at
+from spaces.yaml_errors import ConfigError, at
 
 
 def is_int(value: Any) -> bool:

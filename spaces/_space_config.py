@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from spaces._checks import as_list, is_int, known_keys, mapping, names, no_duplicates, positive_ints
-from spaces._yaml_errors import ConfigError, at
 from spaces.args import Arg
 from spaces.spec import ACTIVATIONS, PREV, STAGES
 from spaces.train_space import parse_train
+from spaces.yaml_errors import ConfigError, at
 
 MAX_CELLS = 8
 # Used for every key the config leaves out (`ops` defaults to the whole catalogue).

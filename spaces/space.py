@@ -29,10 +29,10 @@ import numpy as np
 
 from spaces import _mutate, _validate, encode
 from spaces._space_config import OpChoice, parse_space
-from spaces._yaml_errors import ConfigError, in_file, read_yaml
 from spaces.args import Arg
 from spaces.spec import ArchSpec, CellSpec, make_tap
 from spaces.train_space import TrainChoice
+from spaces.yaml_errors import ConfigError, in_file, read_yaml
 
 __all__ = ["ConfigError", "OpChoice", "SearchSpace", "TrainChoice"]
 

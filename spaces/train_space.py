@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spaces._checks import as_list, is_int, known_keys, mapping, no_duplicates
-from spaces._yaml_errors import ConfigError, at
+from spaces.yaml_errors import ConfigError, at
 
 GRID_POINTS = 3  # a range's points for size() and grid search: low, middle, high
 SIGNIFICANT = 3  # digits kept of a value drawn from a float range

@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from search.datasets import DataError, load_dataset
-from search.datasets._common import split_sizes, stratified_split
+from search.datasets.common import split_sizes, stratified_split
 from search.datasets.planted import TASKS
 
 SMALL = {"kind": "planted", "n_train": 1000, "n_test": 400, "d": 8, "seed": 3}

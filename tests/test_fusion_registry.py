@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fusion_ops as F
-from fusion_ops._base import auxiliary_loss
+from fusion_ops import auxiliary_loss
 
 DIMS = {2: {"image": 6, "audio": 5}, 3: {"image": 6, "audio": 5, "text": 4}}
 OUT = 3

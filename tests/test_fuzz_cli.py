@@ -137,7 +137,7 @@ def data_cases(tmp: Path) -> list[tuple[str, Path]]:
         "string modality": {**good, "a": np.array([["x"] * 3] * 40)},
         "scalar modality": {**good, "a": np.array(3.0)},
         "split values": {**good, "split": np.full(40, 7)},
-        "split no test": {**good, "split": np.arange(40) % 2},
+        "split no train": {**good, "split": np.arange(40) % 2 + 1},  # 0/1 is train/test now (val carved)
         "split names": {**good, "split": np.array(["train", "val", "tst", "x"] * 10)},
         "split shape": {**good, "split": np.zeros(3, int)},
     }

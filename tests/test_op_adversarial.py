@@ -6,7 +6,7 @@ import torch
 
 import fusion_ops as F
 import fusion_ops.adversarial  # noqa: F401  (registers "adversarial" until fusion_ops/__init__ imports it)
-from fusion_ops._base import auxiliary_loss
+from fusion_ops import auxiliary_loss
 from fusion_ops.adversarial import reverse_gradient
 from tests.flops_util import batch_of, linear, matmul
 

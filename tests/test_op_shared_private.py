@@ -6,7 +6,7 @@ import torch
 
 import fusion_ops as F
 import fusion_ops.shared_private  # noqa: F401  (registers until fusion_ops/__init__ imports it)
-from fusion_ops._base import auxiliary_loss
+from fusion_ops import auxiliary_loss
 from fusion_ops.shared_private import orthogonality_penalty
 from tests.flops_util import batch_of, linear
 

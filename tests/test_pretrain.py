@@ -11,7 +11,7 @@ from fusion_ops.backbones import BackboneConfig
 from search.datasets import load_dataset
 from search.pretrain import BackbonesConfig, PretrainConfig, pretrain_backbones
 from search.train import TrainConfig
-from spaces._yaml_errors import ConfigError
+from spaces import ConfigError
 
 DATA = {"kind": "planted", "task": "additive", "n_train": 600, "n_test": 200, "d": 6, "seed": 1}
 MODS = {"m1": {"kind": "mlp", "widths": [8, 4]}, "m2": {"kind": "mlp", "widths": [8]}}
@@ -87,7 +87,7 @@ def test_a_configured_modality_missing_from_the_data_is_named(dataset, tmp_path)
 
 def test_a_modality_without_a_config_gets_a_default_backbone_by_shape():
     assert P.default_backbone((7,)).kind == "mlp"
-    assert P.default_backbone((8, 8)).kind == "cnn2d"
+    assert P.default_backbone((8, 8)).kind == "conv1d" and P.default_backbone((1, 8, 8)).kind == "cnn2d"
     cfg = BackbonesConfig.from_dict({"modalities": {"a": {"kind": "gru"}}})
     assert cfg.backbone_for("a", (5, 3)).kind == "gru" and cfg.backbone_for("b", (5,)).kind == "mlp"
 

@@ -17,7 +17,7 @@ from fusion_ops.cost import count_flops, count_params
 from fusion_ops.model import FusionHead
 from search.pretrain import PretrainConfig
 from search.train import TrainConfig, fit, lr_at, step_budget
-from spaces._yaml_errors import ConfigError
+from spaces import ConfigError
 from spaces.spec import ArchSpec, CellSpec
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from spaces._yaml_errors import ConfigError
+from spaces import ConfigError
 from spaces.args import Arg
 from spaces.space import SearchSpace
 from spaces.spec import ArchSpec, CellSpec

@@ -25,7 +25,7 @@ from search.datasets import load_dataset
 from search.pretrain import BackbonesConfig, pretrain_backbones
 from search.taps import TapCache
 from search.train import TrainConfig, evaluate_candidate, evaluate_with_backbones, train_fusion
-from spaces._yaml_errors import ConfigError
+from spaces import ConfigError
 from spaces.spec import ArchSpec, CellSpec, make_tap
 
 
@@ -248,8 +248,7 @@ def test_auxiliary_loss_sums_the_weighted_terms_of_fusion_ops():
     import torch
     from torch import nn
 
-    from fusion_ops import FusionOp
-    from fusion_ops._base import auxiliary_loss
+    from fusion_ops import FusionOp, auxiliary_loss
 
     class Penalised(FusionOp):
         NAME = "penalised_test_op"

@@ -2,7 +2,8 @@
 
 Degraded 8x8 scikit-learn digits paired with noisy espeak-ng utterances of the same
 digit as MFCC frames; made by `experiments/make_av_digits.py` (see
-`experiments/data/README.md`). The file fixes the train/val/test split, and test
+`experiments/data/README.md`); the file is package data, `search/datasets/data/av_digits.npz`.
+The file fixes the train/val/test split, and test
 images carry utterances never heard in training.
 """
 from __future__ import annotations
@@ -11,10 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from search.datasets._common import DataError, Dataset, build_dataset, check_keys, normalize_of
-from search.datasets.npz import _split_indices, read_npz
+from search.datasets.common import DataError, Dataset, build_dataset, check_keys, normalize_of
+from search.datasets.npz import read_npz, split_indices
 
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "experiments" / "data" / "av_digits.npz"
+# shipped inside the package (package data), so an installed wheel has it too
+DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "av_digits.npz"
 MODALITIES = ("audio", "image")
 REQUIRED = (*MODALITIES, "y", "split")
 
@@ -30,6 +32,6 @@ def load_av_digits(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Data
     missing = [k for k in REQUIRED if k not in arrays]
     if missing:
         raise DataError(f"{source}: no array {missing[0]!r}; an av_digits file holds {', '.join(REQUIRED)}")
-    splits = _split_indices(source, arrays["split"], len(arrays["y"]))
+    splits = split_indices(source, arrays["split"], len(arrays["y"]))
     xs = {m: arrays[m] for m in MODALITIES}
     return build_dataset("av_digits", source, xs, arrays["y"], splits, normalize_of(cfg))

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from search.datasets._common import (
+from search.datasets.common import (
     DataError,
     Dataset,
     assemble,

@@ -1,10 +1,14 @@
 """Any user data in one `.npz`: one array per modality (named by its key), `y`, optional `split`.
 
 `y` is integer class labels `(N,)`, a 0/1 multi-label matrix `(N, L)` or float regression
-targets `(N,)`/`(N, K)`; the task is inferred from it (`search.datasets._common.infer_task`)
+targets `(N,)`/`(N, K)`; the task is inferred from it (`search.datasets.common.infer_task`)
 unless `data.task` names it (`binary` for a two-class `y` judged by AUC, say).
 `split` holds 0/1/2 or the strings train/val/test per row; without it the rows are split
-by `data.seed` in `data.fractions` (default 0.6/0.2/0.2), stratified for class labels.
+stratified by `data.seed` in `data.fractions` (default 0.6/0.2/0.2). A `split` with train
+and test only (the names, or 0/1) gets a validation part carved from train, stratified,
+of `data.val_fraction` (default 0.2). Padded sequences: a `(N, T, F)` modality `m` may
+come with `m_lengths` `(N,)` (valid steps) or a boolean `m_mask` `(N, T)` (True on the
+valid, leading steps); padding then never changes a prediction.
 """
 from __future__ import annotations
 
@@ -17,14 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from search.datasets._common import (
+from search.datasets.common import (
     SPLITS,
     DataError,
     Dataset,
     build_dataset,
     check_keys,
     check_task,
+    infer_task,
     normalize_of,
+    opt_float,
     opt_fractions,
     resolve_path,
     seed_of,
@@ -33,6 +39,7 @@ from search.datasets._common import (
 )
 
 RESERVED = ("y", "split")
+LENGTHS, MASK = "_lengths", "_mask"
 
 
 def memory_bytes() -> int:
@@ -88,10 +95,17 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(" ".join(f"{path}: cannot read as .npz ({err})".split())) from None
 
 
-def _split_indices(source: str, split: np.ndarray, n: int) -> list[np.ndarray]:
-    """Row indices of train/val/test from a `split` array of 0/1/2 or names."""
+def split_indices(source: str, split: np.ndarray, n: int, y: np.ndarray | None = None,
+                  val_fraction: float = 0.2, seed: int = 0) -> list[np.ndarray]:
+    """Row indices of train/val/test from a `split` array of 0/1/2 or names.
+
+    Given `y`, a split of train and test only (names, or 0/1) gets `val_fraction` of its
+    train rows as val, stratified (seeded by `seed`); `meta`-worthy news is the caller's.
+    """
     if split.ndim != 1 or len(split) != n:
         raise DataError(f"{source}: array 'split' has shape {split.shape} but 'y' has {n} rows")
+    if y is not None and train_test_only(split):
+        return carve_val(split, y, val_fraction, seed)
     if split.dtype.kind in "US":
         codes = {name: i for i, name in enumerate(SPLITS)}
         bad = sorted(set(split.astype(str).tolist()) - set(codes))
@@ -103,27 +117,83 @@ def _split_indices(source: str, split: np.ndarray, n: int) -> list[np.ndarray]:
         raise DataError(f"{source}: array 'split' must hold 0/1/2 or train/val/test; found {bad[:5]}")
     parts = [np.flatnonzero(split == i) for i in range(3)]
     for name, idx in zip(SPLITS, parts, strict=True):
+        if name == "val" and len(idx) == 0 and len(parts[2]):
+            raise DataError(f"{source}: array 'split' has no 'val' rows (with train and test only, "
+                            "a validation part is carved from train: give 0/1 or train/test)")
         if len(idx) == 0:
             raise DataError(f"{source}: array 'split' has no {name!r} rows")
     return parts
 
 
+_split_indices = split_indices  # the old private name (other branches still use it)
+
+
+def train_test_only(split: np.ndarray) -> bool:
+    """Whether `split` names train and test rows only (as names, or as 0 = train / 1 = test)."""
+    if split.dtype.kind in "US":
+        return set(split.astype(str).tolist()) == {"train", "test"}
+    return np.issubdtype(split.dtype, np.integer) and set(split.tolist()) == {0, 1}
+
+
+def carve_val(split: np.ndarray, y: np.ndarray, val_fraction: float, seed: int) -> list[np.ndarray]:
+    """train/val/test rows of a train/test `split`: val is `val_fraction` of train, stratified."""
+    is_test = split.astype(str) == "test" if split.dtype.kind in "US" else split == 1
+    train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    n_val = min(max(1, round(val_fraction * len(train))), len(train) - 1)
+    task = infer_task(y[train])  # stratified for class labels, random for targets
+    tr, va = split_for(task, y[train], [len(train) - n_val, n_val], np.random.default_rng(seed))
+    return [train[np.sort(tr)], train[np.sort(va)], test]
+
+
+def sequence_lengths(source: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Pop `<m>_lengths` / `<m>_mask` arrays out of `arrays`: `{m: (N,) valid steps}`."""
+    out: dict[str, np.ndarray] = {}
+    for key in sorted(arrays):
+        for suffix in (LENGTHS, MASK):
+            m = key[: -len(suffix)]
+            if not key.endswith(suffix) or m not in arrays or m.endswith((LENGTHS, MASK)):
+                continue
+            if m in out:
+                raise DataError(f"{source}: give {m + LENGTHS!r} or {m + MASK!r}, not both")
+            value = arrays.pop(key)
+            out[m] = value if suffix == LENGTHS else _mask_lengths(source, key, value, arrays[m])
+    return out
+
+
+def _mask_lengths(source: str, key: str, mask: np.ndarray, x: np.ndarray) -> np.ndarray:
+    if mask.dtype != np.bool_ or mask.shape != x.shape[:2]:
+        raise DataError(f"{source}: array {key!r} must be boolean of shape {x.shape[:2]} (rows, steps), "
+                        f"got {mask.shape} of {mask.dtype}")
+    lengths = mask.sum(axis=1)
+    prefix = np.arange(mask.shape[1])[None, :] < lengths[:, None]
+    if not np.array_equal(prefix, mask):
+        row = int(np.flatnonzero((prefix != mask).any(axis=1))[0])
+        raise DataError(f"{source}: array {key!r} row {row}: the valid steps must come first (padding at the end)")
+    return lengths
+
+
 def load_npz(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Dataset:
     """Read the `.npz` at `cfg['path']` (relative to `base_dir`)."""
-    check_keys(cfg, ("path", "fractions", "task"), "npz")
+    check_keys(cfg, ("path", "fractions", "val_fraction", "task"), "npz")
     path = resolve_path(cfg, "path", base_dir)
     arrays = read_npz(path)
     source = str(path)
     if "y" not in arrays:
         raise DataError(f"{source}: no array 'y' (the class labels); found {', '.join(sorted(arrays)) or 'none'}")
     y, split = arrays.pop("y"), arrays.pop("split", None)
+    lengths = sequence_lengths(source, arrays)
     if not arrays:
         raise DataError(f"{source}: needs one array per modality besides {' and '.join(RESERVED)}")
     task = check_task(source, y, cfg.get("task"))
+    meta: dict[str, Any] = {"given_split": split is not None}
     if split is not None:
-        splits = _split_indices(source, split, len(y))
+        val_fraction = opt_float(cfg, "val_fraction", 0.2, 0.01, 0.9)
+        splits = split_indices(source, split, len(y), y, val_fraction, seed_of(cfg))
+        if train_test_only(split):
+            meta["notice"] = (f"{path.name}: 'split' holds train and test only; validation is "
+                              f"{len(splits[1])} train rows ({val_fraction:g}, stratified, data.val_fraction)")
     else:
         rng = np.random.default_rng(seed_of(cfg))
         splits = split_for(task, y, split_sizes(len(y), opt_fractions(cfg)), rng)
-    return build_dataset(path.stem, source, arrays, y, splits, normalize_of(cfg),
-                         meta={"given_split": split is not None}, task=task)
+    return build_dataset(path.stem, source, arrays, y, splits, normalize_of(cfg), meta=meta, task=task,
+                         lengths=lengths)

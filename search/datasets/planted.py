@@ -27,7 +27,9 @@ modality becomes `(n, T, d+1)`. Frames are `N(0, I_d)` distractors except at one
 `p ~ U{0..T-1}` per sample, shared by the modalities, which holds the task's `x_m`; the
 last feature marks it (1 at `p`, 0 elsewhere). The positions and distractors come from a
 generator of their own, so the same seed gives the same `x_m`, labels and splits as the
-vector task; `meta['positions'][split]` keeps each sample's `p`.
+vector task; `meta['positions'][split]` keeps each sample's `p`. With `min_len: L0` too,
+each sample gets a random length in `max(L0, p+1)..T`; frames past it are padding (zeros),
+so a model must ignore padding to read the task (the lengths travel with the data).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from search.datasets._common import (
+from search.datasets.common import (
     SPLITS,
     DataError,
     Dataset,
@@ -52,7 +54,7 @@ from search.datasets._common import (
 
 Arrays = dict[str, np.ndarray]
 _KEYS = ("task", "n_train", "n_test", "n_val", "val_fraction", "d", "noise", "rank", "n_shifts", "seq_len",
-         "positive")
+         "positive", "min_len")
 
 
 def _unit(rng: np.random.Generator, d: int) -> np.ndarray:
@@ -181,6 +183,9 @@ def load_planted(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Datase
     if n_val >= n_train:
         raise DataError(f"data.n_val: {n_val} validation samples leave none of n_train={n_train} to train on")
     seq_len = opt_int(cfg, "seq_len", None, 2)
+    min_len = opt_int(cfg, "min_len", None, 1)
+    if min_len is not None and (seq_len is None or min_len > seq_len):
+        raise DataError(f"data.min_len: needs seq_len >= min_len (random lengths of sequences), got {min_len}")
     rng = np.random.default_rng(seed_of(cfg))
     xs, y, params = TASKS[task](
         rng, n_train + n_test, d, noise, rank=opt_int(cfg, "rank", 2, 1), n_shifts=opt_int(cfg, "n_shifts", 8, 2),
@@ -192,7 +197,15 @@ def load_planted(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Datase
     name, meta = f"planted-{task}", {"task": task, **params}
     if seq_len is not None:
         # a generator of its own: the vector task's draws (x_m, labels, splits) stay the same
-        xs, pos = _sequences(xs, seq_len, np.random.default_rng([seed_of(cfg), seq_len]))
+        seq_rng = np.random.default_rng([seed_of(cfg), seq_len])
+        xs, pos = _sequences(xs, seq_len, seq_rng)
         name, meta = f"{name}-seq{seq_len}", {**meta, "seq_len": seq_len,
                                              "positions": {s: pos[i] for s, i in zip(SPLITS, splits, strict=True)}}
+        if min_len is not None:
+            lengths = seq_rng.integers(np.maximum(min_len, pos + 1), seq_len + 1)
+            for x in xs.values():
+                x[np.arange(seq_len)[None, :] >= lengths[:, None]] = 0.0
+            name, padded = f"{name}-len{min_len}", {m: lengths for m in xs}
+            return build_dataset(name, f"planted:{task}", xs, y, splits, normalize_of(cfg), meta=meta, task=kind,
+                                 lengths=padded)
     return build_dataset(name, f"planted:{task}", xs, y, splits, normalize_of(cfg), meta=meta, task=kind)

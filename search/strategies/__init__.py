@@ -2,6 +2,9 @@
 
 `make_strategy("mfas", space, seed=0, budget=60, cost_fn=costs)` builds one by name;
 a thin Ray Tune `Searcher` adapter (in `search/`) wraps them for parallel trials.
+Strategies live in the `STRATEGIES` registry: a plugin adds one with
+`@STRATEGIES.register("name")` on a `Strategy` subclass (entry point group
+`fusion_nas.strategies`); `search.options` in a config reaches its constructor.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from search.strategies.grid import GridStrategy
 from search.strategies.mfas import MFASStrategy
 from search.strategies.nsga2 import NSGA2Strategy, spec_from_params, spec_to_params, suggest_spec
 from search.strategies.random import RandomStrategy
+from spaces.registry import Registry
 from spaces.space import SearchSpace
 
 __all__ = [
@@ -24,15 +28,21 @@ __all__ = [
     "Result",
     "SpaceExhausted",
     "Strategy",
+    "list_strategies",
     "make_strategy",
     "spec_from_params",
     "spec_to_params",
     "suggest_spec",
 ]
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (RandomStrategy, GridStrategy, MFASStrategy, NSGA2Strategy)
-}
+STRATEGIES: Registry[type[Strategy]] = Registry("search strategy", "strategies")
+for _cls in (RandomStrategy, GridStrategy, MFASStrategy, NSGA2Strategy):
+    STRATEGIES.add(_cls.name, _cls)
+
+
+def list_strategies() -> list[str]:
+    """Names of all registered search strategies, sorted."""
+    return STRATEGIES.names()
 
 
 def make_strategy(
@@ -45,6 +55,4 @@ def make_strategy(
     **kw: Any,
 ) -> Strategy:
     """The strategy registered as `name`; extra keywords go to its constructor."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown search strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name](space, seed=seed, budget=budget, cost_fn=cost_fn, **kw)
+    return STRATEGIES.get(name)(space, seed=seed, budget=budget, cost_fn=cost_fn, **kw)
