@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", nargs="*", type=int, help=f"search budgets (default {' '.join(map(str, BUDGETS))})")
     ap.add_argument("--seeds", type=int, help=f"search seeds 0..N-1 (default {len(SEEDS)})")
     ap.add_argument("--cache", help="keep each finished job's result here as JSON; a rerun reuses them")
+    ap.add_argument("--only", choices=("search", "oracle", "baseline"), nargs="*", help="run only these jobs")
     args = ap.parse_args(argv)
     datasets = SMOKE if args.smoke_test else {k: v for k, v in DATASETS.items()
                                                if not args.datasets or k in args.datasets}
@@ -223,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     for n, d in datasets.items():
         jobs += [(baseline, (n, d, smoke)), *((one_search, (n, d, s, budgets, smoke)) for s in seeds)]
     jobs += [(oracle, (n, d, smoke)) for n, d in datasets.items()]  # the slowest jobs last
+    if args.only:
+        names = {"search": one_search, "oracle": oracle, "baseline": baseline}
+        jobs = [(fn, a) for fn, a in jobs if fn in {names[o] for o in args.only}]
     cache = Path(args.cache) if args.cache else None
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [(fn, a, None if (c := cached(cache, fn, a)) is not None else pool.submit(fn, *a), c)

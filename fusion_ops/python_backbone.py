@@ -40,6 +40,17 @@ class PythonBackbone(Backbone):
                 raise ValueError(f"taps: the module has no submodule {name!r}; it has {known}")
         self._subs = [named[n] for n in self.tap_modules]
 
+    @property
+    def full_depth(self) -> int:
+        return len(self.tap_modules)
+
+    def lean(self, depth: int) -> Backbone:
+        """A user module cannot be cut at a tap: a candidate reading any depth > 0 runs (and
+        is charged for) the whole module; reading only the raw input (depth 0) runs none of it."""
+        if not 0 <= depth <= self.full_depth:
+            raise ValueError(f"python backbone: depth {depth} is outside 0..{self.full_depth}")
+        return self if depth > 0 else _RawOnly(self)
+
     def forward_taps(self, x: Tensor, lengths: Tensor | None = None) -> list[Tensor]:
         if tuple(x.shape[1:]) != self.input_shape:
             expected = ", ".join(map(str, ("B", *self.input_shape)))
@@ -66,6 +77,24 @@ class PythonBackbone(Backbone):
                 raise ValueError(f"taps: submodule {name!r} did not run (or gave no tensor) in forward")
             taps.append(_as_tap(seen[i], name, last=i == len(self.tap_modules) - 1))
         return taps
+
+
+class _RawOnly(Backbone):
+    """A python backbone read at depth 0 only: the raw input is its one tap; no module runs."""
+
+    KIND = "python"
+
+    def __init__(self, whole: PythonBackbone) -> None:
+        super().__init__(whole.input_shape)
+        self.n_blocks = whole.full_depth
+        self.tap_shapes = list(whole.tap_shapes[:1])
+
+    @property
+    def full_depth(self) -> int:
+        return self.n_blocks
+
+    def forward_taps(self, x: Tensor, lengths: Tensor | None = None) -> list[Tensor]:
+        return [x if x.dim() == 3 else x.flatten(1)]
 
 
 def _as_tap(out: Tensor, name: str, last: bool) -> Tensor:

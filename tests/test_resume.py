@@ -77,7 +77,7 @@ def _main_trials(store: RunStore) -> list[dict]:
 
 def _interrupt_after(proc: subprocess.Popen, store: RunStore, n: int, signum: int) -> tuple[int, str]:
     """Send `signum` once the run has `n` strategy trials recorded; the exit code and stderr."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # Ray start-up and pretraining first: slow on a loaded machine
     while len(_main_trials(store)) < n:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no trial recorded in time"

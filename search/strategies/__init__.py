@@ -8,6 +8,7 @@ Strategies live in the `STRATEGIES` registry: a plugin adds one with
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from search.strategies._base import CostFn, Result, SpaceExhausted, Strategy
@@ -54,5 +55,18 @@ def make_strategy(
     cost_fn: CostFn | None = None,
     **kw: Any,
 ) -> Strategy:
-    """The strategy registered as `name`; extra keywords go to its constructor."""
-    return STRATEGIES.get(name)(space, seed=seed, budget=budget, cost_fn=cost_fn, **kw)
+    """The strategy registered as `name`; extra keywords go to its constructor. `objectives`
+    is left out for a (plugin) strategy whose constructor does not take it: such a strategy
+    works with the classic accuracy, params, FLOPs it is told."""
+    cls = STRATEGIES.get(name)
+    if "objectives" in kw and not _takes(cls, "objectives"):
+        kw.pop("objectives")
+    return cls(space, seed=seed, budget=budget, cost_fn=cost_fn, **kw)
+
+
+def _takes(cls: Any, arg: str) -> bool:
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == arg or p.kind is p.VAR_KEYWORD for p in params)
