@@ -106,9 +106,9 @@ def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_p
     assert code == 130 and hint.search(err), err
     assert 1 <= int(hint.search(err).group(1)) < 3
     kept = store.trials_path.read_bytes()
-    torn = kept[: kept.rindex(b"\n", 0, len(kept) - 1) + 1] + kept.splitlines(keepends=True)[-1][:40]
+    torn = kept[: kept.rfind(b"\n", 0, len(kept) - 1) + 1] + kept.splitlines(keepends=True)[-1][:40]
     store.trials_path.write_bytes(torn)  # the last record torn by a crash: its candidate must run again
-    kept = torn[: torn.rindex(b"\n") + 1]
+    kept = torn[: torn.rfind(b"\n") + 1]
 
     second = _cli("search", "--resume", str(store.run_dir))
     code, err = _interrupt_after(second, store, len(_main_trials(store)) + 1, signal.SIGTERM)
