@@ -13,11 +13,11 @@ of the embeddings; `classic` adds every registered operator as its paper places 
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from search import objectives as _objectives
+from search.objectives import finite
 
 FILE = "baselines.json"
 PANELS = ("basic", "classic", "none")
@@ -26,12 +26,6 @@ RECORD_KEYS = ("name", "kind", "panel", "val_accuracy", "val_std", "test_accurac
                "params_total", "flops_total", "spec", "seconds")
 
 
-def _num(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def _sign(o: _objectives.Objective) -> float:
@@ -43,7 +37,7 @@ def best_basic(baselines: Sequence[Mapping[str, Any]], metric: _objectives.Objec
     """The basic-panel baseline with the best (mean) val metric (default accuracy); chosen on val,
     like the front's best."""
     metric = metric or _objectives.OBJECTIVES["accuracy"]
-    scored = [b for b in baselines if b.get("panel") == "basic" and _num(b.get(metric.key)) is not None]
+    scored = [b for b in baselines if b.get("panel") == "basic" and finite(b.get(metric.key)) is not None]
     return max(scored, key=lambda b: _sign(metric) * float(b[metric.key])) if scored else None
 
 
@@ -51,11 +45,11 @@ def best_front_point(front: Mapping[str, Any], metric: _objectives.Objective | N
                      ) -> Mapping[str, Any] | None:
     """The front member with the best val metric (ties: the cheaper in params), or None."""
     metric = metric or _objectives.OBJECTIVES["accuracy"]
-    members = [f for f in front.get("front") or () if _num((f.get("metrics") or {}).get(metric.key)) is not None]
+    members = [f for f in front.get("front") or () if finite((f.get("metrics") or {}).get(metric.key)) is not None]
     if not members:
         return None
     return max(members, key=lambda f: (_sign(metric) * float(f["metrics"][metric.key]),
-                                       -(_num(f["metrics"].get("params_total")) or 0.0)))
+                                       -(finite(f["metrics"].get("params_total")) or 0.0)))
 
 
 def dominating_member(front: Mapping[str, Any], baseline: Mapping[str, Any],
@@ -64,19 +58,19 @@ def dominating_member(front: Mapping[str, Any], baseline: Mapping[str, Any],
     (default: val accuracy >=, params <=, FLOPs <=; equal values count), or None when none does.
     An objective the baseline does not record (latency) is left out of the comparison."""
     objs = [o for o in (objs or _objectives.get(_objectives.CLASSIC)) if baseline.get(o.key) is not None]
-    mine = [_num(baseline.get(o.key)) for o in objs]
+    mine = [finite(baseline.get(o.key)) for o in objs]
     if not objs or any(v is None for v in mine):
         return None
     for f in front.get("front") or ():
         m = f.get("metrics") or {}
-        theirs = [_num(m.get(o.key)) for o in objs]
+        theirs = [finite(m.get(o.key)) for o in objs]
         if all(t is not None and _sign(o) * t >= _sign(o) * b for o, t, b in zip(objs, theirs, mine, strict=True)):
             return str(f.get("trial_id"))
     return None
 
 
 def _delta(a: Any, b: Any) -> float | None:
-    a, b = _num(a), _num(b)
+    a, b = finite(a), finite(b)
     return None if a is None or b is None else a - b
 
 
@@ -97,9 +91,9 @@ def compare(front: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]],
     if top is not None and base is not None:
         m = top["metrics"]
         dv, dt = _delta(m.get(vkey), base.get(vkey)), _delta(m.get(tkey), base.get(tkey))
-        best = {"trial_id": top.get("trial_id"), "metric": metric.name, "front_val": _num(m.get(vkey)),
-                "front_test": _num(m.get(tkey)), "baseline": base["name"],
-                "baseline_val": _num(base.get(vkey)), "baseline_test": _num(base.get(tkey)),
+        best = {"trial_id": top.get("trial_id"), "metric": metric.name, "front_val": finite(m.get(vkey)),
+                "front_test": finite(m.get(tkey)), "baseline": base["name"],
+                "baseline_val": finite(base.get(vkey)), "baseline_test": finite(base.get(tkey)),
                 "val_delta": dv, "test_delta": dt,
                 "beats_val": dv is not None and _sign(metric) * dv > 0,
                 "beats_test": dt is not None and _sign(metric) * dt > 0}

@@ -156,14 +156,20 @@ def metric_of(objs: Sequence[Objective]) -> Objective:
     return objs[0]
 
 
+def finite(value: Any) -> float | None:
+    """A recorded value as a float; None when it is missing, not a number, NaN or infinite."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
 def usable(metrics: Mapping[str, Any], objs: Sequence[Objective]) -> bool:
     """Every objective present and finite (costs on a log scale > 0)."""
     for o in objs:
-        try:
-            v = float(metrics[o.key])
-        except (KeyError, TypeError, ValueError):
-            return False
-        if not math.isfinite(v) or (o.scale == "log10" and v <= 0):
+        v = finite(metrics.get(o.key))
+        if v is None or (o.scale == "log10" and v <= 0):
             return False
     return True
 

@@ -7,7 +7,6 @@ test value is shown, never used to choose. The cost axes are the run's cost obje
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 
 from search import objectives as _objectives
 from search import pareto
-from search.objectives import Objective
+from search.objectives import Objective, finite
 from search.store import STATUSES, objective_points, on_front_candidate
 from spaces import ArchSpec
 
@@ -79,12 +78,6 @@ class Series:
     hover: list[str]
 
 
-def finite(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def human(n: float) -> str:

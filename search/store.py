@@ -299,7 +299,11 @@ class RunStore:
 # ---- candidates: a trial and its confirmation seeds ------------------------------------
 def candidate_key(record: Mapping[str, Any]) -> str:
     """Which candidate a trial record belongs to: its spec's `candidate_id` (architecture and
-    training settings; the seed is not part of it), or its own id when it has no spec."""
+    training settings; the seed is not part of it), or its own id when it has no spec.
+    A record written by a trial says it (`candidate_id`): the front is recomputed after every
+    trial, so only older records have their spec parsed again."""
+    if isinstance(record.get("candidate_id"), str):
+        return record["candidate_id"]
     spec = record.get("spec")
     if isinstance(spec, Mapping):
         try:
@@ -345,7 +349,7 @@ def _aggregate(group: list[Mapping[str, Any]]) -> dict[str, Any]:
         first["reason"] = f"seed {(bad.get('metrics') or {}).get('seed')}: {bad.get('reason')}"
     averaged = sorted({k for t in group for k in (t.get("metrics") or {}) if k.startswith(SEED_MEANS)} - SEED_KEEP)
     for key in averaged:
-        values = [_number((t.get("metrics") or {}).get(key)) for t in group]
+        values = [_objectives.finite((t.get("metrics") or {}).get(key)) for t in group]
         values = [v for v in values if v is not None]
         metrics[key] = float(np.mean(values)) if values else None
         metrics[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
@@ -359,12 +363,6 @@ def _aggregate(group: list[Mapping[str, Any]]) -> dict[str, Any]:
     return first
 
 
-def _number(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 # ---- the front ----------------------------------------------------------------------
