@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray  # noqa: E402
 import yaml
-
-ray = pytest.importorskip("ray")
 
 from search.replay import replay  # noqa: E402
 from search.store import RunStore, front_from_trials  # noqa: E402
@@ -163,7 +162,7 @@ def test_searcher_asks_tells_and_finishes() -> None:
 
 
 def test_searcher_drives_a_real_strategy() -> None:
-    strategies = pytest.importorskip("search.strategies")
+    from search import strategies
     strat = strategies.make_strategy("random", SPACE, seed=0, budget=4)
     s = StrategySearcher(strat, max_trials=4)
     specs = {f"t{i}": ArchSpec.from_dict(s.suggest(f"t{i}")["spec"]) for i in range(4)}
@@ -202,7 +201,7 @@ def test_replay_tells_the_record_in_order_and_returns_the_lost_asks() -> None:
 
 
 def test_replay_adopts_a_recorded_candidate_the_strategy_does_not_ask() -> None:
-    strategies = pytest.importorskip("search.strategies")
+    from search import strategies
     foreign = RandomStrategy(seed=99).ask()
     for name in ("random", "nsga2"):
         strat = strategies.make_strategy(name, SPACE, seed=0, budget=6)
@@ -431,3 +430,40 @@ def test_a_killed_driver_resumes_on_a_cluster_joined_by_address(tmp_path) -> Non
     assert after[: len(before)] == before  # every earlier trial kept, as recorded
     assert len([ln for ln in store.trials_path.read_text().splitlines() if ln.endswith("}")]) == n  # no reruns
     assert store.read_json("pareto.json") == json.loads(json.dumps(front_from_trials(after)))
+
+
+def test_a_lost_head_ends_the_search_at_once_with_the_resume_hint(tmp_path) -> None:
+    """The cluster's head dies mid-search: the driver ends within seconds with exit 2 and one
+    line saying how far it got and how to resume (Ray alone would take ~60 s and exit 1)."""
+    n, temp, port = 8, tempfile.mkdtemp(prefix="fnh", dir="/tmp"), _free_port()
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    store = RunStore.create(tmp_path, "lost", {"n": n})
+    code = (f"import sys\nfrom tests.test_tune import drive\ntry:\n    drive({str(store.run_dir)!r}, {n}, '127.0.0.1:{port}', False)\n"
+            "except ConnectionError as err:\n    print(f'fusion-nas: error: {err}', file=sys.stderr)\n"
+            "    sys.exit(2)\n")
+    driver = None
+    try:
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
+                        "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats"],
+                       env=env, check=True, capture_output=True, timeout=90)
+        driver = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while len(store.trials()) < 2:
+            assert driver.poll() is None, driver.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no trials recorded in time"
+            time.sleep(0.05)
+        _kill_all(_cluster_pids(temp) - _descendants({driver.pid}))  # the head dies, the driver lives on
+        killed = time.monotonic()
+        _, err = driver.communicate(timeout=60)
+        waited = time.monotonic() - killed
+    finally:
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+        _kill_all(_cluster_pids(temp))
+        shutil.rmtree(temp, ignore_errors=True)
+    assert driver.returncode == 2, err[-3000:]
+    assert f"search.address: the Ray cluster at 127.0.0.1:{port} is gone" in err, err[-3000:]
+    assert f"resume with fusion-nas search --resume {store.run_dir}" in err
+    assert waited < 30  # the watchdog checks every 2 s; Ray's own give-up takes about 60 s
+    assert len(store.trials()) >= 2  # the finished trials stay recorded
