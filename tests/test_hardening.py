@@ -49,7 +49,7 @@ def free_port() -> int:
 
 
 # ---- names and paths ----------------------------------------------------------------
-@pytest.mark.parametrize("name", ["/abs/run", "../../x", "..", ".", "a/b", "a\nb", "x" * 300, "-x", ""])
+@pytest.mark.parametrize("name", ["/abs/run", "../../x", "..", ".", "a/b", "a\nb", "a\x00b", "x" * 300, "-x", ""])
 def test_a_bad_name_is_refused_and_nothing_is_written(tmp_path, capsys, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     cfg = write_config(tmp_path)
