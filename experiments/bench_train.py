@@ -98,7 +98,8 @@ def bench_speed(args: argparse.Namespace) -> list[str]:
     runs += [("late concat", speed_specs()["late concat"], b) for b in args.batches if b != base.batch_size]
     totals = [0.0, 0.0]  # seconds per candidate at the config's batch size, summed over the specs
     for name, spec, batch in runs:
-        cfg = TrainConfig(**{**base.to_dict(), "epochs": epochs, "patience": epochs, "batch_size": batch})
+        cfg = TrainConfig(**{**base.to_dict(), "epochs": epochs, "patience": epochs, "batch_size": batch,
+                             "full_batch": 0, "min_steps": 0, "max_steps": 0})
         cached = [evaluate_candidate(spec, taps, cfg) for _ in range(args.repeats)]
         direct = [evaluate_with_backbones(spec, ds, backbones, cfg) for _ in range(args.repeats)]
         a, b = (min(r["seconds_per_epoch"] for r in runs) for runs in (cached, direct))
