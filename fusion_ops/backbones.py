@@ -49,6 +49,9 @@ class Backbone(nn.Module):
 
     KIND: ClassVar[str] = ""
     SEQUENCE: ClassVar[bool] = False  # takes per-sample `lengths` of padded (T, F) inputs
+    # its data is padded (set by whoever builds it for a dataset with lengths): a fusion
+    # pools this backbone's token taps instead of flattening them (`fusion_ops.model.flat_taps`)
+    padded: bool = False
 
     def __init__(self, input_shape: tuple[int, ...]) -> None:
         super().__init__()

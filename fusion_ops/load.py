@@ -123,6 +123,8 @@ def save_model(model: ExportedModel, out: str | Path, backbones: Mapping[str, Ma
         "modalities": {
             m: {"input_shape": list(shape), "backbone": dict(backbones[m])} for m, shape in model.input_shapes.items()
         },
+        # the token taps its vector operators read flattened (absent in older exports: none)
+        "flat_taps": sorted(model.model.fusion.flat),
         "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
     }
     (out / WEIGHTS_FILE).write_bytes(data)
@@ -224,7 +226,10 @@ def _build(spec: ArchSpec, info: Mapping[str, Any], tensors: Mapping[str, Tensor
                               tuple(d["input_shape"]), generator)
             for m, d in mods.items()
         }
-        model = build_model(spec, backbones, int(info["num_classes"]), True, generator)
+        flat = info.get("flat_taps", [])
+        if not isinstance(flat, list) or not all(isinstance(t, str) for t in flat):
+            raise ValueError(f"flat_taps: expected a list of tap names, got {flat!r}")
+        model = build_model(spec, backbones, int(info["num_classes"]), True, generator, flat=flat)
     except (KeyError, TypeError, ValueError) as err:
         raise ExportError(f"{path / MODEL_FILE}: cannot build the exported model "
                           f"({type(err).__name__}: {err})") from None

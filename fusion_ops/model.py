@@ -3,17 +3,27 @@
 The trainable part, `FusionHead` (cells + head), reads taps by name (`"image@2"`),
 so a search can train it on cached taps and never run a backbone per candidate;
 `FusionModel` puts the backbones in front of it for raw inputs.
+
+How a vector operator (concat, tensor, ...) reads a token tap `(B, T, d)`: a tap of
+fixed length (not padded) with at most `FLAT_MAX` numbers per sample is flattened to
+`(B, T * d)`, as a hand-made model would read a small image or an MFCC window; a padded
+tap, or a larger one, is mean-pooled over its real tokens (`(B, d)`). Pooling a small
+fixed-length input throws away where things are: on `av_digits` a late-fusion concat
+of the raw 8x8 image rows and 12 MFCC frames scored 0.63 val pooled, 0.80 flattened
+(experiments/RESULTS.md, "Search quality"). Token operators (attention, bottleneck,
+memory) read tokens as tokens.
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fusion_ops._registry import create_fusion
+from fusion_ops._registry import create_fusion, fusion_class
 from fusion_ops.backbones import Backbone, seeded_init
 from fusion_ops.base import LENGTHS_SUFFIX, lengths_key, masked_mean, step_masks, takes_masks
 from fusion_ops.cost import count_flops, count_params
@@ -27,6 +37,16 @@ ACTIVATION_MODULES: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
 }
 assert set(ACTIVATION_MODULES) == set(ACTIVATIONS), "activation table out of step with spaces.spec"
+
+
+FLAT_MAX = 4096  # numbers per sample up to which a fixed-length token tap is read flattened
+
+
+def flat_taps(tap_shapes: Mapping[str, tuple[int, ...]], padded: Collection[str] = ()) -> frozenset[str]:
+    """The token taps a vector operator reads flattened: fixed length (not in `padded`, a
+    collection of tap names) and at most `FLAT_MAX` numbers per sample."""
+    return frozenset(t for t, s in tap_shapes.items()
+                     if len(s) == 2 and t not in padded and math.prod(s) <= FLAT_MAX)
 
 
 def required_taps(spec: ArchSpec) -> list[str]:
@@ -70,13 +90,20 @@ def _check_cell(cell: CellSpec, n_taps: Mapping[str, int], where: str) -> None:
 
 
 class FusionCell(nn.Module):
-    """`act(op({m: taps["m@d"]}))`, chained: `act(op({m: taps["m@d"], _prev: prev}))`; `(B, width)`."""
+    """`act(op({m: taps["m@d"]}))`, chained: `act(op({m: taps["m@d"], _prev: prev}))`; `(B, width)`.
 
-    def __init__(self, cell: CellSpec, tap_widths: Mapping[str, int], prev_width: int | None) -> None:
+    A vector operator reads the taps in `flat` flattened (`(B, T * d)`) and pools other
+    token taps; a token operator reads tokens (see the module docstring).
+    """
+
+    def __init__(self, cell: CellSpec, tap_shapes: Mapping[str, tuple[int, ...]], prev_width: int | None,
+                 flat: Collection[str] = frozenset()) -> None:
         super().__init__()
         self.sources: tuple[tuple[str, str], ...] = tuple((parse_tap(t)[0], t) for t in cell.taps)
         self.chained = prev_width is not None
-        in_dims = {m: tap_widths[t] for m, t in self.sources}
+        token_op = fusion_class(cell.op).TOKEN_INPUTS
+        self.flat: frozenset[str] = frozenset() if token_op else frozenset(t for _, t in self.sources if t in flat)
+        in_dims = {m: math.prod(tap_shapes[t]) if t in self.flat else tap_shapes[t][-1] for m, t in self.sources}
         if prev_width is not None:
             in_dims[PREV] = prev_width
         self.op = create_fusion(cell.op, in_dims, cell.width, **cell.op_args)
@@ -84,8 +111,12 @@ class FusionCell(nn.Module):
         self.op_takes_masks = self.op.TOKEN_INPUTS and takes_masks(self.op)
 
     def forward(self, taps: Mapping[str, Tensor], prev: Tensor | None = None) -> Tensor:
-        feats = {m: taps[t] for m, t in self.sources}
+        feats = {m: taps[t].flatten(1) if t in self.flat else taps[t] for m, t in self.sources}
         masks = step_masks(taps, dict(self.sources))  # padded token taps only
+        padded_flat = sorted(t for m, t in self.sources if t in self.flat and m in masks)
+        if padded_flat:
+            raise ValueError(f"tap {padded_flat[0]} comes with lengths (padded) but this model reads it flattened;"
+                             " build it for padded data (a backbone with `padded = True`, or `flat` without the tap)")
         if masks and not self.op_takes_masks:  # the op would mean-pool: pool the real tokens here
             feats.update({m: masked_mean(feats[m], mask) for m, mask in masks.items()})
         if self.chained:
@@ -100,11 +131,12 @@ class FusionHead(nn.Module):
     `forward(taps)` takes a dict of tap tensors by name, each `(B, d)` or `(B, T, d)`
     (extra taps are ignored) and returns logits `(B, num_classes)`. `dropout` drops each
     cell's output (after its activation) in training mode only: no parameters, no FLOPs,
-    and eval-mode outputs are the same whatever its value.
+    and eval-mode outputs are the same whatever its value. `flat`: the token taps vector
+    operators read flattened (default `flat_taps(tap_shapes)`: every small one, none padded).
     """
 
     def __init__(self, spec: ArchSpec, tap_shapes: Mapping[str, tuple[int, ...]], num_classes: int,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, flat: Collection[str] | None = None) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: must be in [0, 1), got {dropout!r}")
@@ -112,12 +144,13 @@ class FusionHead(nn.Module):
         if missing:
             raise ValueError(f"spec reads taps with no known shape: {', '.join(missing)}")
         self.tap_shapes: dict[str, tuple[int, ...]] = {t: tuple(tap_shapes[t]) for t in required_taps(spec)}
-        widths = {t: s[-1] for t, s in self.tap_shapes.items()}
+        flat = flat_taps(self.tap_shapes) if flat is None else flat
+        self.flat: frozenset[str] = frozenset(t for t in self.tap_shapes if t in flat)
         self.cells = nn.ModuleList()
         for i, cell in enumerate(spec.cells):
             # hybrid: each cell after the first is also fed the previous cell's output
             prev_width = spec.cells[i - 1].width if spec.stage == "hybrid" and i > 0 else None
-            self.cells.append(FusionCell(cell, widths, prev_width))
+            self.cells.append(FusionCell(cell, self.tap_shapes, prev_width, self.flat))
         dims = (spec.cells[-1].width, *spec.head)
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:], strict=True):
@@ -157,11 +190,12 @@ class FusionModel(nn.Module):
     logits `(B, num_classes)`, identical for the same batch. Each backbone is cut after
     the deepest block the spec reads (`Backbone.lean`): a spec on raw inputs runs no block,
     and the model holds, runs and is charged for exactly the blocks it needs. Frozen
-    backbones run in eval mode under `no_grad`.
+    backbones run in eval mode under `no_grad`. `flat` as for `FusionHead`; by default
+    from the backbones (the token taps of a backbone marked `padded` are pooled).
     """
 
     def __init__(self, spec: ArchSpec, backbones: Mapping[str, Backbone], num_classes: int, frozen: bool,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, flat: Collection[str] | None = None) -> None:
         super().__init__()
         self._spec = spec
         depth = deepest_taps(spec)
@@ -174,7 +208,11 @@ class FusionModel(nn.Module):
             for m, b in zip(self.modalities, self.backbones, strict=True)
             for d, s in enumerate(b.tap_shapes)
         }
-        self.fusion = FusionHead(spec, shapes, num_classes, dropout)
+        if flat is None:
+            padded = {make_tap(m, d) for m, b in zip(self.modalities, self.backbones, strict=True)
+                      if b.padded for d in b.depths}
+            flat = flat_taps(shapes, padded)
+        self.fusion = FusionHead(spec, shapes, num_classes, dropout, flat)
         self.train()
 
     @property
@@ -219,12 +257,14 @@ def build_model(
     freeze_backbones: bool = True,
     generator: torch.Generator | None = None,
     dropout: float = 0.0,
+    flat: Collection[str] | None = None,
 ) -> FusionModel:
     """The candidate `spec` over `backbones` with a `num_classes`-way classifier.
 
     Frozen backbones are shared with the caller (their parameters set to not
     require grad); unfrozen ones are copied, so fine-tuning one candidate never
-    changes another's. Fusion weights are drawn from `generator` when given.
+    changes another's. Fusion weights are drawn from `generator` when given. `flat`:
+    see `FusionModel`.
     """
     check_spec(spec, {m: len(b.tap_shapes) for m, b in backbones.items()})
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -234,7 +274,7 @@ def build_model(
         chosen[m] = backbones[m] if freeze_backbones else copy.deepcopy(backbones[m])
         chosen[m].requires_grad_(not freeze_backbones)
     with seeded_init(generator):
-        return FusionModel(spec, chosen, num_classes, frozen=freeze_backbones, dropout=dropout)
+        return FusionModel(spec, chosen, num_classes, frozen=freeze_backbones, dropout=dropout, flat=flat)
 
 
 def model_cost(model: FusionModel) -> dict[str, int]:

@@ -119,7 +119,8 @@ def train_for_export(spec: ArchSpec, prepared: Prepared, *, retrain: bool = Fals
     if result.status != "ok":
         raise ExportError(f"training {spec.arch_id} for export failed: {result.reason}")
     if frozen:  # the trained head behind the frozen backbones it was trained on the taps of
-        model = build_model(spec, prepared.backbones, data.num_classes, True, torch.Generator().manual_seed(0))
+        model = build_model(spec, prepared.backbones, data.num_classes, True, torch.Generator().manual_seed(0),
+                            flat=prepared.taps.flat_taps())
         model.fusion.load_state_dict(module.state_dict())
     return model, result
 

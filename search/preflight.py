@@ -17,7 +17,7 @@ import torch
 
 from fusion_ops import Backbone, count_flops, count_params
 from fusion_ops.backbones import build_backbone
-from fusion_ops.model import FusionCell
+from fusion_ops.model import FusionCell, flat_taps
 from search import objectives
 from search.config import Config
 from search.datasets import DataError, Dataset, load_dataset
@@ -102,6 +102,7 @@ def meta_backbones(config: Config, dataset: Dataset) -> dict[str, Backbone]:
             if m in dataset.lengths_of("train") and not type(out[m]).SEQUENCE:
                 raise ValueError(f"{bcfg.kind} backbone cannot read padded sequences ({m!r} comes with "
                                  "lengths); use a sequence backbone: conv1d or gru")
+            out[m].padded = m in dataset.lengths_of("train")
         except (ValueError, RuntimeError) as err:
             raise ConfigError(one_line(f"backbones.modalities.{m}: {err}")) from None
     return out
@@ -135,13 +136,15 @@ def largest(config: Config, num_classes: int, backbones: Mapping[str, Backbone])
         base_f = sum(_flops(b, torch.zeros(1, *b.input_shape)) for b in backbones.values())
         trunk_p, trunk_f = max(_head_cost(t, width, num_classes) for t in space.trunks)
         feats = {t: torch.zeros(1, *s) for t, s in taps.values()}
+        flat = flat_taps({t: s for t, s in taps.values()},
+                         {t for m, (t, _) in taps.items() if backbones[m].padded})
         best_p, best_f = (0, ""), (0, "")  # the operators largest in parameters and in FLOPs
         for op in space.ops:
             for setting in _settings(op):
                 cell = CellSpec(taps=tuple(t for t, _ in taps.values()), op=op.name, width=width, args=setting)
-                p, f = _cell_cost(cell, feats, None)
+                p, f = _cell_cost(cell, feats, None, flat)
                 if chained:
-                    cp, cf = _cell_cost(cell, feats, width)
+                    cp, cf = _cell_cost(cell, feats, width, flat)
                     p, f = p + (space.max_cells - 1) * cp, f + (space.max_cells - 1) * cf
                 shown = ", ".join(f"{k}={v}" for k, v in setting)
                 desc = (f"{op.name}{f' ({shown})' if shown else ''} at width {width}"
@@ -158,9 +161,10 @@ def _settings(op: OpChoice) -> list[tuple[tuple[str, object], ...]]:
     return [tuple((a.name, max(values) if a.kind in ("int", "float") else values[-1]) for a, values in op.args)]
 
 
-def _cell_cost(cell: CellSpec, feats: Mapping[str, torch.Tensor], prev: int | None) -> tuple[int, int]:
+def _cell_cost(cell: CellSpec, feats: Mapping[str, torch.Tensor], prev: int | None,
+               flat: frozenset[str]) -> tuple[int, int]:
     try:
-        module = FusionCell(cell, {t: x.shape[-1] for t, x in feats.items()}, prev)
+        module = FusionCell(cell, {t: tuple(x.shape[1:]) for t, x in feats.items()}, prev, flat)
     except ValueError as err:  # an operator's own guard (e.g. the tensor op's outer-product size)
         text = str(err)
         label = f"space.ops.{text}" if text.startswith(f"{cell.op}.") else f"space.ops.{cell.op}: {text}"

@@ -181,6 +181,8 @@ def pretrain_backbones(
         say(f"{m}: unimodal{score} val {info['val_accuracy']:.3f}, test {info['test_accuracy']:.3f}"
             f"{' (cached)' if info['cached'] else ''}")
         backbones[m], infos[m] = clf.backbone.eval(), info
+    for m, b in backbones.items():  # a fusion pools a padded modality's tokens (fusion_ops.model.flat_taps)
+        b.padded = m in dataset.lengths_of("train")
     return backbones, infos
 
 

@@ -86,6 +86,8 @@ def _costs(store: RunStore, specs: Any) -> dict[str, tuple[float, float]]:
     dataset = load_dataset(config.data, config.path.parent)
     g = torch.Generator().manual_seed(0)
     backbones = {m: build_backbone(config.backbones.backbone_for(m, s), s, g) for m, s in dataset.shapes.items()}
+    for m, b in backbones.items():
+        b.padded = m in dataset.lengths_of("train")
     out = {}
     for spec in specs:
         try:

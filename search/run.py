@@ -95,10 +95,11 @@ def cost_function(prepared: Prepared) -> Callable[[ArchSpec], tuple[int, int]]:
     """
     backbone_cost = {(m, d): _backbone_cost(b.lean(d)) for m, b in prepared.backbones.items() for d in b.depths}
     cache: dict[str, tuple[int, int]] = {}
+    flat = prepared.taps.flat_taps()
 
     def cost(spec: ArchSpec) -> tuple[int, int]:
         if spec.arch_id not in cache:
-            head = FusionHead(spec, prepared.taps.tap_shapes, prepared.taps.num_classes)
+            head = FusionHead(spec, prepared.taps.tap_shapes, prepared.taps.num_classes, flat=flat)
             runs = deepest_taps(spec).items()
             cache[spec.arch_id] = (
                 count_params(head) + sum(backbone_cost[md][0] for md in runs),

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from fusion_ops.backbones import Backbone
 from fusion_ops.base import lengths_key
+from fusion_ops.model import flat_taps
 from search.datasets import Dataset
 from search.datasets.common import SPLITS
 from spaces.spec import make_tap, parse_tap
@@ -93,6 +94,12 @@ class TapCache:
             m, d = parse_tap(tap)
             out[m] = max(out.get(m, 0), d + 1)
         return out
+
+    def flat_taps(self) -> frozenset[str]:
+        """The token taps vector operators read flattened (`fusion_ops.model.flat_taps`): the
+        small ones that are not padded."""
+        padded = {t for split in self.lengths.values() for t in split}
+        return flat_taps(self.tap_shapes, padded)
 
     def subset(self, tap_names: Iterable[str]) -> TapCache:
         """The same cache holding only `tap_names` (arrays shared, not copied)."""

@@ -325,7 +325,7 @@ def build_head(spec: ArchSpec, taps: TapCache, seed: int, dropout: float = 0.0) 
     """`FusionHead(spec)` for the taps in `taps`, initialised from `seed`; ValueError if it cannot be built."""
     check_spec(spec, taps.n_taps())
     with seeded_init(torch.Generator().manual_seed(seed)):
-        return FusionHead(spec, taps.tap_shapes, taps.num_classes, dropout)
+        return FusionHead(spec, taps.tap_shapes, taps.num_classes, dropout, taps.flat_taps())
 
 
 def candidate_config(cfg: TrainConfig, spec: ArchSpec, seed: int | None = None) -> TrainConfig:
@@ -353,7 +353,7 @@ def task_of(taps: TapCache) -> Task:
 
 def _fit_head(head: FusionHead, spec: ArchSpec, taps: TapCache, cfg: TrainConfig, report: Report | None) -> FitResult:
     sub = taps.subset(required_taps(spec))  # only the taps this spec reads become tensors
-    pool = pooled_taps(spec)
+    pool = pooled_taps(spec) - head.flat
     return fit(head, _pooled(sub.tensors("train"), pool), _pooled(sub.tensors("val"), pool), cfg, report=report,
                task=task_of(taps))
 
@@ -365,8 +365,9 @@ def task_metrics(task: Task, model: nn.Module, splits: Mapping[str, Split]) -> d
 
 
 def pooled_taps(spec: ArchSpec) -> set[str]:
-    """Taps that only vector operators read: they mean-pool tokens on every batch, so
-    pooling them once per candidate gives the same numbers with less work per step."""
+    """Taps that only vector operators read: but for those they read flattened (`FusionHead.flat`),
+    they mean-pool tokens on every batch, so pooling them once per candidate gives the same
+    numbers with less work per step."""
     token_readers = {t for c in spec.cells if fusion_class(c.op).TOKEN_INPUTS for t in c.taps}
     return {t for c in spec.cells for t in c.taps} - token_readers
 

@@ -65,13 +65,14 @@ def test_same_sample_different_padding_same_output(name):
 
 @pytest.mark.parametrize("name", ["concat", "tensor", "low_rank"])
 def test_a_vector_operator_cell_pools_only_the_real_tokens(name):
-    """Vector operators mean-pool tokens; in a cell with padded taps the pool ignores the padding."""
+    """Vector operators mean-pool the tokens of padded taps (`flat=()`: none read flattened);
+    the pool ignores the padding."""
     spec = ArchSpec("early", (CellSpec(("a@0", "b@0"), name, 6, "relu"),), head=())
     shapes = {"a@0": (9, 5), "b@0": (9, 3)}
     from fusion_ops import FusionHead
 
     torch.manual_seed(0)
-    head = FusionHead(spec, shapes, 2).eval()
+    head = FusionHead(spec, shapes, 2, flat=()).eval()
     a, b, la, lb = torch.randn(2, 9, 5), torch.randn(2, 9, 3), [3, 9], [5, 1]
     with torch.no_grad():
         got = head({"a@0": padded(a, la, 9, 0), "b@0": padded(b, lb, 9, 1),
@@ -123,6 +124,8 @@ def test_planted_random_lengths_model_logits_do_not_depend_on_padding():
     assert (ds.test["m1"][steps >= lengths["m1"][:, None]] == 0).all()
     g = torch.Generator().manual_seed(0)
     backbones = {m: build_backbone(BackboneConfig("gru", (4, 4)), ds.shapes[m], g) for m in ds.modalities}
+    for b in backbones.values():
+        b.padded = True  # as `pretrain_backbones` marks them for data with lengths: token taps are pooled
     xs = {m: torch.tensor(ds.test[m]) for m in ds.modalities}
     xs.update({lengths_key(m): torch.tensor(n) for m, n in lengths.items()})
     for cell in (CellSpec(("m1@1", "m2@0"), "attention", 6, "relu"), CellSpec(("m1@1", "m2@1"), "concat", 6, "relu"),

@@ -135,7 +135,11 @@ def test_hybrid_chain_feeds_each_cell_the_previous_activated_output(backbone_set
     assert set(fed[0]) == {"audio", "image"}, "the first cell has no previous cell"
     for i, c in enumerate(spec.cells):
         for tap in c.taps:
-            assert fed[i][tap.split("@")[0]] is taps[tap], f"cell {i} must read {tap}"
+            got = fed[i][tap.split("@")[0]]
+            if tap in model.fusion.cells[i].flat:  # a small fixed-length token tap, read flattened by a vector op
+                assert taps[tap].dim() == 3 and torch.equal(got, taps[tap].flatten(1)), f"cell {i} must read {tap}"
+            else:
+                assert got is taps[tap], f"cell {i} must read {tap}"
         act = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}[c.activation]
         assert torch.equal(cell_out[i], act(op_out[i]))
         if i > 0:
@@ -345,3 +349,62 @@ def test_the_lean_model_on_raw_inputs_equals_forward_taps_on_cached_taps(backbon
         model = build_model(spec, backbones, NUM_CLASSES).eval()
         with torch.no_grad():
             torch.testing.assert_close(model(inputs), model.forward_taps(taps), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ how vector operators read token taps
+def test_a_vector_operator_reads_a_small_fixed_length_token_tap_flattened():
+    """concat on a (4, 3) and a (5, 2) token tap is one linear layer on the 12 + 10 flattened numbers
+    (written out: W @ [a.flatten(), b.flatten()] + bias); the order of the tokens matters."""
+    from fusion_ops.model import FusionHead
+
+    spec = ArchSpec("early", (CellSpec(("a@0", "b@0"), "concat", 6, "identity"),), head=())
+    head = FusionHead(spec, {"a@0": (4, 3), "b@0": (5, 2)}, 2).eval()
+    cell = head.cells[0]
+    assert cell.flat == {"a@0", "b@0"} and cell.op.in_dims == {"a": 12, "b": 10}
+    a, b = torch.randn(3, 4, 3), torch.randn(3, 5, 2)
+    linear = cell.op.linear
+    want = torch.stack([linear.weight @ torch.cat([a[i].reshape(-1), b[i].reshape(-1)]) + linear.bias
+                        for i in range(3)])
+    with torch.no_grad():
+        got = cell({"a@0": a, "b@0": b})
+        swapped = cell({"a@0": a.flip(1), "b@0": b})
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(swapped, got), "reversing the tokens must change a flattened reading"
+
+
+def test_large_padded_and_token_operator_taps_are_not_flattened():
+    """Past FLAT_MAX numbers, or padded, a token tap is mean-pooled (in_dims = d); a token
+    operator reads tokens; a vector tap is read as it is."""
+    from fusion_ops.model import FLAT_MAX, FusionHead, flat_taps
+
+    shapes = {"a@0": (FLAT_MAX // 8 + 1, 8), "b@0": (3, 2), "c@0": (5,)}
+    assert flat_taps(shapes) == {"b@0"} and flat_taps(shapes, padded={"b@0"}) == frozenset()
+    spec = ArchSpec("early", (CellSpec(("a@0", "b@0", "c@0"), "concat", 4, "relu"),), head=())
+    assert FusionHead(spec, shapes, 2).cells[0].op.in_dims == {"a": 8, "b": 6, "c": 5}
+    assert FusionHead(spec, shapes, 2, flat=()).cells[0].op.in_dims == {"a": 8, "b": 2, "c": 5}
+    attn = ArchSpec("early", (CellSpec(("a@0", "b@0"), "attention", 4, "relu"),), head=())
+    head = FusionHead(attn, shapes, 2)
+    assert head.cells[0].flat == frozenset() and head.cells[0].op.in_dims == {"a": 8, "b": 2}
+
+
+def test_a_padded_tap_read_flattened_is_refused_with_a_reason():
+    from fusion_ops.base import lengths_key
+    from fusion_ops.model import FusionHead
+
+    spec = ArchSpec("early", (CellSpec(("a@0", "b@0"), "concat", 4, "relu"),), head=())
+    head = FusionHead(spec, {"a@0": (4, 3), "b@0": (2,)}, 2)
+    with pytest.raises(ValueError, match="a@0 comes with lengths"):
+        head({"a@0": torch.zeros(2, 4, 3), lengths_key("a@0"): torch.tensor([2, 4]), "b@0": torch.zeros(2, 2)})
+
+
+def test_models_on_raw_inputs_and_on_cached_taps_read_token_taps_alike(backbone_sets):
+    """FusionModel marks the same taps flat as a FusionHead built on the taps' shapes, and a
+    backbone marked padded turns flattening off for its taps."""
+    backbones = backbone_sets["conv1d"]
+    spec = ArchSpec("early", (cell(["audio@0", "image@0"], "concat", width=4),))
+    model = build_model(spec, backbones, NUM_CLASSES)
+    assert model.fusion.flat == {"audio@0"}  # the raw 8x8 image is a vector tap (cnn2d), the audio (20, 13) tokens
+    assert model.fusion.cells[0].op.in_dims["audio"] == 20 * 13
+    padded = {m: b.lean(len(b.tap_shapes) - 1) for m, b in backbones.items()}
+    padded["audio"].padded = True
+    assert build_model(spec, padded, NUM_CLASSES).fusion.flat == frozenset()
