@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from search.config import Config, config_from_dict, load_config
-from search.store import RunStore, check_run_name, front_from_trials
+from search.runstore.store import RunStore, check_run_name, front_from_trials
 from spaces.yaml_errors import in_file
 
 Say = Callable[[str], Any]
@@ -44,7 +44,7 @@ class SearchResult:
         """One row per trial: trial_id, status, seed, confirm, arch (described), stage, ops, then every metric."""
         import pandas as pd
 
-        from search.run import record_spec
+        from search.engine.run import record_spec
 
         rows = []
         for t in self.records():
@@ -65,7 +65,7 @@ class SearchResult:
         """The front's candidates (mean over their seeds), most accurate first, as a DataFrame."""
         import pandas as pd
 
-        from search.run import front_rows
+        from search.engine.run import front_rows
 
         return pd.DataFrame(front_rows(self.pareto()))
 
@@ -78,10 +78,10 @@ class SearchResult:
 
     def figures(self) -> dict[str, Any]:
         """The report's Plotly figures by name (accuracy vs params / FLOPs, history, breakdown)."""
-        from search import report_data as data
-        from search import report_html
         from search.baselines import compare
-        from search.store import candidate_records
+        from search.report import data
+        from search.report import page as report_html
+        from search.runstore.store import candidate_records
 
         trials, front = self.records(), self.pareto()
         points = data.trial_points(candidate_records(trials), front, {})
@@ -91,7 +91,7 @@ class SearchResult:
 
     def report(self, formats: tuple[str, ...] = (), say: Say = lambda _m: None) -> Path:
         """(Re)write `report.html` (and images in `formats`: png, svg); returns its path."""
-        from search.report import write_report
+        from search.report.write import write_report
 
         return write_report(self.run_dir, formats, say=say)
 
@@ -129,8 +129,8 @@ def search(config: str | Path | Mapping[str, Any], *, num_samples: int | None = 
            runs_dir: str | None = None, address: str | None = None, base_dir: str | Path | None = None,
            say: Say = print) -> SearchResult:
     """Run a search (as `fusion-nas search` does) and return its result; errors are `ConfigError`s."""
-    from search import run
-    from search.preflight import preflight
+    from search.engine import run
+    from search.engine.preflight import preflight
 
     cfg = make_config(config, base_dir, num_samples=num_samples, strategy=strategy, seed=seed,
                       runs_dir=runs_dir, address=address)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from search.report import write_report
+from search.report.write import write_report
 from tests.test_report import FRONT, KNEE, make_run
 
 SCREENSHOT = Path("/tmp/fusion-nas-report.png")

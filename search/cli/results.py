@@ -12,14 +12,16 @@ from typing import Any, NoReturn
 
 
 def _usage(err: BaseException) -> NoReturn:
-    from search.cli import UsageError  # here, not at the top: search.cli imports this module
+    from search.cli.commands import (
+        UsageError,  # here, not at the top: search.cli.commands imports this module
+    )
 
     raise UsageError(str(err)) from None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write RUN/report.html (and static images)."""
-    from search.report import write_report
+    from search.report.write import write_report
 
     try:
         path = write_report(args.run, args.format or (), say=print)
@@ -74,7 +76,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def add_parsers(sub: Any) -> None:
     """The three subcommands, on `parser.add_subparsers(dest="command")`."""
-    from search.report import IMAGE_FORMATS
+    from search.report.write import IMAGE_FORMATS
 
     report = sub.add_parser("report", help="write RUN_DIR/report.html: the front, interactive, offline")
     report.add_argument("run", metavar="RUN_DIR")

@@ -2,7 +2,7 @@
 
 Reads the run store only (`trials.jsonl`, `reference.json`, `config.yaml`); the front
 is recomputed from the trials exactly as `pareto.json` is. The data behind the page is
-`search.report_data`, the drawing `search.report_html`.
+`search.report.data`, the drawing `search.report.page`.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from search import report_data as data
 from search.baselines import compare, summary_line
-from search.store import RunStore, atomic_write, candidate_records, front_from_trials
+from search.report import data
+from search.runstore.store import RunStore, atomic_write, candidate_records, front_from_trials
 
 IMAGE_FORMATS = ("png", "svg")
 
@@ -24,7 +24,7 @@ def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs
     `fill_costs` computes the exact params/FLOPs of trials whose record lacks them
     (errored, early-stopped) from the run's config, so that every trial is drawn.
     """
-    from search import report_html  # plotly: only when drawing
+    from search.report import page  # plotly: only when drawing
 
     bad = [f for f in formats if f not in IMAGE_FORMATS]
     if bad:
@@ -39,14 +39,14 @@ def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs
     stored = store.baselines() or []
     comparison = compare(front, stored, objs)
     baselines = data.baseline_points(stored, comparison, objs)
-    figs = report_html.figures(points, hist, baselines, objs)
+    figs = page.figures(points, hist, baselines, objs)
     title = f"fusion-nas report: {store.config().get('name', store.run_dir.parent.name)} / {store.run_id}"
-    page = report_html.render_html(title, points, hist, data.summary(points, front),
-                                   store.config_path.read_text(encoding="utf-8"), figs, baselines=baselines,
-                                   comparison_line=summary_line(comparison) if stored else "")
+    html = page.render_html(title, points, hist, data.summary(points, front),
+                            store.config_path.read_text(encoding="utf-8"), figs, baselines=baselines,
+                            comparison_line=summary_line(comparison) if stored else "")
     path = store.run_dir / "report.html"
-    atomic_write(path, page)
-    report_html.write_images(figs, store.run_dir, formats)
+    atomic_write(path, html)
+    page.write_images(figs, store.run_dir, formats)
     return path
 
 

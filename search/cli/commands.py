@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from search import cli_report
+from search.cli import results as cli_report
 from search.datasets import DataError
 from spaces import ConfigError
 from spaces.yaml_errors import in_file
@@ -39,7 +39,7 @@ def cmd_ops(args: argparse.Namespace) -> int:
 def cmd_space(args: argparse.Namespace) -> int:
     """Print the size of a config's search space and a few samples."""
     from search.config import load_config
-    from search.preflight import preflight
+    from search.engine.preflight import preflight
 
     if args.samples < 0:
         raise UsageError(f"--samples: expected an integer >= 0, got {args.samples}")
@@ -68,11 +68,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's banners off the progress line
-    from search import run
+    from search.cli.display import Progress
     from search.config import load_config
-    from search.display import Progress
-    from search.preflight import preflight
-    from search.store import RunInUse, RunStore, check_run_name
+    from search.engine import run
+    from search.engine.preflight import preflight
+    from search.runstore.store import RunInUse, RunStore, check_run_name
 
     if args.resume:
         # a resumed run keeps its recorded settings: a flag that would change them is refused, not ignored
@@ -95,7 +95,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     cfg = dataclasses.replace(cfg, search=SearchSettings.from_dict({**cfg.search.to_dict(),
                                                                                      "address": args.address}))
                 if cfg.search.address:  # a head that is gone fails here, before data and backbones
-                    from search.ray_cluster import probe_address
+                    from search.engine.ray_cluster import probe_address
 
                     probe_address(cfg.search.address)
                 dataset = preflight(cfg, writes=False)
@@ -118,8 +118,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _search_locked(args: argparse.Namespace, cfg: Any, store: Any, dataset: Any, progress: Any) -> int:
-    from search import run
-    from search.interrupt import Interrupts, SearchInterrupted
+    from search.engine import run
+    from search.engine.interrupt import Interrupts, SearchInterrupted
 
     print(f"{cfg.search.strategy} search: {cfg.search.num_samples} candidates from {cfg.space.size():,}"
           f" architectures, {cfg.search.cpus_per_trial} CPU per trial"
@@ -138,7 +138,7 @@ def _search_locked(args: argparse.Namespace, cfg: Any, store: Any, dataset: Any,
             return interrupted.exit_code
     with in_file(store.trials_path):
         _print_front(store, trials)
-    from search.report import write_report
+    from search.report.write import write_report
 
     try:
         print(f"report: {write_report(store.run_dir, say=print)}")
@@ -154,7 +154,7 @@ def _warn(line: str) -> None:
 
 def _after_interrupt(store: Any, trials: list, num_samples: int, exc: Any) -> None:
     """The front and report of what finished, then the resume hint (a second signal skips them)."""
-    from search.report import write_report
+    from search.report.write import write_report
 
     try:
         if not exc.forced:
@@ -172,7 +172,7 @@ def _after_interrupt(store: Any, trials: list, num_samples: int, exc: Any) -> No
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Print the front of a finished (or running) search."""
-    from search.store import RunStore
+    from search.runstore.store import RunStore
 
     try:
         store = RunStore.open(args.run)
@@ -185,9 +185,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _print_front(store: Any, trials: list) -> None:
     from search.baselines import compare, summary_line
-    from search.display import baselines_table, front_table
-    from search.run import front_rows
-    from search.store import STATUSES, front_from_trials
+    from search.cli.display import baselines_table, front_table
+    from search.engine.run import front_rows
+    from search.runstore.store import STATUSES, front_from_trials
 
     objs = store.objectives()
     front = front_from_trials(trials, store.reference, objs)
@@ -208,7 +208,7 @@ def _print_front(store: Any, trials: list) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Write a commented starter config (read from `--data` when given)."""
-    from search.starter import write_starter
+    from search.cli.starter import write_starter
 
     path = write_starter(args.out, args.data, args.force)
     print(f"wrote {path}; next: fusion-nas space {path}, then fusion-nas search {path}")
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, UsageError, ConnectionError) as err:
         print(f"fusion-nas: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:  # a search handles its own (search.interrupt): this is any other
+    except KeyboardInterrupt as err:  # a search handles its own (search.engine.interrupt): this is any other
         print("fusion-nas: interrupted", file=sys.stderr)
         return getattr(err, "exit_code", 130)
 
