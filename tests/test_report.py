@@ -229,7 +229,8 @@ def test_summary_counts_statuses_and_lists_unplaced_trials(run):
 
 # ------------------------------------------------------------------ the page and the command
 def _parse(argv):
-    from search.cli.results import COMMANDS, add_parsers
+    from search.cli.common import COMMANDS
+    from search.cli.results import add_parsers
 
     parser = argparse.ArgumentParser(prog="fusion-nas")
     add_parsers(parser.add_subparsers(dest="command", required=True))
@@ -281,7 +282,7 @@ def test_a_run_whose_data_is_gone_still_gets_a_report_naming_the_undrawn_trials(
 
 
 def test_report_on_a_folder_that_is_not_a_run_is_a_usage_error(tmp_path):
-    from search.cli.commands import UsageError
+    from search.cli.common import UsageError
 
     with pytest.raises(UsageError, match="not a fusion-nas run directory"):
         _parse(["report", str(tmp_path)])

@@ -5,19 +5,17 @@ import argparse
 import dataclasses
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from search.cli import results as cli_report
+from search.cli import results
+from search.cli.common import COMMANDS, UsageError, command, usage
 from search.datasets import DataError
 from spaces import ConfigError
 from spaces.yaml_errors import in_file
 
 
-class UsageError(ValueError):
-    """A bad command line: reported as one line, exit code 2."""
-
-
+@command("ops")
 def cmd_ops(args: argparse.Namespace) -> int:
     """List the fusion operators and their arguments, then the other registries' names."""
     from fusion_ops import fusion_args, fusion_class, list_backbones, list_fusions
@@ -36,6 +34,7 @@ def cmd_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("space")
 def cmd_space(args: argparse.Namespace) -> int:
     """Print the size of a config's search space and a few samples."""
     from search.config import load_config
@@ -63,6 +62,7 @@ def cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("search")
 def cmd_search(args: argparse.Namespace) -> int:
     """Run a search (or resume one) and print the front."""
     import os
@@ -85,7 +85,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         try:
             store = RunStore.open(args.resume)
         except FileNotFoundError as err:
-            raise UsageError(str(err)) from None
+            usage(err)
         try:
             with store.locked():  # before anything else: a second process stops here, at once
                 cfg = run.resolved_config(store)
@@ -102,7 +102,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 print(f"resuming {store.run_dir}")
                 return _search_locked(args, cfg, store, dataset, Progress)
         except RunInUse as err:
-            raise UsageError(str(err)) from None
+            usage(err)
     if not args.config:
         raise UsageError("search needs a CONFIG file (or --resume RUN_DIR)")
     overrides = {k: v for k, v in (("strategy", args.strategy), ("num_samples", args.num_samples),
@@ -170,6 +170,7 @@ def _after_interrupt(store: Any, trials: list, num_samples: int, exc: Any) -> No
           file=sys.stderr)
 
 
+@command("show")
 def cmd_show(args: argparse.Namespace) -> int:
     """Print the front of a finished (or running) search."""
     from search.runstore.store import RunStore
@@ -177,7 +178,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     try:
         store = RunStore.open(args.run)
     except FileNotFoundError as err:
-        raise UsageError(str(err)) from None
+        usage(err)
     with in_file(store.trials_path):
         _print_front(store, store.trials(warn=_warn))
     return 0
@@ -206,6 +207,7 @@ def _print_front(store: Any, trials: list) -> None:
         print(summary_line(cmp))
 
 
+@command("init")
 def cmd_init(args: argparse.Namespace) -> int:
     """Write a commented starter config (read from `--data` when given)."""
     from search.cli.starter import write_starter
@@ -213,12 +215,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     path = write_starter(args.out, args.data, args.force)
     print(f"wrote {path}; next: fusion-nas space {path}, then fusion-nas search {path}")
     return 0
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "ops": cmd_ops, "space": cmd_space, "search": cmd_search, "show": cmd_show, "init": cmd_init,
-}
-COMMANDS.update(cli_report.COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--data", metavar="FILE", help="an .npz: one array per modality, y, optional split")
     init.add_argument("--out", default="fusion-nas.yaml", help="where to write it (default: fusion-nas.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
-    cli_report.add_parsers(sub)
+    results.add_parsers(sub)
     space = sub.add_parser("space", help="size of a config's search space, and samples")
     space.add_argument("config")
     space.add_argument("--samples", type=int, default=5)
