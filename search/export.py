@@ -40,7 +40,7 @@ from search.training.train import (
     torch_threads,
 )
 from spaces import ArchSpec, ConfigError
-from spaces._yaml_errors import in_file, read_yaml
+from spaces.yaml_errors import in_file, read_yaml
 
 Say = Callable[[str], None]
 EXPORT_FILES = {"arch.yaml", "model.json", "weights.safetensors", "metrics.json", "README.md"}
