@@ -7,8 +7,8 @@ so a search can train it on cached taps and never run a backbone per candidate;
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -123,6 +123,7 @@ class FusionHead(nn.Module):
         for a, b in zip(dims[:-1], dims[1:], strict=True):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.head = nn.Sequential(*layers, nn.Linear(dims[-1], num_classes))
+        self.num_classes = num_classes
         self.drop = nn.Dropout(dropout)
         self.arch_id = spec.arch_id
 
@@ -169,13 +170,14 @@ class FusionModel(nn.Module):
         # a list in sorted-name order: modality names need not be valid ModuleDict keys
         self.backbones = nn.ModuleList(backbones[m].lean(depth[m]) for m in self.modalities)
         self.frozen = frozen
-        shapes = {
-            make_tap(m, d): s
-            for m, b in zip(self.modalities, self.backbones, strict=True)
-            for d, s in enumerate(b.tap_shapes)
-        }
+        shapes = {make_tap(m, d): s for m, b in self.named_backbones() for d, s in enumerate(b.tap_shapes)}
         self.fusion = FusionHead(spec, shapes, num_classes, dropout)
         self.train()
+
+    def named_backbones(self) -> Iterator[tuple[str, Backbone]]:
+        """`(modality, backbone)` in sorted-name order."""
+        for m, b in zip(self.modalities, self.backbones, strict=True):
+            yield m, cast(Backbone, b)  # an nn.ModuleList hands out plain nn.Modules; these are Backbones
 
     @property
     def spec(self) -> ArchSpec:
@@ -196,7 +198,7 @@ class FusionModel(nn.Module):
         """The taps the fusion reads, `{"m@d": (B, ...)}`, from raw inputs."""
         taps: dict[str, Tensor] = {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            for m, backbone in zip(self.modalities, self.backbones, strict=True):
+            for m, backbone in self.named_backbones():
                 lengths = inputs.get(lengths_key(m))  # padded sequences: (B,) valid steps
                 for d, tap in enumerate(backbone.forward_taps(inputs[m], lengths)):
                     taps[make_tap(m, d)] = tap
@@ -240,7 +242,7 @@ def build_model(
 def model_cost(model: FusionModel) -> dict[str, int]:
     """Parameters and forward FLOPs of one sample (batch of 1), see `candidate_cost`."""
     flops_fusion = count_flops(model.fusion, model.fusion.example_taps(1))
-    flops_backbones = sum(count_flops(b, torch.zeros(1, *b.input_shape)) for b in model.backbones)
+    flops_backbones = sum(count_flops(b, torch.zeros(1, *b.input_shape)) for _, b in model.named_backbones())
     return {
         "params_total": count_params(model),
         "params_fusion": count_params(model.fusion),
