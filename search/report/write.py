@@ -8,17 +8,53 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from search.baselines import compare, summary_line
+from search.objectives import Objective
 from search.report import data
 from search.runstore.store import RunStore, atomic_write, candidate_records, front_from_trials
 
 IMAGE_FORMATS = ("png", "svg")
+Say = Callable[[str], Any]
+
+
+class Drawn(NamedTuple):
+    """What the page draws of a run, computed from its store (see `drawn`)."""
+
+    objectives: tuple[Objective, ...]
+    front: dict[str, Any]  # as `front_from_trials` returns it
+    points: list[data.Point]  # one per candidate (a confirmed candidate is one point)
+    history: dict[str, list]
+    stored: list[dict[str, Any]]  # the run's baselines (`baselines.json`), [] without
+    comparison: dict[str, Any]  # `baselines.compare` of the front and `stored`
+    baselines: list[data.BaselinePoint]
+
+
+def drawn(store: RunStore, *, fill_costs: bool = True, say: Say = lambda _msg: None) -> Drawn:
+    """The data behind the page and its figures, read from the run store; `fill_costs`:
+    see `write_report`."""
+    trials = store.trials()
+    objs = store.objectives()
+    front = front_from_trials(trials, store.reference, objs)
+    costs = missing_costs(store, trials, say) if fill_costs else {}
+    points = data.trial_points(candidate_records(trials), front, costs, objs)  # a confirmed candidate: one point
+    hist = data.history([t for t in trials if not t.get("confirm")], store.reference, objs)
+    stored = store.baselines() or []
+    comparison = compare(front, stored, objs)
+    return Drawn(objs, front, points, hist, stored, comparison, data.baseline_points(stored, comparison, objs))
+
+
+def run_figures(run_dir: str | Path, *, fill_costs: bool = True, say: Say = lambda _msg: None) -> dict[str, Any]:
+    """The page's Plotly figures of a run by their ids (`params-stage`, `history`, ...)."""
+    from search.report import page  # plotly: only when drawing
+
+    d = drawn(RunStore.open(run_dir), fill_costs=fill_costs, say=say)
+    return page.figures(d.points, d.history, d.baselines, d.objectives)
 
 
 def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs: bool = True,
-                 say: Callable[[str], Any] = lambda _msg: None) -> Path:
+                 say: Say = lambda _msg: None) -> Path:
     """Write `run_dir/report.html` (and `report-<figure>.<fmt>` for each of `formats`); returns its path.
 
     `fill_costs` computes the exact params/FLOPs of trials whose record lacks them
@@ -30,20 +66,12 @@ def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs
     if bad:
         raise ValueError(f"unknown image format {bad[0]!r}; known: {', '.join(IMAGE_FORMATS)}")
     store = RunStore.open(run_dir)
-    trials = store.trials()
-    objs = store.objectives()
-    front = front_from_trials(trials, store.reference, objs)
-    costs = missing_costs(store, trials, say) if fill_costs else {}
-    points = data.trial_points(candidate_records(trials), front, costs, objs)  # a confirmed candidate: one point
-    hist = data.history([t for t in trials if not t.get("confirm")], store.reference, objs)
-    stored = store.baselines() or []
-    comparison = compare(front, stored, objs)
-    baselines = data.baseline_points(stored, comparison, objs)
-    figs = page.figures(points, hist, baselines, objs)
+    d = drawn(store, fill_costs=fill_costs, say=say)
+    figs = page.figures(d.points, d.history, d.baselines, d.objectives)
     title = f"fusion-nas report: {store.config().get('name', store.run_dir.parent.name)} / {store.run_id}"
-    html = page.render_html(title, points, hist, data.summary(points, front),
-                            store.config_path.read_text(encoding="utf-8"), figs, baselines=baselines,
-                            comparison_line=summary_line(comparison) if stored else "")
+    html = page.render_html(title, d.points, d.history, data.summary(d.points, d.front),
+                            store.config_path.read_text(encoding="utf-8"), figs, baselines=d.baselines,
+                            comparison_line=summary_line(d.comparison) if d.stored else "")
     path = store.run_dir / "report.html"
     atomic_write(path, html)
     page.write_images(figs, store.run_dir, formats)
@@ -51,7 +79,7 @@ def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs
 
 
 def missing_costs(store: RunStore, trials: Sequence[Mapping[str, Any]],
-                  say: Callable[[str], Any] = lambda _msg: None) -> dict[str, tuple[float, float]]:
+                  say: Say = lambda _msg: None) -> dict[str, tuple[float, float]]:
     """`{arch_id: (params_total, flops_total)}` of the trials whose record has no costs.
 
     Costs do not depend on weights, so untrained backbones of the run's config do; the
