@@ -120,7 +120,7 @@ class Chromium:
 
 
 # What the page drew, read from the DOM: per figure, each SVG trace's meta (set by
-# report_html), its trial ids and how many marker / line paths it rendered.
+# search.report.page), its trial ids and how many marker / line paths it rendered.
 INSPECT = """(async () => {
   const figs = Array.from(document.querySelectorAll('.plotly-graph-div'));
   const t0 = Date.now();
