@@ -7,8 +7,8 @@ so a search can train it on cached taps and never run a backbone per candidate;
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -170,14 +170,22 @@ class FusionModel(nn.Module):
         # a list in sorted-name order: modality names need not be valid ModuleDict keys
         self.backbones = nn.ModuleList(backbones[m].lean(depth[m]) for m in self.modalities)
         self.frozen = frozen
-        shapes = {make_tap(m, d): s for m, b in self.named_backbones() for d, s in enumerate(b.tap_shapes)}
+        shapes = {
+            make_tap(m, d): s
+            for m, b in self.named_backbones()
+            for d, s in enumerate(b.tap_shapes)
+        }
         self.fusion = FusionHead(spec, shapes, num_classes, dropout)
         self.train()
 
-    def named_backbones(self) -> Iterator[tuple[str, Backbone]]:
-        """`(modality, backbone)` in sorted-name order."""
+    def named_backbones(self) -> list[tuple[str, Backbone]]:
+        """`(modality, backbone)` in sorted-name order, typed: an `nn.ModuleList` hands out
+        plain `nn.Module`s."""
+        pairs = []
         for m, b in zip(self.modalities, self.backbones, strict=True):
-            yield m, cast(Backbone, b)  # an nn.ModuleList hands out plain nn.Modules; these are Backbones
+            assert isinstance(b, Backbone)  # built from Backbones in __init__
+            pairs.append((m, b))
+        return pairs
 
     @property
     def spec(self) -> ArchSpec:
