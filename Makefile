@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 #   make TORCH_SPEC='torch==2.5.1' test
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: test search lint clean
+.PHONY: test search lint typecheck clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check spaces fusion_ops search tests experiments
 
-test: lint
+# mypy on spaces/ and fusion_ops/ (the files and settings are setup.cfg's [mypy])
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+test: lint typecheck
 	$(PY) -m pytest
 
 search: $(VENV)/.installed

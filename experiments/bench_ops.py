@@ -35,12 +35,11 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from experiments.results_block import RESULTS, machine_line, write_block  # noqa: E402
-from fusion_ops import fusion_args, list_fusions  # noqa: E402
-from fusion_ops._registry import fusion_class  # noqa: E402
+from fusion_ops import fusion_args, fusion_class, list_fusions  # noqa: E402
 from search.datasets import load_dataset  # noqa: E402
-from search.pretrain import BackbonesConfig, pretrain_backbones  # noqa: E402
-from search.taps import TapCache  # noqa: E402
-from search.train import TrainConfig, evaluate_candidate  # noqa: E402
+from search.training.pretrain import BackbonesConfig, pretrain_backbones  # noqa: E402
+from search.training.taps import TapCache  # noqa: E402
+from search.training.train import TrainConfig, evaluate_candidate  # noqa: E402
 from spaces.spec import ArchSpec, CellSpec, make_tap  # noqa: E402
 
 WIDTH = 32

@@ -6,7 +6,7 @@ other setting is the default: mfas, every operator, the default training recipe 
 
 (a) the search: the most accurate (mean val over its seeds) point of the confirmed front,
     scored by its mean test accuracy; searches of 64 candidates with 3 search seeds, run
-    in-process (`search.inprocess`: the same strategy, confirmation and records as a Ray
+    in-process (`search.engine.inprocess`: the same strategy, confirmation and records as a Ray
     run, one candidate after another); "budget 32" is the same search stopped after 32
     candidates, its front confirmed there;
 (b) the best baseline a run trains (`search.baselines`: each modality alone, logistic
@@ -41,13 +41,13 @@ import torch  # noqa: E402
 
 from experiments.results_block import machine_line, write_block  # noqa: E402
 from search.baselines import best_basic  # noqa: E402
-from search.baselines_fit import train_baselines  # noqa: E402
 from search.config import config_from_dict  # noqa: E402
-from search.inprocess import search_in_process  # noqa: E402
-from search.run import Prepared, cost_function, evaluate_trial, prepare, reference_point, trial_context  # noqa: E402
-from search.store import front_from_trials  # noqa: E402
+from search.engine.inprocess import search_in_process  # noqa: E402
+from search.engine.run import Prepared, cost_function, evaluate_trial, prepare, reference_point, trial_context  # noqa: E402
+from search.runstore.store import front_from_trials  # noqa: E402
 from search.strategies import make_strategy  # noqa: E402
-from search.train import TrainConfig, evaluate_candidate  # noqa: E402
+from search.training.baselines_fit import train_baselines  # noqa: E402
+from search.training.train import TrainConfig, evaluate_candidate  # noqa: E402
 from spaces import ArchSpec  # noqa: E402
 from spaces.spec import CellSpec, make_tap  # noqa: E402
 

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from experiments.bench_train import cell, setup  # noqa: E402
 from experiments.results_block import machine_line, write_block  # noqa: E402
-from search.train import TrainConfig, evaluate_candidate  # noqa: E402
+from search.training.train import TrainConfig, evaluate_candidate  # noqa: E402
 from spaces.spec import ArchSpec  # noqa: E402
 
 # the recipe `train:` had before this benchmark (epochs, mini-batches, patience in epochs)

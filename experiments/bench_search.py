@@ -7,11 +7,11 @@
    and hypervolume use one fixed reference per dataset, `objs_mod.default_reference` of the
    costs of every spec in the space (accuracy 0, the decade above 10x the largest cost),
    and, tighter, the space's nadir (its worst accuracy and largest costs).
-2. Strategies: random, grid, mfas and nsga2 are driven through ask/tell, one spec at a
-   time, answering each ask from the table (no retraining); mfas gets the exact
-   `search.run.cost_function`. Reported: HV(found front) / HV(exhaustive front), mean ± std
+2. Strategies: every registered one (`search.strategies.list_strategies`: grid, mfas, nsga2,
+   random, and a plugin's) is driven through ask/tell, one spec at a time, answering each
+   ask from the table (no retraining); mfas gets the exact `search.engine.run.cost_function`. Reported: HV(found front) / HV(exhaustive front), mean ± std
    over seeds, and in how many seeds the best-val-accuracy spec was among those asked.
-3. Overhead: one real `search.run.search` (embedded Ray, 2 CPUs, random strategy on the
+3. Overhead: one real `search.engine.run.search` (embedded Ray, 2 CPUs, random strategy on the
    xor config): wall seconds vs the sum of the trials' own seconds, with Ray start-up and
    `prepare` (pretraining, tap cache) timed apart.
 
@@ -47,16 +47,15 @@ from experiments.results_block import machine_line, write_block  # noqa: E402
 from search import objectives as objs_mod  # noqa: E402
 from search import pareto  # noqa: E402
 from search.config import Config, config_from_dict  # noqa: E402
-from search.pretrain import cache_key  # noqa: E402
-from search.run import Prepared, cost_function, prepare  # noqa: E402
-from search.store import atomic_write, to_jsonable  # noqa: E402
-from search.strategies import make_strategy  # noqa: E402
-from search.train import evaluate_candidate  # noqa: E402
+from search.engine.run import Prepared, cost_function, prepare  # noqa: E402
+from search.runstore.store import atomic_write, to_jsonable  # noqa: E402
+from search.strategies import list_strategies, make_strategy  # noqa: E402
+from search.training.pretrain import cache_key  # noqa: E402
+from search.training.train import evaluate_candidate  # noqa: E402
 from spaces import ArchSpec, SearchSpace  # noqa: E402
 
 CONFIGS = ROOT / "experiments" / "configs"
 DATASETS = {"planted xor": "bench_xor.yaml", "av_digits": "bench_av_digits.yaml"}
-STRATEGIES = ("random", "grid", "mfas", "nsga2")
 TABLE_FORMAT = 1  # bump when what a table row holds changes
 KEEP = ("status", "val_accuracy", "test_accuracy", "params_total", "flops_total", "epochs", "seconds")
 Table = dict[str, dict[str, Any]]  # arch_id -> KEEP metrics of that spec
@@ -189,7 +188,7 @@ def strategy_rows(config: Config, prepared: Prepared, table: Table, budgets: lis
     lines = ["| strategy | budget | HV / exhaustive HV (default ref) | HV / exhaustive HV (nadir ref) "
              "| best-accuracy spec found | best val accuracy found | strategy s per search |", "|---|---|---|---|---|---|---|"]
     say("\n".join(lines))
-    for name in STRATEGIES:
+    for name in list_strategies():
         for budget in budgets:
             runs = []
             start = time.perf_counter()
@@ -261,7 +260,7 @@ def bench_overhead(args: argparse.Namespace, table: Table, say: Say = print) -> 
     """One real search under embedded Ray; wall time against the trials' own seconds."""
     import ray
 
-    from search.run import reference_point, search, start_run
+    from search.engine.run import reference_point, search, start_run
 
     config = bench_config(DATASETS["planted xor"], smoke=args.smoke_test, cache_dir=args.cache_dir,
                           runs_dir=args.runs_dir)
@@ -297,7 +296,7 @@ def bench_overhead(args: argparse.Namespace, table: Table, say: Say = print) -> 
     equal = sum(r["metrics"].get("val_accuracy") == table[r["arch_id"]]["val_accuracy"] for r in same)
     statuses = sorted({r["status"] for r in trials})
     lines = [
-        f"One `search.run.search` of {n} random trials on the xor config (statuses: {', '.join(statuses)}), "
+        f"One `search.engine.run.search` of {n} random trials on the xor config (statuses: {', '.join(statuses)}), "
         f"embedded Ray with 2 CPUs, 1 CPU per trial, at most 2 at once (1-minute load average before: {load:.1f}):", "",
         "| what | seconds |", "|---|---|",
         f"| `ray.init` (embedded, 2 CPUs) | {t['ray_init']:.2f} |",

@@ -31,9 +31,9 @@ import yaml  # noqa: E402
 
 from experiments.results_block import machine_line, write_block  # noqa: E402
 from search.datasets import load_dataset  # noqa: E402
-from search.pretrain import BackbonesConfig, pretrain_backbones  # noqa: E402
-from search.taps import TapCache  # noqa: E402
-from search.train import TrainConfig, evaluate_candidate, evaluate_with_backbones  # noqa: E402
+from search.training.pretrain import BackbonesConfig, pretrain_backbones  # noqa: E402
+from search.training.taps import TapCache  # noqa: E402
+from search.training.train import TrainConfig, evaluate_candidate, evaluate_with_backbones  # noqa: E402
 from spaces.spec import ArchSpec, CellSpec  # noqa: E402
 
 

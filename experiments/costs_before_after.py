@@ -23,8 +23,8 @@ from fusion_ops import build_backbone, count_flops, count_params, deepest_taps  
 from search import objectives, pareto  # noqa: E402
 from search.datasets import load_dataset  # noqa: E402
 from search.export import read_config  # noqa: E402
-from search.report_data import human  # noqa: E402
-from search.store import RunStore, candidate_records, on_front_candidate  # noqa: E402
+from search.report.data import human  # noqa: E402
+from search.runstore.store import RunStore, candidate_records, on_front_candidate  # noqa: E402
 from spaces import ArchSpec  # noqa: E402
 
 

@@ -118,7 +118,7 @@ class AdversarialFusion(FusionOp):
         return self._loss
 
     @aux_loss.setter
-    def aux_loss(self, value: None) -> None:
+    def aux_loss(self, value: Tensor | None) -> None:
         # `FusionOp.__init__` resets `aux_loss` to None; that is the only value accepted
         if value is not None:
             raise ValueError("adversarial.aux_loss: computed from the projections, can only be reset to None")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import pairwise
 from typing import ClassVar
 
@@ -230,7 +230,7 @@ class Conv1dBackbone(Backbone):
     def run_block(self, k: int, block: nn.Module, state: Tensor, lengths: Tensor | None) -> Tensor:
         if lengths is None:
             return block(state)
-        conv, relu, pool = block
+        conv, relu, pool = block.children()
         # zero the padded steps before pooling: after the ReLU a 0 never wins a max
         return pool(zero_padding(relu(conv(state)), lengths, dim=2))
 
@@ -288,15 +288,21 @@ class GRUBackbone(Backbone):
         return zero_padding(state, lengths, dim=1)  # causal: valid steps never saw the padding
 
 
+def _chain_kind(
+    cls: Callable[[tuple[int, ...], tuple[int, ...]], Backbone],
+) -> Callable[[tuple[int, ...], BackboneConfig], Backbone]:
+    """A built-in kind's `build`: its class on the sample shape and the config's one width per block."""
+    return lambda shape, cfg: cls(shape, cfg.sizes)
+
+
 for _name, _cls, _ranks, _expected, _key, _sizes in (
     ("cnn2d", CNN2dBackbone, (2, 3), "(H, W) or (C, H, W)", "channels", (8, 16)),
     ("conv1d", Conv1dBackbone, (2,), "(T, F)", "channels", (16, 32)),
     ("gru", GRUBackbone, (2,), "(T, F)", "hidden", (32,)),
     ("mlp", MLPBackbone, None, "of any shape", "widths", (64, 32)),
 ):
-    register_backbone(_name, BackboneKind(
-        lambda shape, cfg, cls=_cls: cls(shape, cfg.sizes), _ranks, _expected, _key, _sizes,
-        sequence=_cls.SEQUENCE))
+    register_backbone(_name, BackboneKind(_chain_kind(_cls), _ranks, _expected, _key, _sizes,
+                                          sequence=_cls.SEQUENCE))
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ exchanges (late fusion).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -98,7 +98,7 @@ class BottleneckFusion(FusionOp):
         for layer in range(self.args["layers"]):
             if layer < self.args["fusion_layer"]:
                 xs = [blocks[layer](x, None if keys is None else keys[i])
-                      for i, (blocks, x) in enumerate(zip(self.blocks, xs, strict=True))]
+                      for i, (blocks, x) in enumerate(zip(self._blocks_by_modality(), xs, strict=True))]
             else:
                 if bottleneck_hook is not None:
                     b = bottleneck_hook(layer, b)
@@ -106,11 +106,15 @@ class BottleneckFusion(FusionOp):
             states.append(TokenState(xs, b))
         return states
 
+    def _blocks_by_modality(self) -> list[nn.ModuleList]:
+        """Each modality's blocks by layer, in sorted-name order."""
+        return [cast(nn.ModuleList, blocks) for blocks in self.blocks]  # items of an nn.ModuleList are typed nn.Module
+
     def _fuse(self, layer: int, xs: list[Tensor], b: Tensor,
               keys: list[Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
         """One fusing layer: each modality attends over `cat(x_m, b)`; `b` <- mean of updates."""
         new_xs, new_bs = [], []
-        for i, (blocks, x) in enumerate(zip(self.blocks, xs, strict=True)):
+        for i, (blocks, x) in enumerate(zip(self._blocks_by_modality(), xs, strict=True)):
             t = x.shape[1]
             key = None if keys is None else torch.cat([keys[i], keys[i].new_ones(b.shape[:2])], dim=1)
             out = blocks[layer](torch.cat([x, b], dim=1), key)  # (B, t + n_b, D)

@@ -108,7 +108,7 @@ def count_flops(module: nn.Module, *inputs: Any, **kwargs: Any) -> int:
     """
     interaction = 0
 
-    def add_interaction(op: nn.Module, args: tuple[Any, ...]) -> None:
+    def add_interaction(op: FusionOp, args: tuple[Any, ...]) -> None:
         nonlocal interaction
         interaction += op.interaction_flops(args[0])
 

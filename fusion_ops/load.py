@@ -79,7 +79,7 @@ class ExportedModel(nn.Module):
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {m: b.input_shape for m, b in zip(self.modalities, self.model.backbones, strict=True)}
+        return {m: b.input_shape for m, b in self.model.named_backbones()}
 
     def standardize(self, inputs: Mapping[str, Any]) -> dict[str, Tensor]:
         """`(x - mean) / std` per modality, in float32: the same arithmetic the dataset loaders do."""
@@ -117,7 +117,7 @@ def save_model(model: ExportedModel, out: str | Path, backbones: Mapping[str, Ma
         "format": FORMAT,
         "version": VERSION,
         "arch_id": model.arch_id,
-        "num_classes": int(model.model.fusion.head[-1].out_features),
+        "num_classes": int(model.model.fusion.num_classes),
         "classes": list(model.classes),
         "task": model.task,
         "modalities": {

@@ -156,6 +156,7 @@ class FusionHead(nn.Module):
         for a, b in zip(dims[:-1], dims[1:], strict=True):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.head = nn.Sequential(*layers, nn.Linear(dims[-1], num_classes))
+        self.num_classes = num_classes
         self.drop = nn.Dropout(dropout)
         self.arch_id = spec.arch_id
 
@@ -205,7 +206,7 @@ class FusionModel(nn.Module):
         self.frozen = frozen
         shapes = {
             make_tap(m, d): s
-            for m, b in zip(self.modalities, self.backbones, strict=True)
+            for m, b in self.named_backbones()
             for d, s in enumerate(b.tap_shapes)
         }
         if flat is None:
@@ -214,6 +215,15 @@ class FusionModel(nn.Module):
             flat = flat_taps(shapes, padded)
         self.fusion = FusionHead(spec, shapes, num_classes, dropout, flat)
         self.train()
+
+    def named_backbones(self) -> list[tuple[str, Backbone]]:
+        """`(modality, backbone)` in sorted-name order, typed: an `nn.ModuleList` hands out
+        plain `nn.Module`s."""
+        pairs = []
+        for m, b in zip(self.modalities, self.backbones, strict=True):
+            assert isinstance(b, Backbone)  # built from Backbones in __init__
+            pairs.append((m, b))
+        return pairs
 
     @property
     def spec(self) -> ArchSpec:
@@ -234,7 +244,7 @@ class FusionModel(nn.Module):
         """The taps the fusion reads, `{"m@d": (B, ...)}`, from raw inputs."""
         taps: dict[str, Tensor] = {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            for m, backbone in zip(self.modalities, self.backbones, strict=True):
+            for m, backbone in self.named_backbones():
                 lengths = inputs.get(lengths_key(m))  # padded sequences: (B,) valid steps
                 for d, tap in enumerate(backbone.forward_taps(inputs[m], lengths)):
                     taps[make_tap(m, d)] = tap
@@ -280,7 +290,7 @@ def build_model(
 def model_cost(model: FusionModel) -> dict[str, int]:
     """Parameters and forward FLOPs of one sample (batch of 1), see `candidate_cost`."""
     flops_fusion = count_flops(model.fusion, model.fusion.example_taps(1))
-    flops_backbones = sum(count_flops(b, torch.zeros(1, *b.input_shape)) for b in model.backbones)
+    flops_backbones = sum(count_flops(b, torch.zeros(1, *b.input_shape)) for _, b in model.named_backbones())
     return {
         "params_total": count_params(model),
         "params_fusion": count_params(model.fusion),

@@ -78,7 +78,7 @@ class SharedPrivateFusion(FusionOp):
         return self._penalty
 
     @aux_loss.setter
-    def aux_loss(self, value: None) -> None:
+    def aux_loss(self, value: Tensor | None) -> None:
         # `FusionOp.__init__` resets `aux_loss` to None; that is the only value accepted
         if value is not None:
             raise ValueError("shared_private.aux_loss: computed from the codes, can only be reset to None")

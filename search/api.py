@@ -7,22 +7,29 @@
     result.figures()       # the report's Plotly figures, by name
     result.export("my_model")  # the knee (or pick=...), loadable by `fusion_ops.load_model`
 
-`search` takes a config path or a dict (the YAML's content) and goes through the same
-checks, run directory, Ray Tune search and report as `fusion-nas search`;
-`load_run(run_dir)` opens a finished (or running) run into the same `SearchResult`.
+`search` takes a config path or a dict (the YAML's content) and runs the checks, the run
+directory, the Ray Tune search and the report; `load_run(run_dir)` opens a finished (or
+running) run into the same `SearchResult`, and `resume(run_dir)` finishes an interrupted one.
+The `fusion-nas` command (`search.cli`) is a thin layer over these functions.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search.config import Config, config_from_dict, load_config
-from search.store import RunStore, check_run_name, front_from_trials
+from search.objectives import Objective
+from search.runstore.store import RunStore, check_run_name, front_from_trials
 from spaces.yaml_errors import in_file
 
+if TYPE_CHECKING:
+    from search.datasets import Dataset
+    from search.engine.interrupt import Interrupts
+
 Say = Callable[[str], Any]
+Progress = Callable[..., None]  # called after each trial: see `search.engine.tune.run_search`
 
 
 class SearchResult:
@@ -35,16 +42,22 @@ class SearchResult:
     def run_dir(self) -> Path:
         return self.store.run_dir
 
-    def records(self) -> list[dict[str, Any]]:
-        """The raw trial records (`trials.jsonl`), in the order they finished."""
-        return self.store.trials()
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        """The run's objectives, its metric first (accuracy, params, FLOPs unless it chose others)."""
+        return self.store.objectives()
+
+    def records(self, warn: Say | None = None) -> list[dict[str, Any]]:
+        """The raw trial records (`trials.jsonl`), in the order they finished; `warn` hears
+        of lines a crash tore (they are skipped)."""
+        return self.store.trials(warn=warn)
 
     @property
     def trials(self) -> Any:
         """One row per trial: trial_id, status, seed, confirm, arch (described), stage, ops, then every metric."""
         import pandas as pd
 
-        from search.run import record_spec
+        from search.engine.run import record_spec
 
         rows = []
         for t in self.records():
@@ -56,18 +69,20 @@ class SearchResult:
                          **(t.get("metrics") or {})})
         return pd.DataFrame(rows)
 
-    def pareto(self) -> dict[str, Any]:
-        """The front as `pareto.json` holds it (front, knee, hypervolume, reference)."""
-        return front_from_trials(self.records(), self.store.reference)
+    def pareto(self, records: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """The front over the run's objectives as `pareto.json` holds it (front, knee,
+        hypervolume, reference): of `records` when given, else of every recorded trial."""
+        return front_from_trials(self.records() if records is None else records, self.store.reference,
+                                 self.objectives)
 
     @property
     def front(self) -> Any:
         """The front's candidates (mean over their seeds), most accurate first, as a DataFrame."""
         import pandas as pd
 
-        from search.run import front_rows
+        from search.engine.run import front_rows
 
-        return pd.DataFrame(front_rows(self.pareto()))
+        return pd.DataFrame(front_rows(self.pareto(), self.objectives))
 
     @property
     def knee(self) -> dict[str, Any] | None:
@@ -78,20 +93,13 @@ class SearchResult:
 
     def figures(self) -> dict[str, Any]:
         """The report's Plotly figures by name (accuracy vs params / FLOPs, history, breakdown)."""
-        from search import report_data as data
-        from search import report_html
-        from search.baselines import compare
-        from search.store import candidate_records
+        from search.report.write import run_figures
 
-        trials, front = self.records(), self.pareto()
-        points = data.trial_points(candidate_records(trials), front, {})
-        hist = data.history([t for t in trials if not t.get("confirm")], self.store.reference)
-        stored = self.store.baselines() or []
-        return dict(report_html.figures(points, hist, data.baseline_points(stored, compare(front, stored))))
+        return run_figures(self.run_dir)
 
     def report(self, formats: tuple[str, ...] = (), say: Say = lambda _m: None) -> Path:
         """(Re)write `report.html` (and images in `formats`: png, svg); returns its path."""
-        from search.report import write_report
+        from search.report.write import write_report
 
         return write_report(self.run_dir, formats, say=say)
 
@@ -102,6 +110,33 @@ class SearchResult:
 
         export_run(self.run_dir, pick, out, retrain=retrain, say=say)
         return Path(out)
+
+    def resume(self, *, address: str | None = None, say: Say = print, progress: Progress | None = None,
+               warn: Say | None = None, interrupts: Interrupts | None = None, report: bool = True) -> SearchResult:
+        """Finish this run with the settings it was started with (only the Ray `address` may
+        change): the strategy is rebuilt from the run's seed and `trials.jsonl` replayed into
+        it. Raises `RunInUse` while another process searches in the run; the other
+        arguments are `search`'s."""
+        from search.config import SearchSettings
+        from search.engine import run
+        from search.engine.preflight import preflight
+
+        with self.store.locked():  # before anything else: a second process stops here, at once
+            cfg = run.resolved_config(self.store)
+            if address is not None:
+                cfg = dataclasses.replace(cfg, search=SearchSettings.from_dict({**cfg.search.to_dict(),
+                                                                                 "address": address}))
+            if cfg.search.address:  # a head that is gone fails here, before data and backbones
+                from search.engine.ray_cluster import probe_address
+
+                probe_address(cfg.search.address)
+            dataset = preflight(cfg, writes=False)
+            say(f"resuming {self.run_dir}")
+            _run_trials(cfg, self.store, dataset, resume=True, say=say, progress=progress, warn=warn,
+                        interrupts=interrupts)
+        if report:
+            _report(self, say)
+        return self
 
     def __repr__(self) -> str:
         return f"SearchResult({str(self.run_dir)!r})"
@@ -127,26 +162,60 @@ def make_config(config: str | Path | Mapping[str, Any], base_dir: str | Path | N
 def search(config: str | Path | Mapping[str, Any], *, num_samples: int | None = None,
            strategy: str | None = None, seed: int | None = None, name: str | None = None,
            runs_dir: str | None = None, address: str | None = None, base_dir: str | Path | None = None,
-           say: Say = print) -> SearchResult:
-    """Run a search (as `fusion-nas search` does) and return its result; errors are `ConfigError`s."""
-    from search import run
-    from search.preflight import preflight
+           say: Say = print, progress: Progress | None = None, warn: Say | None = None,
+           interrupts: Interrupts | None = None, report: bool = True) -> SearchResult:
+    """Run a search and return its result; a mistake in the config is a `ConfigError`.
+
+    `progress` is called after each trial (the CLI's live line), `warn` hears of damaged
+    records, and `interrupts`, a `search.engine.interrupt.Interrupts` already installed,
+    turns Ctrl-C and SIGTERM into a stop that lets running trials finish: `SearchInterrupted`
+    is raised with its `run_dir` set. `report=False` leaves `report.html` to the caller."""
+    from search.engine import run
+    from search.engine.preflight import preflight
 
     cfg = make_config(config, base_dir, num_samples=num_samples, strategy=strategy, seed=seed,
                       runs_dir=runs_dir, address=address)
     if name is not None:
         cfg = dataclasses.replace(cfg, name=check_run_name(name, "name"))
-    dataset = preflight(cfg)
+    dataset = preflight(cfg)  # data, backbones and size errors come before the run directory exists
     store = run.start_run(cfg)
     say(f"run {store.run_dir}")
     with store.locked():
-        run.search(cfg, store, say=say, dataset=dataset)
+        _run_trials(cfg, store, dataset, resume=False, say=say, progress=progress, warn=warn,
+                    interrupts=interrupts)
     result = SearchResult(store.run_dir)
+    if report:
+        _report(result, say)
+    return result
+
+
+def resume(run_dir: str | Path, **kw: Any) -> SearchResult:
+    """Finish an interrupted run (see `SearchResult.resume` for the keywords)."""
+    return load_run(run_dir).resume(**kw)
+
+
+def _run_trials(cfg: Config, store: RunStore, dataset: Dataset, *, resume: bool, say: Say,
+                progress: Progress | None, warn: Say | None, interrupts: Interrupts | None) -> None:
+    """The trials of a checked config, in its locked run directory."""
+    from search.engine import run
+    from search.engine.interrupt import SearchInterrupted
+
+    s = cfg.search
+    say(f"{s.strategy} search: {s.num_samples} candidates from {cfg.space.size():,} architectures, "
+        f"{s.cpus_per_trial} CPU per trial on {s.address or 'an embedded local Ray'}")
+    try:
+        run.search(cfg, store, resume=resume, say=say, progress=progress, dataset=dataset,
+                   interrupts=interrupts, warn=warn)
+    except SearchInterrupted as exc:  # the trials finished so far are in trials.jsonl
+        exc.run_dir = store.run_dir
+        raise
+
+
+def _report(result: SearchResult, say: Say) -> None:
     try:
         result.report()
     except Exception as err:  # the trials are safe on disk; result.report() redoes it
         say(f"could not write the report ({type(err).__name__}: {err})")
-    return result
 
 
-__all__ = ["SearchResult", "load_run", "make_config", "search"]
+__all__ = ["SearchResult", "load_run", "make_config", "resume", "search"]

@@ -1,9 +1,9 @@
 """Baselines beside every front: what they are, and whether the front beats them.
 
-A run trains a few baselines before its search (`search.baselines_fit`) and stores
+A run trains a few baselines before its search (`search.training.baselines_fit`) and stores
 them in `baselines.json`: a list of records with the keys in `RECORD_KEYS`. This
 module is the pure part: the record's shape, the panels, and `compare`, which says
-whether the front earned its cost. No torch here: `search.store` imports it to add
+whether the front earned its cost. No torch here: `search.runstore.store` imports it to add
 the comparison to `pareto.json`.
 
 Panels (`search.baselines:`): `basic` = each modality alone (its frozen backbone and a

@@ -21,10 +21,10 @@ from fusion_ops import fusion_args, list_fusions
 from search import objectives
 from search.baselines import PANELS as BASELINE_PANELS
 from search.datasets import DataError, list_datasets, load_dataset
-from search.pretrain import BackbonesConfig
-from search.store import check_run_name
+from search.runstore.store import check_run_name
 from search.strategies import list_strategies
-from search.train import TrainConfig
+from search.training.pretrain import BackbonesConfig
+from search.training.train import TrainConfig
 from spaces import ConfigError, SearchSpace
 from spaces.registry import load_plugins
 from spaces.yaml_errors import in_file, read_yaml

@@ -22,11 +22,11 @@ from fusion_ops import FusionModel, build_model, model_cost, required_taps
 from fusion_ops.load import MAX_TEXT_BYTES, ExportedModel, ExportError, load_model, read_bounded, save_model
 from search.config import Config, config_from_dict, load_config
 from search.datasets import Dataset, load_dataset
+from search.engine.run import Prepared, prepare, record_spec
 from search.objectives import OBJECTIVES, Objective
-from search.run import Prepared, prepare, record_spec
-from search.store import RunStore, front_from_trials, to_jsonable, utc_now
-from search.tasks import Task, get_task
-from search.train import (
+from search.runstore.store import RunStore, front_from_trials, to_jsonable, utc_now
+from search.training.tasks import Task, get_task
+from search.training.train import (
     FitResult,
     Split,
     TrainConfig,
@@ -40,7 +40,7 @@ from search.train import (
     torch_threads,
 )
 from spaces import ArchSpec, ConfigError
-from spaces._yaml_errors import in_file, read_yaml
+from spaces.yaml_errors import in_file, read_yaml
 
 Say = Callable[[str], None]
 EXPORT_FILES = {"arch.yaml", "model.json", "weights.safetensors", "metrics.json", "README.md"}

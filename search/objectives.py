@@ -89,7 +89,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("latency", "latency_ms", "min", "log10", "ms", "latency, batch 1 (ms)", False, "cost", 1000.0,
               "Latency: the median of repeated forward passes of the candidate (the backbone blocks it runs, "
               "cells and head) at batch 1, after warm-up, on the trial's device with the trial's thread count "
-              "(search.latency); measured, so strategies know it only after training."),
+              "(search.training.latency); measured, so strategies know it only after training."),
 )}
 COSTS = tuple(n for n, o in OBJECTIVES.items() if o.kind == "cost")
 

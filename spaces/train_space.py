@@ -19,7 +19,7 @@ import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from spaces._checks import as_list, is_int, known_keys, mapping, no_duplicates
 from spaces.yaml_errors import ConfigError, at
@@ -78,7 +78,7 @@ def _with_point(text: str) -> str:
     return f"{mantissa}.0{e}{exponent}" if e and "." not in mantissa else text
 
 
-def _looks_numeric(value: Any) -> bool:
+def _looks_numeric(value: Any) -> TypeGuard[str]:
     try:
         float(value)
     except (TypeError, ValueError):

@@ -47,3 +47,18 @@ def test_the_readme_example_is_ten_lines_and_runs(tmp_path, monkeypatch, capsys)
 def test_a_bad_config_dict_is_one_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"<config dict>: data.kind: unknown dataset kind 'nope'"):
         api.search({"data": {"kind": "nope"}}, base_dir=tmp_path)
+
+
+def test_a_run_reopened_is_judged_on_its_own_objectives_as_show_and_the_report_judge_it(tmp_path, capsys):
+    from search.cli import main
+    from tests.test_report import make_run
+
+    store = make_run(tmp_path)  # the hand-made run: front A, B, C, E, H on accuracy, params, FLOPs
+    store.write_json("objectives.json", {"task": "classification", "objectives": ["accuracy", "params"]})
+    result = api.load_run(store.run_dir)
+    assert [o.name for o in result.objectives] == ["accuracy", "params"]
+    assert set(result.pareto()["trial_ids"]) == {"A", "B", "C"}  # E and H won on FLOPs only
+    assert set(result.front["trial"]) == {"A", "B", "C"}
+    assert set(result.figures()) == {"params-stage", "params-op", "history", "breakdown"}  # no FLOPs panel
+    assert main(["show", str(store.run_dir)]) == 0
+    assert "front of 3," in capsys.readouterr().out

@@ -15,13 +15,13 @@ from sklearn.preprocessing import StandardScaler
 from fusion_ops import list_fusions
 from fusion_ops.backbones import BackboneConfig, build_backbone
 from search import baselines as bl
-from search import baselines_fit as bf
-from search import report_data
 from search.cli import main
 from search.datasets import load_dataset
-from search.store import RunStore
-from search.taps import TapCache
-from search.train import TrainConfig
+from search.report import data as report_data
+from search.runstore.store import RunStore
+from search.training import baselines_fit as bf
+from search.training.taps import TapCache
+from search.training.train import TrainConfig
 
 
 def planted(task: str = "additive", n_train: int = 600, seed: int = 0):
@@ -183,7 +183,7 @@ def test_report_data_marks_baseline_points():
 
 
 def test_report_draws_baselines_as_labelled_crosses():
-    from search import report_html
+    from search.report import page as report_html
 
     stored = [baseline("logreg", 0.85, 0.80, 50, 100)]
     points = report_data.baseline_points(stored)

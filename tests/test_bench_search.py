@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fusion_ops import fusion_args
+from search.strategies import list_strategies
 from spaces import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,11 +90,12 @@ def test_bench_search_smoke_test_prints_the_tables_and_leaves_results_alone():
     header = ("| strategy | budget | HV / exhaustive HV (default ref) | HV / exhaustive HV (nadir ref) "
               "| best-accuracy spec found | best val accuracy found |")
     assert out.count(header) == 2
-    rows = re.findall(r"^\| (random|grid|mfas|nsga2) \| (\d+) \| ([\d.]+) ± [\d.]+ \| ([\d.]+) ± [\d.]+ \| (\d)/1 \| [\d.]+ ± [\d.]+ \|",
+    names = "|".join(map(re.escape, list_strategies()))
+    rows = re.findall(rf"^\| ({names}) \| (\d+) \| ([\d.]+) ± [\d.]+ \| ([\d.]+) ± [\d.]+ \| (\d)/1 \| [\d.]+ ± [\d.]+ \|",
                       out, flags=re.M)
-    assert sorted({(r[0], r[1]) for r in rows}) == sorted((s, b) for s in ("grid", "mfas", "nsga2", "random")
-                                                          for b in ("4", "8"))
-    assert len(rows) == 16 and all(0.0 < float(r[2]) <= 1.0 and 0.0 <= float(r[3]) <= 1.0 for r in rows)
+    assert sorted({(r[0], r[1]) for r in rows}) == sorted((s, b) for s in list_strategies() for b in ("4", "8"))
+    assert len(rows) == 2 * 2 * len(list_strategies())  # two datasets, two budgets
+    assert all(0.0 < float(r[2]) <= 1.0 and 0.0 <= float(r[3]) <= 1.0 for r in rows)
     assert "differs from the trained candidates' costs on 0 of" in out
     assert re.search(r"\| Σ trial seconds .* \| \d+\.\d\d \|", out)
     assert re.search(r"Ratios: wall / Σ trials \d+\.\d\d", out)

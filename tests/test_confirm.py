@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from search.confirm import confirmation_todo
-from search.store import candidate_records, front_from_trials
-from search.tune_searcher import StrategySearcher
+from search.engine.confirm import confirmation_todo
+from search.engine.tune_searcher import StrategySearcher
+from search.runstore.store import candidate_records, front_from_trials
 from spaces.spec import ArchSpec, CellSpec
 
 

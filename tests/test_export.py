@@ -1,6 +1,6 @@
 """Export: picking a trial, writing a model that loads in one line, and refusing damaged files.
 
-A real run is made without Ray: its trials are scored by `search.run.evaluate_trial`,
+A real run is made without Ray: its trials are scored by `search.engine.run.evaluate_trial`,
 the function every Ray trial calls, so their recorded test accuracies are the ones a
 search would report.
 """
@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from fusion_ops.load import ExportError, load_model
+from search.engine.run import evaluate_trial, prepare, trial_context
 from search.export import export_run, pick_trial, read_config
-from search.run import evaluate_trial, prepare, trial_context
-from search.store import front_from_trials, to_jsonable
+from search.runstore.store import front_from_trials, to_jsonable
 from spaces import ArchSpec
 from tests.test_report import CONFIG, KNEE, make_run, record, spec_dict
 
@@ -86,7 +86,8 @@ def test_pick_on_a_run_without_a_front_says_so(handmade):
 
 
 def _cli(argv):
-    from search.cli_report import COMMANDS, add_parsers
+    from search.cli.common import COMMANDS
+    from search.cli.results import add_parsers
 
     parser = argparse.ArgumentParser(prog="fusion-nas")
     add_parsers(parser.add_subparsers(dest="command", required=True))
@@ -95,7 +96,7 @@ def _cli(argv):
 
 
 def test_export_command_reports_a_bad_pick_as_one_usage_line(tmp_path):
-    from search.cli import UsageError
+    from search.cli.common import UsageError
 
     store = make_run(tmp_path)
     with pytest.raises(UsageError, match="--pick zzz: no such trial"):
@@ -283,7 +284,7 @@ def test_an_edited_architecture_or_a_missing_file_is_refused(copy, tmp_path):
 
 
 def test_evaluate_command_turns_a_damaged_export_into_one_usage_line(copy, trained):
-    from search.cli import UsageError
+    from search.cli.common import UsageError
 
     (copy / "weights.safetensors").write_bytes(b"")
     with pytest.raises(UsageError, match="changed or truncated"):

@@ -5,7 +5,7 @@ or huge number, an unknown key, a bad name, a damaged `.npz`, broken YAML). Ever
 end with exit 2 and exactly one `fusion-nas: error:` line on stderr: no traceback, no hang
 (an alarm bounds each case). `space` is used where the mistake is found when the config
 and data load; `search` only for mistakes found before anything starts (Ray never does:
-`search.run.search` is replaced by a failure).
+`search.engine.run.search` is replaced by a failure).
 """
 from __future__ import annotations
 
@@ -192,12 +192,12 @@ YAML_TEXTS = {
 @pytest.fixture()
 def no_search(monkeypatch):
     """Fail loudly if a case gets past the checks into a real search (Ray would start)."""
-    import search.run
+    import search.engine.run
 
     def refuse(*_a, **_k):
         raise AssertionError("a fuzz case reached the search: it should have been refused first")
 
-    monkeypatch.setattr(search.run, "search", refuse)
+    monkeypatch.setattr(search.engine.run, "search", refuse)
 
 
 def _alarm(_signum, _frame):

@@ -14,7 +14,7 @@ import yaml
 
 from search.cli import main
 from search.config import load_config
-from search.store import RunStore
+from search.runstore.store import RunStore
 from tests.test_report import CONFIG, make_run, record, spec_dict
 
 BASE = {**CONFIG, "data": {**CONFIG["data"], "n_train": 120, "n_test": 60}}
@@ -102,7 +102,7 @@ def test_a_second_resume_of_a_run_in_use_is_refused(tmp_path, capsys):
 def test_an_address_where_nothing_listens_fails_within_seconds(tmp_path, capsys, monkeypatch):
     import ray
 
-    from search import ray_cluster
+    from search.engine import ray_cluster
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init must not be tried"))
     port = free_port()
@@ -115,7 +115,7 @@ def test_an_address_where_nothing_listens_fails_within_seconds(tmp_path, capsys,
 def test_an_address_without_a_token_gives_the_hint_at_once(tmp_path, monkeypatch):
     import ray
 
-    from search import ray_cluster
+    from search.engine import ray_cluster
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init must not be tried"))
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
@@ -131,7 +131,7 @@ def test_an_address_without_a_token_gives_the_hint_at_once(tmp_path, monkeypatch
 def test_the_embedded_ray_never_attaches_to_another_cluster(monkeypatch):
     import ray
 
-    from search import ray_cluster
+    from search.engine import ray_cluster
 
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

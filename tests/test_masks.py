@@ -18,7 +18,7 @@ from fusion_ops import (
 )
 from fusion_ops.base import takes_masks
 from search.datasets import DataError, load_dataset
-from search.taps import TapCache
+from search.training.taps import TapCache
 from spaces import ArchSpec, CellSpec
 
 TOKEN_OPS = [n for n in list_fusions() if fusion_class(n).TOKEN_INPUTS]

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-import search.pretrain as P
+import search.training.pretrain as P
 from fusion_ops.backbones import BackboneConfig
 from search.datasets import load_dataset
-from search.pretrain import BackbonesConfig, PretrainConfig, pretrain_backbones
-from search.train import TrainConfig
+from search.training.pretrain import BackbonesConfig, PretrainConfig, pretrain_backbones
+from search.training.train import TrainConfig
 from spaces import ConfigError
 
 DATA = {"kind": "planted", "task": "additive", "n_train": 600, "n_test": 200, "d": 6, "seed": 1}

@@ -1,4 +1,4 @@
-"""The training recipe of `search.train.fit`: step budget, schedule, minimum steps and patience,
+"""The training recipe of `search.training.train.fit`: step budget, schedule, minimum steps and patience,
 full-batch steps, gradient clipping, divergence, and dropout in `FusionHead`.
 
 Tiny synthetic models and data, so every rule is checked exactly and fast.
@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-import search.train as T
+import search.training.train as T
 from fusion_ops.cost import count_flops, count_params
 from fusion_ops.model import FusionHead
-from search.pretrain import PretrainConfig
-from search.train import TrainConfig, fit, lr_at, step_budget
+from search.training.pretrain import PretrainConfig
+from search.training.train import TrainConfig, fit, lr_at, step_budget
 from spaces import ConfigError
 from spaces.spec import ArchSpec, CellSpec
 

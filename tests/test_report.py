@@ -17,9 +17,9 @@ import yaml
 from plotly.offline import get_plotlyjs
 
 from search import objectives
-from search import report_data as rd
 from search.config import load_config
-from search.store import RunStore, front_from_trials
+from search.report import data as rd
+from search.runstore.store import RunStore, front_from_trials
 
 CONFIG = {
     "name": "handmade",
@@ -229,7 +229,8 @@ def test_summary_counts_statuses_and_lists_unplaced_trials(run):
 
 # ------------------------------------------------------------------ the page and the command
 def _parse(argv):
-    from search.cli_report import COMMANDS, add_parsers
+    from search.cli.common import COMMANDS
+    from search.cli.results import add_parsers
 
     parser = argparse.ArgumentParser(prog="fusion-nas")
     add_parsers(parser.add_subparsers(dest="command", required=True))
@@ -255,7 +256,7 @@ def test_missing_costs_are_the_exact_costs_of_the_spec(run):
     from fusion_ops import build_backbone, candidate_cost
     from search.datasets import load_dataset
     from search.export import read_config
-    from search.report import missing_costs
+    from search.report.write import missing_costs
     from spaces import ArchSpec
 
     costs = missing_costs(run, run.trials())
@@ -273,7 +274,7 @@ def test_a_run_whose_data_is_gone_still_gets_a_report_naming_the_undrawn_trials(
     cfg = store.config()
     cfg["data"] = {"kind": "npz", "path": str(tmp_path / "gone.npz")}
     store.config_path.write_text(yaml.safe_dump(cfg))
-    from search.report import write_report
+    from search.report.write import write_report
 
     page = write_report(store.run_dir, say=print).read_text()
     assert "costs of 2 trial(s) are unknown" in capsys.readouterr().out
@@ -281,7 +282,7 @@ def test_a_run_whose_data_is_gone_still_gets_a_report_naming_the_undrawn_trials(
 
 
 def test_report_on_a_folder_that_is_not_a_run_is_a_usage_error(tmp_path):
-    from search.cli import UsageError
+    from search.cli.common import UsageError
 
     with pytest.raises(UsageError, match="not a fusion-nas run directory"):
         _parse(["report", str(tmp_path)])
@@ -303,8 +304,8 @@ def test_colour_by_operator_is_the_last_cells_operator_and_the_chain_is_in_the_h
 
 
 def test_a_run_of_four_objectives_gets_a_panel_per_cost_and_a_parallel_view(run):
-    from search import report_html
     from search.objectives import get
+    from search.report import page as report_html
 
     trials, points = _points(run)
     objs = get(["accuracy", "params", "flops", "latency"])

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from search.report import write_report
+from search.report.write import write_report
 from tests.test_report import FRONT, KNEE, make_run
 
 SCREENSHOT = Path("/tmp/fusion-nas-report.png")
@@ -120,7 +120,7 @@ class Chromium:
 
 
 # What the page drew, read from the DOM: per figure, each SVG trace's meta (set by
-# report_html), its trial ids and how many marker / line paths it rendered.
+# search.report.page), its trial ids and how many marker / line paths it rendered.
 INSPECT = """(async () => {
   const figs = Array.from(document.querySelectorAll('.plotly-graph-div'));
   const t0 = Date.now();

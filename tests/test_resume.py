@@ -22,8 +22,8 @@ import yaml
 
 from search.cli import main
 from search.config import load_config
-from search.confirm import confirmation_todo
-from search.store import RunStore, candidate_key
+from search.engine.confirm import confirmation_todo
+from search.runstore.store import RunStore, candidate_key
 from search.strategies import make_strategy
 from tests.test_export import make_trained_run
 from tests.test_report import CONFIG

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search import report_data
-from search.store import RunStore, front_from_trials
+from search.report import data as report_data
+from search.runstore.store import RunStore, front_from_trials
 from spaces import ArchSpec
 from tests.cli_run import fusion_nas, run_dir_of
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from search import pareto
-from search.store import RunStore, front_from_trials, to_jsonable
+from search.runstore.store import RunStore, front_from_trials, to_jsonable
 
 
 def record(tid: str, acc: float | None, params: float = 100, flops: float = 1000, status: str = "ok") -> dict:

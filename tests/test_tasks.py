@@ -13,7 +13,7 @@ import yaml
 
 from search import objectives
 from search.cli import main
-from search.tasks import auc, get_task
+from search.training.tasks import auc, get_task
 
 
 # ------------------------------------------------------------------ metrics, the slow way

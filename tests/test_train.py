@@ -18,13 +18,13 @@ import pytest
 import torch
 import yaml
 
-import search.train as T
+import search.training.train as T
 from fusion_ops.cost import count_flops, count_params
 from fusion_ops.model import candidate_cost
 from search.datasets import load_dataset
-from search.pretrain import BackbonesConfig, pretrain_backbones
-from search.taps import TapCache
-from search.train import TrainConfig, evaluate_candidate, evaluate_with_backbones, train_fusion
+from search.training.pretrain import BackbonesConfig, pretrain_backbones
+from search.training.taps import TapCache
+from search.training.train import TrainConfig, evaluate_candidate, evaluate_with_backbones, train_fusion
 from spaces import ConfigError
 from spaces.spec import ArchSpec, CellSpec, make_tap
 
@@ -276,7 +276,7 @@ def test_pooling_token_taps_once_changes_no_number():
     """Vector ops mean-pool token taps on every batch; training pools them once instead."""
     import torch
 
-    from search.train import _pooled, pooled_taps
+    from search.training.train import _pooled, pooled_taps
     from spaces import ArchSpec, CellSpec
 
     spec = ArchSpec("hybrid", (

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from search.cli import main
-from search.train import TrainConfig, candidate_config
+from search.training.train import TrainConfig, candidate_config
 from spaces.args import Arg
 from spaces.space import SearchSpace
 from spaces.spec import ArchSpec, CellSpec

@@ -20,10 +20,10 @@ import pytest
 import ray  # noqa: E402
 import yaml
 
-from search.replay import replay  # noqa: E402
-from search.store import RunStore, front_from_trials  # noqa: E402
-from search.tune import run_search  # noqa: E402
-from search.tune_searcher import StrategySearcher  # noqa: E402
+from search.engine.tune import run_search  # noqa: E402
+from search.engine.tune_searcher import StrategySearcher  # noqa: E402
+from search.runstore.replay import replay  # noqa: E402
+from search.runstore.store import RunStore, front_from_trials  # noqa: E402
 from spaces.args import Arg  # noqa: E402
 from spaces.space import SearchSpace  # noqa: E402
 from spaces.spec import ArchSpec, CellSpec  # noqa: E402
@@ -99,7 +99,7 @@ def evaluate_low_rank_diverges(spec: ArchSpec, shared: Any) -> dict[str, Any]:
 def evaluate_per_epoch(spec: ArchSpec, shared: Any, report=None) -> dict[str, Any]:
     metrics = fake_metrics(spec, shared)
     for epoch in range(1, 5):
-        assert report(epoch, metrics["val_accuracy"]) is False  # search.train's Report: (epoch, val_accuracy)
+        assert report(epoch, metrics["val_accuracy"]) is False  # search.training.train's Report: (epoch, val_accuracy)
     return metrics | {"epochs": 4}
 
 
@@ -314,8 +314,8 @@ def _bytes(path: Path) -> int:
 
 
 def test_bytes_per_trial_do_not_grow_with_the_data(tmp_path, ray_local):
-    from search import run
     from search.config import load_config
+    from search.engine import run
     from tests.test_resume import SMALL
 
     per_trial, cache = {}, {}

@@ -47,7 +47,7 @@ class Dataset:
     std: dict[str, np.ndarray]
     classes: tuple[Any, ...]
     meta: dict[str, Any] = field(default_factory=dict)
-    task: str = "classification"  # classification | binary | multilabel | regression (search.tasks)
+    task: str = "classification"  # classification | binary | multilabel | regression (search.training.tasks)
     target_mean: np.ndarray | None = None  # regression: the train mean and std that standardised y
     target_std: np.ndarray | None = None
     # padded sequences: lengths[split][modality] -> (N_split,) int64 valid steps (absent: not padded)

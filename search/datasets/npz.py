@@ -125,9 +125,6 @@ def split_indices(source: str, split: np.ndarray, n: int, y: np.ndarray | None =
     return parts
 
 
-_split_indices = split_indices  # the old private name (other branches still use it)
-
-
 def train_test_only(split: np.ndarray) -> bool:
     """Whether `split` names train and test rows only (as names, or as 0 = train / 1 = test)."""
     if split.dtype.kind in "US":

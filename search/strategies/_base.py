@@ -123,7 +123,7 @@ class Strategy:
 
     def adopt(self, spec: ArchSpec) -> None:
         """Count `spec` as asked, so that it can be told: a recorded trial, replayed on resume,
-        that this strategy's own asks did not reach (see `search.replay`)."""
+        that this strategy's own asks did not reach (see `search.runstore.replay`)."""
         self._asked[spec.candidate_id] = spec
         self._pending[spec.candidate_id] += 1
         self._adopted(spec)

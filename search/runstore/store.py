@@ -41,8 +41,8 @@ from search import baselines as _baselines
 from search import objectives as _objectives
 from search import pareto
 from spaces import ConfigError
-from spaces._yaml_errors import read_yaml
 from spaces.spec import ArchSpec
+from spaces.yaml_errors import read_yaml
 
 STATUSES = ("ok", "failed", "diverged", "errored", "early_stopped")
 NAME_RULE = "1-100 characters from letters, digits, '.', '_' and '-', starting with a letter or digit"

@@ -1,7 +1,7 @@
 """Training the baselines a run records before its search (`baselines.json`).
 
 Apart from `search.baselines` (the pure record and comparison) because this part needs
-torch and scikit-learn, and `search.store` must stay light. Every neural baseline trains
+torch and scikit-learn, and `search.runstore.store` must stay light. Every neural baseline trains
 with the run's `train:` config through the same code as candidates (`fit`,
 `evaluate_candidate`), once per seed, and records the mean and spread over seeds.
 """
@@ -22,10 +22,10 @@ from fusion_ops import Backbone, count_flops, count_params, list_fusions
 from fusion_ops.backbones import seeded_init
 from search import baselines as bl
 from search.datasets import Dataset
-from search.store import RunStore
-from search.taps import TapCache
-from search.tasks import Task, get_task
-from search.train import TrainConfig, accuracy, evaluate_candidate, fit, task_metrics, task_of
+from search.runstore.store import RunStore
+from search.training.taps import TapCache
+from search.training.tasks import Task, get_task
+from search.training.train import TrainConfig, accuracy, evaluate_candidate, fit, task_metrics, task_of
 from spaces.spec import ArchSpec, CellSpec, make_tap
 
 Say = Callable[[str], Any]

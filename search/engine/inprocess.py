@@ -1,7 +1,7 @@
 """A search without Ray: the strategy's candidates trained one after another in this process.
 
 The same ask/tell, the same confirmation of the front over seeds and the same records
-as `search.tune.run_search`, minus the parallelism: for benchmarks (how good is what the
+as `search.engine.tune.run_search`, minus the parallelism: for benchmarks (how good is what the
 search finds, how much does Ray cost) and for quick runs in a notebook.
 """
 from __future__ import annotations
@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from search.confirm import confirmation_todo
-from search.store import to_jsonable, utc_now
-from search.trial_metrics import objectives_of
+from search.engine.confirm import confirmation_todo
+from search.runstore.store import to_jsonable, utc_now
+from search.runstore.trial_metrics import objectives_of
 from spaces.spec import ArchSpec
 
 Evaluate = Callable[..., dict[str, Any]]  # evaluate(spec, seed=None) -> metrics

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from search.datasets import Dataset, load_dataset
-from search.pretrain import default_backbone
+from search.training.pretrain import default_backbone
 from spaces.yaml_errors import ConfigError
 
 VECTOR_OPS = {"concat": {}, "tensor": {"proj_dim": [4, 8]}, "low_rank": {"rank": [2, 8]}}

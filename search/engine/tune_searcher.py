@@ -3,7 +3,7 @@
 A strategy is a plain object (`ask() -> ArchSpec | None`, `tell(spec, metrics | None)`,
 `done`) that never imports Ray; this adapter maps Tune trial ids to its specs.
 Its state is never saved: `trials.jsonl` is the record of a run, and a resume replays
-it into a freshly seeded strategy (`search.replay`) and starts a new Tune experiment.
+it into a freshly seeded strategy (`search.runstore.replay`) and starts a new Tune experiment.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from search.confirm import confirmation_todo
-from search.store import RunStore
-from search.trial_metrics import FINAL, METRIC, METRICS_JSON, objectives_of, result_metrics
+from search.engine.confirm import confirmation_todo
+from search.runstore.store import RunStore
+from search.runstore.trial_metrics import FINAL, METRIC, METRICS_JSON, objectives_of, result_metrics
 from spaces.spec import ArchSpec
 
 __all__ = ["FINAL", "METRIC", "METRICS_JSON", "StrategySearcher", "objectives_of", "result_metrics"]
@@ -31,7 +31,7 @@ class StrategySearcher(Searcher):
 
     Confirmation (`confirm=K`): once the strategy's trials are all asked, the searcher
     proposes the seeds `base_seed + 1 .. + K` of every candidate on the front (decided on
-    the mean over seeds, see `search.confirm`) until the front is fully confirmed; it waits
+    the mean over seeds, see `search.engine.confirm`) until the front is fully confirmed; it waits
     while running trials may still change the front. Those trials carry `seed` and
     `confirm: True` in their config and are never told to the strategy.
 

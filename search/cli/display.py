@@ -43,7 +43,7 @@ class Progress:
 
 
 def front_table(rows: Sequence[Mapping[str, Any]], metric: str = "accuracy") -> str:
-    """The front as a fixed-width table (rows from `search.run.front_rows`); `metric` names what
+    """The front as a fixed-width table (rows from `search.engine.run.front_rows`); `metric` names what
     the val and test columns hold, extra cost columns (latency, ms) follow FLOPs."""
     if not rows:
         return "no finished trial yet: the front is empty"

@@ -1,6 +1,6 @@
 """Ray Tune adapter: run a plain search strategy as a Tune experiment, recording to a RunStore.
 
-- `StrategySearcher` (search/tune_searcher.py) wraps the strategy as a Tune `Searcher`.
+- `StrategySearcher` (search/engine/tune_searcher.py) wraps the strategy as a Tune `Searcher`.
 - `run_search` trains each candidate as a function trial (`evaluate(spec, shared)`),
   appends every finished trial to `trials.jsonl` from the driver the moment it ends,
   and rewrites `pareto.json`. A candidate that raises is one errored trial.
@@ -31,17 +31,17 @@ from ray.tune.error import TuneError
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
 
-from search.confirm import confirmation_todo
-from search.interrupt import Interrupts
-from search.ray_cluster import (
+from search.engine.confirm import confirmation_todo
+from search.engine.interrupt import Interrupts
+from search.engine.ray_cluster import (
     head_gone,
     init_ray,
     lost_head,
     watch_head,
 )
-from search.replay import replay
-from search.store import RunStore, front_from_trials, to_jsonable, utc_now
-from search.tune_searcher import FINAL, METRIC, METRICS_JSON, StrategySearcher, result_metrics
+from search.engine.tune_searcher import FINAL, METRIC, METRICS_JSON, StrategySearcher, result_metrics
+from search.runstore.replay import replay
+from search.runstore.store import RunStore, front_from_trials, to_jsonable, utc_now
 from spaces.spec import ArchSpec
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _accepts_report(fn: Callable) -> bool:
 
 
 def _report_epoch(epoch: int, val_accuracy: float) -> bool:
-    """The per-epoch `report` given to `evaluate` (search.train's `Report`): an intermediate
+    """The per-epoch `report` given to `evaluate` (search.training.train's `Report`): an intermediate
     Tune result for the scheduler. Never asks to stop: a stopping scheduler ends the trial."""
     tune.report({"epoch": int(epoch), METRIC: float(val_accuracy), FINAL: False})
     return False
@@ -239,7 +239,7 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
     `StrategySearcher`); those trials come on top of `num_samples`.
 
     Resuming: `strategy` must be freshly built with the run's seed; the records of
-    `trials.jsonl` are replayed into it (`search.replay`), and a new Tune experiment runs
+    `trials.jsonl` are replayed into it (`search.runstore.replay`), and a new Tune experiment runs
     what is left, so that the run ends with `num_samples` strategy trials. Nothing of Tune's
     earlier state is read. `warn` gets a line about torn lines in the record.
 

@@ -1,6 +1,6 @@
 """The data behind every part of `report.html`, computed apart from the drawing.
 
-Tests check these functions; `search.report_html` only turns their output into
+Tests check these functions; `search.report.page` only turns their output into
 Plotly traces. The y value is the run's metric on validation throughout (what the search
 optimised and the front is made of: accuracy unless `search.metric` says otherwise); the
 test value is shown, never used to choose. The cost axes are the run's cost objectives.
@@ -16,7 +16,7 @@ import numpy as np
 from search import objectives as _objectives
 from search import pareto
 from search.objectives import Objective, finite
-from search.store import STATUSES, objective_points, on_front_candidate
+from search.runstore.store import STATUSES, objective_points, on_front_candidate
 from spaces import ArchSpec
 
 COSTS = _objectives.COSTS

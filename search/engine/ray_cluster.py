@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ray
 
-from search.store import RunStore
+from search.runstore.store import RunStore
 from spaces import ConfigError
 
 _AUTH_HINT = ("`ray start` (Ray >= 2.60) enables token auth: with an explicit address, set RAY_AUTH_MODE=token "

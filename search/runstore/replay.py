@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from search.trial_metrics import objectives_of
+from search.runstore.trial_metrics import objectives_of
 from spaces.spec import ArchSpec
 
 log = logging.getLogger(__name__)

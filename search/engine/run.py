@@ -16,14 +16,14 @@ import torch
 
 from fusion_ops import Backbone, FusionHead, count_flops, count_params, deepest_taps
 from search import objectives
-from search.baselines_fit import ensure_baselines, seeds_of
 from search.config import Config, config_from_dict
 from search.datasets import DataError, Dataset, load_dataset
 from search.objectives import Objective
-from search.pretrain import pretrain_backbones
-from search.store import RunStore
-from search.taps import TapCache
-from search.train import TrainConfig, evaluate_candidate, evaluate_with_backbones
+from search.runstore.store import RunStore
+from search.training.baselines_fit import ensure_baselines, seeds_of
+from search.training.pretrain import pretrain_backbones
+from search.training.taps import TapCache
+from search.training.train import TrainConfig, evaluate_candidate, evaluate_with_backbones
 from spaces import ArchSpec, ConfigError, SearchSpace
 from spaces.registry import IMPORT_PATHS, load_plugins
 from spaces.spec import make_tap
@@ -163,11 +163,11 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
            progress: Callable[..., None] | None = None, dataset: Dataset | None = None,
            interrupts: Any = None, warn: Say | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the search of `config` into `store`; returns the trial records.
-    `dataset`: the config's data, when already loaded (by `search.preflight`); `interrupts`
-    and `warn`: see `search.tune.run_search`. A resume rebuilds the strategy from the run's seed
+    `dataset`: the config's data, when already loaded (by `search.engine.preflight`); `interrupts`
+    and `warn`: see `search.engine.tune.run_search`. A resume rebuilds the strategy from the run's seed
     and replays `trials.jsonl` into it."""
+    from search.engine.tune import run_search
     from search.strategies import make_strategy
-    from search.tune import run_search
 
     prepared = prepare(config, say, dataset)
     s = config.search

@@ -1,7 +1,7 @@
 """Per-modality backbones, pretrained once as unimodal classifiers and cached on disk.
 
 Each modality's backbone is trained with a linear classifier on that modality alone
-(`UnimodalClassifier`, the `search.train.fit` loop: Adam, early stopping on val
+(`UnimodalClassifier`, the `search.training.train.fit` loop: Adam, early stopping on val
 accuracy, best weights restored). The result is stored under a key hashing everything
 that decides it — the data config and a digest of the data itself, the backbone
 config, the pretraining config (all but `threads`) and the cache format — so the next
@@ -27,8 +27,8 @@ from fusion_ops.backbones import Backbone, BackboneConfig, UnimodalClassifier, b
 from fusion_ops.base import lengths_key
 from fusion_ops.python_backbone import factory_digest
 from search.datasets import Dataset
-from search.tasks import get_task
-from search.train import TrainConfig, accuracy, dataset_tensors, fit, predict
+from search.training.tasks import get_task
+from search.training.train import TrainConfig, accuracy, dataset_tensors, fit, predict
 from spaces.yaml_errors import ConfigError, at
 
 CACHE_FORMAT = 1  # bump when what a cache file holds, or how it is trained, changes

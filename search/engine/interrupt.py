@@ -2,10 +2,10 @@
 
 The first signal asks the search to stop: no new trials, the running ones get `GRACE_S`
 seconds to finish (a finished trial is recorded; one cut short is not, so a resume runs
-it again), then `SearchInterrupted` carries the signal to the CLI, which prints the
-front and the resume hint and exits 128 + the signal number (130 for SIGINT, 143 for
-SIGTERM). Outside that phase (data, backbones, baselines), and at the second signal,
-`SearchInterrupted` is raised at once.
+it again), then `SearchInterrupted` carries the signal and the run directory to the CLI,
+which prints the front and the resume hint and exits 128 + the signal number (130 for
+SIGINT, 143 for SIGTERM). Outside that phase (data, backbones, baselines), and at the
+second signal, `SearchInterrupted` is raised at once.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -26,6 +27,7 @@ class SearchInterrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.forced = signum, forced  # forced: a second signal, no time for the report
         self.exit_code = 128 + signum
+        self.run_dir: Path | None = None  # set by `search.api` once the run directory exists
 
 
 class Interrupts:

@@ -2,34 +2,38 @@
 
 Reads the run store only (`trials.jsonl`, `reference.json`, `config.yaml`); the front
 is recomputed from the trials exactly as `pareto.json` is. The data behind the page is
-`search.report_data`, the drawing `search.report_html`.
+`search.report.data`, the drawing `search.report.page`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from search import report_data as data
 from search.baselines import compare, summary_line
-from search.store import RunStore, atomic_write, candidate_records, front_from_trials
+from search.objectives import Objective
+from search.report import data
+from search.runstore.store import RunStore, atomic_write, candidate_records, front_from_trials
 
 IMAGE_FORMATS = ("png", "svg")
+Say = Callable[[str], Any]
 
 
-def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs: bool = True,
-                 say: Callable[[str], Any] = lambda _msg: None) -> Path:
-    """Write `run_dir/report.html` (and `report-<figure>.<fmt>` for each of `formats`); returns its path.
+class Drawn(NamedTuple):
+    """What the page draws of a run, computed from its store (see `drawn`)."""
 
-    `fill_costs` computes the exact params/FLOPs of trials whose record lacks them
-    (errored, early-stopped) from the run's config, so that every trial is drawn.
-    """
-    from search import report_html  # plotly: only when drawing
+    objectives: tuple[Objective, ...]
+    front: dict[str, Any]  # as `front_from_trials` returns it
+    points: list[data.Point]  # one per candidate (a confirmed candidate is one point)
+    history: dict[str, list]
+    stored: list[dict[str, Any]]  # the run's baselines (`baselines.json`), [] without
+    comparison: dict[str, Any]  # `baselines.compare` of the front and `stored`
+    baselines: list[data.BaselinePoint]
 
-    bad = [f for f in formats if f not in IMAGE_FORMATS]
-    if bad:
-        raise ValueError(f"unknown image format {bad[0]!r}; known: {', '.join(IMAGE_FORMATS)}")
-    store = RunStore.open(run_dir)
+
+def drawn(store: RunStore, *, fill_costs: bool = True, say: Say = lambda _msg: None) -> Drawn:
+    """The data behind the page and its figures, read from the run store; `fill_costs`:
+    see `write_report`."""
     trials = store.trials()
     objs = store.objectives()
     front = front_from_trials(trials, store.reference, objs)
@@ -38,20 +42,44 @@ def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs
     hist = data.history([t for t in trials if not t.get("confirm")], store.reference, objs)
     stored = store.baselines() or []
     comparison = compare(front, stored, objs)
-    baselines = data.baseline_points(stored, comparison, objs)
-    figs = report_html.figures(points, hist, baselines, objs)
+    return Drawn(objs, front, points, hist, stored, comparison, data.baseline_points(stored, comparison, objs))
+
+
+def run_figures(run_dir: str | Path, *, fill_costs: bool = True, say: Say = lambda _msg: None) -> dict[str, Any]:
+    """The page's Plotly figures of a run by their ids (`params-stage`, `history`, ...)."""
+    from search.report import page  # plotly: only when drawing
+
+    d = drawn(RunStore.open(run_dir), fill_costs=fill_costs, say=say)
+    return page.figures(d.points, d.history, d.baselines, d.objectives)
+
+
+def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs: bool = True,
+                 say: Say = lambda _msg: None) -> Path:
+    """Write `run_dir/report.html` (and `report-<figure>.<fmt>` for each of `formats`); returns its path.
+
+    `fill_costs` computes the exact params/FLOPs of trials whose record lacks them
+    (errored, early-stopped) from the run's config, so that every trial is drawn.
+    """
+    from search.report import page  # plotly: only when drawing
+
+    bad = [f for f in formats if f not in IMAGE_FORMATS]
+    if bad:
+        raise ValueError(f"unknown image format {bad[0]!r}; known: {', '.join(IMAGE_FORMATS)}")
+    store = RunStore.open(run_dir)
+    d = drawn(store, fill_costs=fill_costs, say=say)
+    figs = page.figures(d.points, d.history, d.baselines, d.objectives)
     title = f"fusion-nas report: {store.config().get('name', store.run_dir.parent.name)} / {store.run_id}"
-    page = report_html.render_html(title, points, hist, data.summary(points, front),
-                                   store.config_path.read_text(encoding="utf-8"), figs, baselines=baselines,
-                                   comparison_line=summary_line(comparison) if stored else "")
+    html = page.render_html(title, d.points, d.history, data.summary(d.points, d.front),
+                            store.config_path.read_text(encoding="utf-8"), figs, baselines=d.baselines,
+                            comparison_line=summary_line(d.comparison) if d.stored else "")
     path = store.run_dir / "report.html"
-    atomic_write(path, page)
-    report_html.write_images(figs, store.run_dir, formats)
+    atomic_write(path, html)
+    page.write_images(figs, store.run_dir, formats)
     return path
 
 
 def missing_costs(store: RunStore, trials: Sequence[Mapping[str, Any]],
-                  say: Callable[[str], Any] = lambda _msg: None) -> dict[str, tuple[float, float]]:
+                  say: Say = lambda _msg: None) -> dict[str, tuple[float, float]]:
     """`{arch_id: (params_total, flops_total)}` of the trials whose record has no costs.
 
     Costs do not depend on weights, so untrained backbones of the run's config do; the

@@ -3,7 +3,7 @@
 A single seed's val accuracy on a few hundred samples is noisy (one point is 2-3
 samples), so with `search.confirm: K` every candidate that enters the front is trained
 again with seeds `seed + 1 .. seed + K`, as trials of the same run, and the front is
-decided on the mean (`search.store.candidate_records`). When a confirmed candidate
+decided on the mean (`search.runstore.store.candidate_records`). When a confirmed candidate
 falls off the front, the one that takes its place is confirmed in turn.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from search.objectives import CLASSIC, Objective, get
-from search.store import front_from_trials
+from search.runstore.store import front_from_trials
 from spaces.spec import ArchSpec
 
 

@@ -1,4 +1,4 @@
-"""Drawing `report.html`: Plotly figures from `search.report_data`, one self-contained page.
+"""Drawing `report.html`: Plotly figures from `search.report.data`, one self-contained page.
 
 plotly.js is embedded once in the page's head (the same as `include_plotlyjs=True`):
 a CDN link would render a blank page offline. Nothing here computes what is drawn.
@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from search import objectives as _objectives
 from search.objectives import Objective
-from search.report_data import (
+from search.report.data import (
     BaselinePoint,
     Point,
     Series,

@@ -26,7 +26,7 @@ from spaces.spec import make_tap, parse_tap
 class TapCache:
     """`taps[split][tap] -> (N_split, *tap_shapes[tap])` float32, `labels[split]` as the dataset
     keeps them (int64 classes; float32 multi-label or standardised regression targets).
-    `task` and `target_scale` are the dataset's (`search.tasks`).
+    `task` and `target_scale` are the dataset's (`search.training.tasks`).
 
     `lengths[split][tap] -> (N_split,)` int64: the real tokens of a padded token tap (padded
     sequences only; absent otherwise); `tensors(split)` hands them out as `lengths_key(tap)`.

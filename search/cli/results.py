@@ -1,36 +1,33 @@
 """`fusion-nas report | export | evaluate`: what a user does after a search.
 
-Hooked into `search.cli` by `add_parsers(sub)` (in `build_parser`) and
-`COMMANDS.update(cli_report.COMMANDS)`; a user's mistake raises `UsageError`
+Hooked into `search.cli.commands` by `add_parsers(sub)` (in `build_parser`); each command
+registers itself in `search.cli.common.COMMANDS`, and a user's mistake raises `UsageError`
 (one line, exit 2) like every other command.
 """
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
+
+from search.cli.common import command, usage
 
 
-def _usage(err: BaseException) -> NoReturn:
-    from search.cli import UsageError  # here, not at the top: search.cli imports this module
-
-    raise UsageError(str(err)) from None
-
-
+@command("report")
 def cmd_report(args: argparse.Namespace) -> int:
     """Write RUN/report.html (and static images)."""
-    from search.report import write_report
+    from search.report.write import write_report
 
     try:
         path = write_report(args.run, args.format or (), say=print)
     except FileNotFoundError as err:
-        _usage(err)
+        usage(err)
     print(f"report: {path}")
     for fmt in args.format or ():
         print(f"images: {path.parent}/report-*.{fmt}")
     return 0
 
 
+@command("export")
 def cmd_export(args: argparse.Namespace) -> int:
     """Export the picked trial of a run as a loadable model."""
     from fusion_ops.load import ExportError
@@ -39,7 +36,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         m = export_run(args.run, args.pick, args.out, retrain=args.retrain)
     except (FileNotFoundError, ExportError) as err:
-        _usage(err)
+        usage(err)
     reported = m["reported"]["test_metric"]
     note = {True: "reproduces the trial's", False: "DIFFERS from the trial's", None: "retrained; the trial had"}
     print(f"exported trial {m['trial_id']} ({m['arch']}) to {args.out}")
@@ -49,6 +46,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-score an export on the test split of a config's data."""
     from fusion_ops.load import ExportError
@@ -57,7 +55,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         r = evaluate_export(args.export, args.config)
     except (FileNotFoundError, ExportError) as err:
-        _usage(err)
+        usage(err)
     line = f"{r['arch']}: test {r['metric']} {r['test_metric']:.4f}"
     if r["exported_test_metric"] is not None:
         same = r["test_metric"] == r["exported_test_metric"]
@@ -67,14 +65,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "report": cmd_report, "export": cmd_export, "evaluate": cmd_evaluate,
-}
-
-
 def add_parsers(sub: Any) -> None:
     """The three subcommands, on `parser.add_subparsers(dest="command")`."""
-    from search.report import IMAGE_FORMATS
+    from search.report.write import IMAGE_FORMATS
 
     report = sub.add_parser("report", help="write RUN_DIR/report.html: the front, interactive, offline")
     report.add_argument("run", metavar="RUN_DIR")

@@ -2,22 +2,23 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import random
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from search import cli_report
+from search.cli import results
+from search.cli.common import COMMANDS, UsageError, command, usage
 from search.datasets import DataError
 from spaces import ConfigError
 from spaces.yaml_errors import in_file
 
+if TYPE_CHECKING:
+    from search.api import SearchResult
+    from search.engine.interrupt import SearchInterrupted
 
-class UsageError(ValueError):
-    """A bad command line: reported as one line, exit code 2."""
 
-
+@command("ops")
 def cmd_ops(args: argparse.Namespace) -> int:
     """List the fusion operators and their arguments, then the other registries' names."""
     from fusion_ops import fusion_args, fusion_class, list_backbones, list_fusions
@@ -36,10 +37,11 @@ def cmd_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("space")
 def cmd_space(args: argparse.Namespace) -> int:
     """Print the size of a config's search space and a few samples."""
     from search.config import load_config
-    from search.preflight import preflight
+    from search.engine.preflight import preflight
 
     if args.samples < 0:
         raise UsageError(f"--samples: expected an integer >= 0, got {args.samples}")
@@ -63,16 +65,16 @@ def cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("search")
 def cmd_search(args: argparse.Namespace) -> int:
-    """Run a search (or resume one) and print the front."""
+    """Run a search (or resume one) through `search.api` and print the front."""
     import os
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's banners off the progress line
-    from search import run
-    from search.config import load_config
-    from search.display import Progress
-    from search.preflight import preflight
-    from search.store import RunInUse, RunStore, check_run_name
+    from search import api
+    from search.cli.display import Progress
+    from search.engine.interrupt import Interrupts, SearchInterrupted
+    from search.runstore.store import RunInUse, check_run_name
 
     if args.resume:
         # a resumed run keeps its recorded settings: a flag that would change them is refused, not ignored
@@ -83,68 +85,38 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise UsageError(f"{given[0]}: not allowed with --resume (a resumed run keeps the settings it was "
                              "started with; only --address may change)")
         try:
-            store = RunStore.open(args.resume)
+            result = api.load_run(args.resume)
         except FileNotFoundError as err:
-            raise UsageError(str(err)) from None
-        try:
-            with store.locked():  # before anything else: a second process stops here, at once
-                cfg = run.resolved_config(store)
-                if args.address is not None:
-                    from search.config import SearchSettings
-
-                    cfg = dataclasses.replace(cfg, search=SearchSettings.from_dict({**cfg.search.to_dict(),
-                                                                                     "address": args.address}))
-                if cfg.search.address:  # a head that is gone fails here, before data and backbones
-                    from search.ray_cluster import probe_address
-
-                    probe_address(cfg.search.address)
-                dataset = preflight(cfg, writes=False)
-                print(f"resuming {store.run_dir}")
-                return _search_locked(args, cfg, store, dataset, Progress)
-        except RunInUse as err:
-            raise UsageError(str(err)) from None
-    if not args.config:
+            usage(err)
+    elif not args.config:
         raise UsageError("search needs a CONFIG file (or --resume RUN_DIR)")
-    overrides = {k: v for k, v in (("strategy", args.strategy), ("num_samples", args.num_samples),
-                                   ("seed", args.seed), ("address", args.address)) if v is not None}
-    cfg = load_config(args.config, overrides)
-    if args.name is not None:
-        cfg = dataclasses.replace(cfg, name=check_run_name(args.name, "--name"))
-    dataset = preflight(cfg)  # data, backbones and size errors come before the run directory exists
-    store = run.start_run(cfg)
-    print(f"run {store.run_dir}")
-    with store.locked():
-        return _search_locked(args, cfg, store, dataset, Progress)
-
-
-def _search_locked(args: argparse.Namespace, cfg: Any, store: Any, dataset: Any, progress: Any) -> int:
-    from search import run
-    from search.interrupt import Interrupts, SearchInterrupted
-
-    print(f"{cfg.search.strategy} search: {cfg.search.num_samples} candidates from {cfg.space.size():,}"
-          f" architectures, {cfg.search.cpus_per_trial} CPU per trial"
-          f" on {cfg.search.address or 'an embedded local Ray'}")
-    interrupted: SearchInterrupted | None = None
+    elif args.name is not None:
+        check_run_name(args.name, "--name")
+    hooks: dict[str, Any] = {"say": print, "progress": Progress(), "warn": _warn, "report": False}
     with Interrupts().installed() as interrupts:
         try:
-            trials = run.search(cfg, store, resume=bool(args.resume), progress=progress(), dataset=dataset,
-                                interrupts=interrupts, warn=_warn)
+            if args.resume:
+                result.resume(address=args.address, interrupts=interrupts, **hooks)
+            else:
+                result = api.search(args.config, strategy=args.strategy, num_samples=args.num_samples,
+                                    seed=args.seed, name=args.name, address=args.address,
+                                    interrupts=interrupts, **hooks)
+        except RunInUse as err:
+            usage(err)
         except SearchInterrupted as exc:  # the trials finished so far are in trials.jsonl
-            interrupted, trials = exc, store.trials()
+            if exc.run_dir is None:  # before the trials began: nothing to show or resume
+                raise
             if sys.stdout.isatty():
                 print()  # end the live progress line
-        if interrupted is not None:
-            _after_interrupt(store, trials, cfg.search.num_samples, interrupted)
-            return interrupted.exit_code
-    with in_file(store.trials_path):
-        _print_front(store, trials)
-    from search.report import write_report
-
+            _after_interrupt(api.load_run(exc.run_dir), exc)
+            return exc.exit_code
+    with in_file(result.store.trials_path):
+        _print_front(result, result.records())
     try:
-        print(f"report: {write_report(store.run_dir, say=print)}")
+        print(f"report: {result.report(say=print)}")
     except Exception as err:  # the trials are safe on disk; `fusion-nas report RUN` redoes it
         print(f"fusion-nas: could not write the report ({type(err).__name__}: {err})", file=sys.stderr)
-    print(f"run directory: {store.run_dir}")
+    print(f"run directory: {result.run_dir}")
     return 0
 
 
@@ -152,45 +124,47 @@ def _warn(line: str) -> None:
     print(f"fusion-nas: warning: {line}", file=sys.stderr)
 
 
-def _after_interrupt(store: Any, trials: list, num_samples: int, exc: Any) -> None:
+def _after_interrupt(result: SearchResult, exc: SearchInterrupted) -> None:
     """The front and report of what finished, then the resume hint (a second signal skips them)."""
-    from search.report import write_report
-
+    trials = result.records()
     try:
         if not exc.forced:
-            with in_file(store.trials_path):
-                _print_front(store, trials)
-            print(f"report: {write_report(store.run_dir, say=print)}")
+            with in_file(result.store.trials_path):
+                _print_front(result, trials)
+            print(f"report: {result.report(say=print)}")
     except KeyboardInterrupt:
         pass
     except Exception as err:  # the trials are safe on disk; `fusion-nas report RUN` redoes it
         print(f"fusion-nas: could not write the report ({type(err).__name__}: {err})", file=sys.stderr)
     done = sum(not t.get("confirm") for t in trials)
-    print(f"interrupted: {done} of {num_samples} trials; resume with fusion-nas search --resume {store.run_dir}",
+    num_samples = result.store.config().get("search", {}).get("num_samples")
+    print(f"interrupted: {done} of {num_samples} trials; resume with fusion-nas search --resume {result.run_dir}",
           file=sys.stderr)
 
 
+@command("show")
 def cmd_show(args: argparse.Namespace) -> int:
     """Print the front of a finished (or running) search."""
-    from search.store import RunStore
+    from search import api
 
     try:
-        store = RunStore.open(args.run)
+        result = api.load_run(args.run)
     except FileNotFoundError as err:
-        raise UsageError(str(err)) from None
-    with in_file(store.trials_path):
-        _print_front(store, store.trials(warn=_warn))
+        usage(err)
+    with in_file(result.store.trials_path):
+        _print_front(result, result.records(warn=_warn))
     return 0
 
 
-def _print_front(store: Any, trials: list) -> None:
+def _print_front(result: SearchResult, trials: list[dict[str, Any]]) -> None:
+    """The status counts, the front's table (the knee starred) and the baselines beside it."""
     from search.baselines import compare, summary_line
-    from search.display import baselines_table, front_table
-    from search.run import front_rows
-    from search.store import STATUSES, front_from_trials
+    from search.cli.display import baselines_table, front_table
+    from search.engine.run import front_rows
+    from search.runstore.store import STATUSES
 
-    objs = store.objectives()
-    front = front_from_trials(trials, store.reference, objs)
+    objs = result.objectives
+    front = result.pareto(trials)
     counts = {s: sum(t.get("status") == s for t in trials) for s in STATUSES}
     print(f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}); "
           f"front of {len(front['trial_ids'])}, hypervolume {front['hypervolume']:.4f}")
@@ -199,26 +173,21 @@ def _print_front(store: Any, trials: list) -> None:
               "the reasons are in trials.jsonl (`status`, `reason`)")
         return
     print(front_table(front_rows(front, objs), objs[0].name))
-    stored = store.baselines()
+    stored = result.store.baselines()
     if stored:
         cmp = compare(front, stored, objs)
         print(baselines_table(stored, cmp, objs[0].name))
         print(summary_line(cmp))
 
 
+@command("init")
 def cmd_init(args: argparse.Namespace) -> int:
     """Write a commented starter config (read from `--data` when given)."""
-    from search.starter import write_starter
+    from search.cli.starter import write_starter
 
     path = write_starter(args.out, args.data, args.force)
     print(f"wrote {path}; next: fusion-nas space {path}, then fusion-nas search {path}")
     return 0
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "ops": cmd_ops, "space": cmd_space, "search": cmd_search, "show": cmd_show, "init": cmd_init,
-}
-COMMANDS.update(cli_report.COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--data", metavar="FILE", help="an .npz: one array per modality, y, optional split")
     init.add_argument("--out", default="fusion-nas.yaml", help="where to write it (default: fusion-nas.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
-    cli_report.add_parsers(sub)
+    results.add_parsers(sub)
     space = sub.add_parser("space", help="size of a config's search space, and samples")
     space.add_argument("config")
     space.add_argument("--samples", type=int, default=5)
@@ -260,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, UsageError, ConnectionError) as err:
         print(f"fusion-nas: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:  # a search handles its own (search.interrupt): this is any other
+    except KeyboardInterrupt as err:  # a search handles its own (search.engine.interrupt): this is any other
         print("fusion-nas: interrupted", file=sys.stderr)
         return getattr(err, "exit_code", 130)
 

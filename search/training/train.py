@@ -29,9 +29,9 @@ from fusion_ops.base import LENGTHS_SUFFIX, auxiliary_loss, lengths_key, masked_
 from fusion_ops.cost import count_flops, count_params
 from fusion_ops.model import FusionHead, build_model, candidate_cost, check_spec, required_taps
 from search.datasets import Dataset
-from search.latency import candidate_latency
-from search.taps import TapCache
-from search.tasks import Task, get_task
+from search.training.latency import candidate_latency
+from search.training.taps import TapCache
+from search.training.tasks import Task, get_task
 from spaces.spec import ArchSpec
 from spaces.yaml_errors import ConfigError, at
 
@@ -448,7 +448,7 @@ def _metrics(spec: ArchSpec, head: FusionHead, result: FitResult, scores: Mappin
         best_epoch=result.best_epoch,
         seconds_per_epoch=result.seconds / max(result.epochs, 1),
     )
-    if ok:  # measured, not counted: the `latency` objective (search.latency)
+    if ok:  # measured, not counted: the `latency` objective (search.training.latency)
         out.update(candidate_latency(spec, head, backbones, num_classes, cfg.batch_size, cfg.threads))
     return out
 
