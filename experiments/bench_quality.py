@@ -4,13 +4,14 @@ For each dataset, with the smallest config a user would write (`name` and `data`
 other setting is the default: mfas, every operator, the default training recipe and
 `search.confirm`), it compares on the same train/val/test split:
 
-(a) the search: the most accurate (mean val over its seeds) point of the confirmed front,
-    scored by its mean test accuracy; searches of 64 candidates with 3 search seeds, run
+(a) the search: the run's answer among its confirmed front (`best_front_point`: the best mean
+    accuracy on the run's holdout, the part of val no training or strategy sees, when the val
+    split is large enough for one, else the best mean val accuracy), scored by its mean test accuracy; searches of 64 candidates with 3 search seeds, run
     in-process (`search.engine.inprocess`: the same strategy, confirmation and records as a Ray
     run, one candidate after another); "budget 32" is the same search stopped after 32
     candidates, its front confirmed there;
 (b) the best baseline a run trains (`search.baselines`: each modality alone, logistic
-    regression on the raw inputs, late concat), chosen on val, scored on test;
+    regression on the raw inputs, late concat), chosen as (a) is, scored on test;
 (c) an oracle: the best (on val) of a small grid over operators x lr x weight decay x width,
     early (raw inputs) and late, each trained with a long recipe, scored on test.
 
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from experiments.results_block import machine_line, write_block  # noqa: E402
-from search.baselines import best_basic  # noqa: E402
+from search.baselines import best_basic, best_front_point  # noqa: E402
 from search.config import config_from_dict  # noqa: E402
 from search.engine.inprocess import search_in_process  # noqa: E402
 from search.engine.run import Prepared, cost_function, evaluate_trial, prepare, reference_point, trial_context  # noqa: E402
@@ -85,11 +86,13 @@ def prepared(name: str, data: dict[str, Any], smoke: bool) -> Prepared:
 
 
 def best_point(name: str, seed: int, budget: int, records: list[dict[str, Any]], start: float) -> dict[str, Any]:
-    """The most accurate (mean val) point of the confirmed front of `records`."""
-    best = max(front_from_trials(records)["front"], key=lambda f: f["metrics"]["val_accuracy"])
+    """The run's answer among the confirmed front of `records` (`best_front_point`: the best mean
+    holdout accuracy when the run has a holdout, else the best mean val accuracy)."""
+    best = best_front_point(front_from_trials(records))  # the answer a run gives (its holdout picks it)
+    assert best is not None, "an empty front"
     m = best["metrics"]
     return {"dataset": name, "seed": seed, "budget": budget, "val": m["val_accuracy"], "test": m["test_accuracy"],
-            "n_seeds": m["n_seeds"], "arch": ArchSpec.from_dict(best["spec"]).describe(),
+            "holdout": m.get("holdout_accuracy"), "n_seeds": m["n_seeds"], "arch": ArchSpec.from_dict(best["spec"]).describe(),
             "trials": len(records), "seconds": time.perf_counter() - start}
 
 
@@ -150,7 +153,8 @@ def baseline(name: str, data: dict[str, Any], smoke: bool) -> dict[str, Any]:
     rows = train_baselines(p.dataset, p.backbones, p.taps, p.config.train, panel="basic",
                            n_seeds=1 if smoke else len(SEEDS), say=lambda _m: None)
     b = best_basic(rows)
-    return {"dataset": name, "name": b["name"], "val": b["val_accuracy"], "test": b["test_accuracy"]}
+    return {"dataset": name, "name": b["name"], "val": b["val_accuracy"], "test": b["test_accuracy"],
+            "holdout": b.get("holdout_accuracy")}
 
 
 def table(searches: list[dict], baselines: list[dict], oracles: list[dict], budgets: tuple[int, ...]) -> list[str]:

@@ -210,8 +210,7 @@ class FusionModel(nn.Module):
             for d, s in enumerate(b.tap_shapes)
         }
         if flat is None:
-            padded = {make_tap(m, d) for m, b in zip(self.modalities, self.backbones, strict=True)
-                      if b.padded for d in b.depths}
+            padded = {make_tap(m, d) for m, b in self.named_backbones() if b.padded for d in b.depths}
             flat = flat_taps(shapes, padded)
         self.fusion = FusionHead(spec, shapes, num_classes, dropout, flat)
         self.train()

@@ -34,22 +34,35 @@ def _sign(o: _objectives.Objective) -> float:
 
 def best_basic(baselines: Sequence[Mapping[str, Any]], metric: _objectives.Objective | None = None
                ) -> Mapping[str, Any] | None:
-    """The basic-panel baseline with the best (mean) val metric (default accuracy); chosen on val,
-    like the front's best."""
+    """The basic-panel baseline with the best (mean) holdout metric when each has one, else val
+    metric (default accuracy): chosen as the front's best point is (`best_front_point`)."""
     metric = metric or _objectives.OBJECTIVES["accuracy"]
     scored = [b for b in baselines if b.get("panel") == "basic" and finite(b.get(metric.key)) is not None]
-    return max(scored, key=lambda b: _sign(metric) * float(b[metric.key])) if scored else None
+    held = "holdout_" + metric.key.removeprefix("val_")
+    by_holdout = all(finite(b.get(held)) is not None for b in scored)
+    return max(scored, key=lambda b: ((_sign(metric) * float(b[held]),) if by_holdout else ())
+               + (_sign(metric) * float(b[metric.key]),)) if scored else None
 
 
 def best_front_point(front: Mapping[str, Any], metric: _objectives.Objective | None = None
                      ) -> Mapping[str, Any] | None:
-    """The front member with the best val metric (ties: the cheaper in params), or None."""
+    """The search's answer: the front member with the best (mean) holdout metric when every
+    member has one (`search.holdout`: val samples no training or strategy saw, so the choice
+    is not the luckiest of many on the same val samples), else the best val metric; ties:
+    the better val metric, then the cheaper in params. None for an empty front."""
     metric = metric or _objectives.OBJECTIVES["accuracy"]
     members = [f for f in front.get("front") or () if finite((f.get("metrics") or {}).get(metric.key)) is not None]
     if not members:
         return None
-    return max(members, key=lambda f: (_sign(metric) * float(f["metrics"][metric.key]),
-                                       -(finite(f["metrics"].get("params_total")) or 0.0)))
+    held = "holdout_" + metric.key.removeprefix("val_")
+    by_holdout = all(finite(f["metrics"].get(held)) is not None for f in members)
+
+    def rank(f: Mapping[str, Any]) -> tuple[float, ...]:
+        m = f["metrics"]
+        first = (_sign(metric) * float(m[held]),) if by_holdout else ()
+        return (*first, _sign(metric) * float(m[metric.key]), -(finite(m.get("params_total")) or 0.0))
+
+    return max(members, key=rank)
 
 
 def dominating_member(front: Mapping[str, Any], baseline: Mapping[str, Any],
@@ -78,9 +91,10 @@ def compare(front: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]],
             objs: Sequence[_objectives.Objective] | None = None) -> dict[str, Any]:
     """Did the search earn its cost? `front` as `store.front_from_trials` returns it.
 
-    `best`: the front's best point (highest val accuracy) against the best basic baseline
-    (highest mean val accuracy): both accuracies, the differences (front minus baseline)
-    and `beats_val` / `beats_test` (strictly higher). `classic`: for each classic-panel
+    `best`: the front's best point against the best basic baseline, each chosen on the
+    holdout when there is one, else on val (`best_front_point`, `best_basic`): their val,
+    test and holdout metrics, the differences (front minus baseline) and `beats_val` /
+    `beats_test` (strictly higher). `classic`: for each classic-panel
     baseline, the id of a front member that weakly dominates it (`dominated_by`), or None.
     """
     objs = tuple(objs or _objectives.get(_objectives.CLASSIC))
@@ -91,8 +105,10 @@ def compare(front: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]],
     if top is not None and base is not None:
         m = top["metrics"]
         dv, dt = _delta(m.get(vkey), base.get(vkey)), _delta(m.get(tkey), base.get(tkey))
+        hkey = "holdout_" + metric.key.removeprefix("val_")
         best = {"trial_id": top.get("trial_id"), "metric": metric.name, "front_val": finite(m.get(vkey)),
-                "front_test": finite(m.get(tkey)), "baseline": base["name"],
+                "front_test": finite(m.get(tkey)), "front_holdout": finite(m.get(hkey)),
+                "baseline_holdout": finite(base.get(hkey)), "baseline": base["name"],
                 "baseline_val": finite(base.get(vkey)), "baseline_test": finite(base.get(tkey)),
                 "val_delta": dv, "test_delta": dt,
                 "beats_val": dv is not None and _sign(metric) * dv > 0,

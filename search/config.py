@@ -59,6 +59,9 @@ class SearchSettings:
     runs_dir: str = "runs"
     seed: int = 0
     confirm: int = 2  # more seeds for every front candidate; the front uses their mean
+    # the share of the val split no training or strategy sees; it picks the answer among the
+    # front (search.baselines.best_front_point); off when that is under 100 samples
+    holdout: float = 0.3
     baselines: str = "basic"  # which baselines train before the search (search.baselines.PANELS)
     metric: str = ""  # the task metric the search optimises ("": the task's default, search.objectives)
     objectives: tuple[str, ...] = ()  # objective names (search.objectives.OBJECTIVES); (): metric, params, flops
@@ -83,6 +86,9 @@ class SearchSettings:
         for key, low in (("num_samples", 1), ("cpus_per_trial", 1), ("max_concurrent", 0), ("seed", 0),
                          ("confirm", 0), ("max_params", 1), ("max_flops", 1)):
             _int(getattr(out, key), low, f"{where}.{key}")
+        if isinstance(out.holdout, bool) or not isinstance(out.holdout, (int, float)) or not 0 <= out.holdout <= 0.5:
+            raise ConfigError(f"{where}.holdout: expected a fraction of the val split in [0, 0.5], got {out.holdout!r}")
+        object.__setattr__(out, "holdout", float(out.holdout))
         for key in ("address", "runs_dir"):
             if not isinstance(getattr(out, key), str):
                 raise ConfigError(f"{where}.{key}: expected a string, got {getattr(out, key)!r}")

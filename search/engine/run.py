@@ -18,11 +18,12 @@ from fusion_ops import Backbone, FusionHead, count_flops, count_params, deepest_
 from search import objectives
 from search.config import Config, config_from_dict
 from search.datasets import DataError, Dataset, load_dataset
+from search.datasets.common import seed_of
 from search.objectives import Objective
 from search.runstore.store import RunStore
 from search.training.baselines_fit import ensure_baselines, seeds_of
 from search.training.pretrain import pretrain_backbones
-from search.training.taps import TapCache
+from search.training.taps import TapCache, holdout_rows
 from search.training.train import TrainConfig, evaluate_candidate, evaluate_with_backbones
 from spaces import ArchSpec, ConfigError, SearchSpace
 from spaces.registry import IMPORT_PATHS, load_plugins
@@ -66,7 +67,12 @@ def prepare(config: Config, say: Say = print, dataset: Dataset | None = None) ->
     backbones, info = pretrain_backbones(dataset, config.backbones, config.data, progress=say)
     offered = [make_tap(m, d) for m, ds in config.space.depth_map.items() for d in ds]
     taps = TapCache.from_backbones(dataset, backbones, only=offered)
+    rows = holdout_rows(dataset.y_val, dataset.task, config.search.holdout, seed_of(config.data))
+    taps = taps.with_holdout(rows)
     say(f"tap cache: {len(taps.tap_names)} taps, {taps.nbytes / 2**20:.1f} MiB")
+    if len(rows):
+        say(f"holdout: {len(rows)} of the {len(dataset.y_val)} val samples are kept out of the search; "
+            "they only choose the answer among the front (search.holdout)")
     return Prepared(config, dataset, backbones, info, taps)
 
 

@@ -315,7 +315,7 @@ def candidate_key(record: Mapping[str, Any]) -> str:
 
 def candidate_records(trials: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One record per candidate, in order of first appearance: each strategy trial joined by
-    the confirmation trials (`confirm: true`) of its candidate, with every `val_*`, `test_*` and
+    the confirmation trials (`confirm: true`) of its candidate, with every `val_*`, `test_*`, `holdout_*` and
     measured cost (`latency_ms`) replaced by its mean over every trial (seed) of it, `<key>_std` (sample
     std, 0 for one seed) beside each (`val_std`, `test_std`: accuracy's), and `n_seeds`,
     `seeds` and `seed_trials` added to its metrics.
@@ -336,7 +336,8 @@ def candidate_records(trials: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
 
 
 # averaged over a candidate's seeds: its metrics, and the costs measured by training (latency)
-SEED_MEANS = ("val_", "test_", *(o.key for o in _objectives.OBJECTIVES.values() if o.kind == "cost" and not o.known_before))
+SEED_MEANS = ("val_", "test_", "holdout_",
+              *(o.key for o in _objectives.OBJECTIVES.values() if o.kind == "cost" and not o.known_before))
 SEED_KEEP = {"val_std", "test_std"}
 
 

@@ -25,7 +25,15 @@ from search.datasets import Dataset
 from search.runstore.store import RunStore
 from search.training.taps import TapCache
 from search.training.tasks import Task, get_task
-from search.training.train import TrainConfig, accuracy, evaluate_candidate, fit, task_metrics, task_of
+from search.training.train import (
+    TrainConfig,
+    accuracy,
+    evaluate_candidate,
+    fit,
+    scored_splits,
+    task_metrics,
+    task_of,
+)
 from spaces.spec import ArchSpec, CellSpec, make_tap
 
 Say = Callable[[str], Any]
@@ -48,7 +56,8 @@ def flat_inputs(xs: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def logistic_regression(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
                         test: tuple[np.ndarray, np.ndarray], grid: Sequence[float] = C_GRID,
-                        task: Task | None = None) -> dict[str, Any]:
+                        task: Task | None = None,
+                        holdout: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """The task's L2-regularised linear model on standardised features, strength chosen on val
     by the task's score (first best in `grid`): logistic regression for classes (one per label
     for multi-label), ridge regression (`alpha = 1 / C`, the same squared loss candidates train
@@ -74,7 +83,10 @@ def logistic_regression(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndar
             scores.append(task.score(_outputs(model, xva, task), torch.tensor(val[1])))
     i = int(np.argmax(scores))
     model = fits[i]
-    metrics = {f"{split}_{k}": v for split, (x, y) in (("val", (xva, val[1])), ("test", (xte, test[1])))
+    scored = [("val", (xva, val[1])), ("test", (xte, test[1]))]
+    if holdout is not None:  # scored only: the holdout chooses nothing here
+        scored.append(("holdout", (scaler.transform(holdout[0]), holdout[1])))
+    metrics = {f"{split}_{k}": v for split, (x, y) in scored
                for k, v in task.metrics(_outputs(model, x, task), torch.tensor(y)).items()}
     coef, intercept = _weights(model)
     return {"C": float(grid[i]), "val_by_C": dict(zip(map(float, grid), scores, strict=True)), **metrics,
@@ -115,13 +127,20 @@ def _weights(model: Any) -> tuple[int, int]:
     return (sum(int(np.size(m.coef_)) for m in models), sum(int(np.size(m.intercept_)) for m in models))
 
 
-def linear_baseline(dataset: Dataset) -> dict[str, Any]:
-    """The `logreg` record: the task's linear model on the concatenated raw inputs."""
+def linear_baseline(dataset: Dataset, holdout_rows: np.ndarray | None = None) -> dict[str, Any]:
+    """The `logreg` record: the task's linear model on the concatenated raw inputs; the val
+    rows `holdout_rows` (the run's holdout, `TapCache.holdout_rows`) are scored apart, not
+    used to choose the strength."""
     start = time.perf_counter()
-    splits = [dataset.split(s) for s in ("train", "val", "test")]
+    (xtr, ytr), (xva, yva), (xte, yte) = ((flat_inputs(xs), np.asarray(y))
+                                          for xs, y in (dataset.split(s) for s in ("train", "val", "test")))
+    held = None
+    if holdout_rows is not None and len(holdout_rows):
+        keep = np.setdiff1d(np.arange(len(yva)), holdout_rows)
+        held, (xva, yva) = (xva[holdout_rows], yva[holdout_rows]), (xva[keep], yva[keep])
     task = get_task(dataset.task, dataset.target_scale)
-    r = logistic_regression(*((flat_inputs(xs), np.asarray(y)) for xs, y in splits), task=task)
-    runs = [{k: v for k, v in r.items() if k.startswith(("val_", "test_")) and k != "val_by_C"}]
+    r = logistic_regression((xtr, ytr), (xva, yva), (xte, yte), task=task, holdout=held)
+    runs = [{k: v for k, v in r.items() if k.startswith(("val_", "test_", "holdout_")) and k != "val_by_C"}]
     return _record("logreg", "linear", "basic", runs, r["params_total"],
                    r["flops_total"], None, start, C=r["C"], val_by_C=r["val_by_C"])
 
@@ -159,11 +178,12 @@ def unimodal_baseline(modality: str, backbone: Backbone, taps: TapCache, cfg: Tr
     train, val, test = (sub.tensors(s) for s in ("train", "val", "test"))
     runs = []
     task = task_of(taps)
+    scored = scored_splits(sub)
     for seed in range(n_seeds):
         with seeded_init(torch.Generator().manual_seed(seed)):
             model = TapLinear(tap, taps.tap_shapes[tap][-1], taps.num_classes)
         result = fit(model, train, val, dataclasses.replace(cfg, seed=seed), task=task)
-        run = task_metrics(task, model, {"val": val, "test": test}) if result.status == "ok" else {}
+        run = task_metrics(task, model, scored) if result.status == "ok" else {}
         if result.status == "ok" and task.name == "classification":  # as candidates record it
             run.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(model, test))
         runs.append(run)
@@ -186,7 +206,7 @@ def spec_baseline(name: str, kind: str, panel: str, spec: ArchSpec, taps: TapCac
             for s in range(n_seeds)]
     costed = [r for r in runs if "params_total" in r]
     reasons = sorted({r["reason"] for r in runs if r["status"] != "ok"})
-    scored = [{k: v for k, v in r.items() if k.startswith(("val_", "test_"))} for r in runs]
+    scored = [{k: v for k, v in r.items() if k.startswith(("val_", "test_", "holdout_"))} for r in runs]
     record = _record(name, kind, panel, scored,
                    costed[0]["params_total"] if costed else None, costed[0]["flops_total"] if costed else None,
                    spec.to_dict(), start, **({"reason": "; ".join(reasons)} if reasons else {}))
@@ -234,12 +254,14 @@ def train_baselines(dataset: Dataset, backbones: Mapping[str, Backbone], taps: T
         return []
     needed = list(last_taps(backbones).values())
     if not set(needed) <= set(taps.tap_shapes):  # the space may not offer the last depth
+        rows = taps.holdout_rows
         taps = TapCache.from_backbones(dataset, backbones, only=needed)
+        taps = taps if rows is None else taps.with_holdout(rows)
     taps = taps.subset(needed)
     trained: dict[str, dict[str, Any]] = {}  # arch_id -> record: `classic concat` is `late concat` again
     jobs: list[Callable[[], dict[str, Any]]] = [
         *(lambda m=m: unimodal_baseline(m, backbones[m], taps, cfg, n_seeds) for m in sorted(backbones)),
-        lambda: linear_baseline(dataset),
+        lambda: linear_baseline(dataset, taps.holdout_rows),
         lambda: spec_baseline("late concat", "late_concat", "basic", late_spec("concat", needed), taps, cfg,
                               backbones, n_seeds, trained),
     ]

@@ -18,7 +18,7 @@ from fusion_ops.backbones import Backbone
 from fusion_ops.base import lengths_key
 from fusion_ops.model import flat_taps
 from search.datasets import Dataset
-from search.datasets.common import SPLITS
+from search.datasets.common import SPLITS, split_for
 from spaces.spec import make_tap, parse_tap
 
 
@@ -30,6 +30,10 @@ class TapCache:
 
     `lengths[split][tap] -> (N_split,)` int64: the real tokens of a padded token tap (padded
     sequences only; absent otherwise); `tensors(split)` hands them out as `lengths_key(tap)`.
+
+    `holdout_rows`: the rows of the dataset's val split moved to a fourth split, `holdout`
+    (`with_holdout`), which no training and no strategy reads: it only chooses the answer
+    among the front (`search.baselines.best_front_point`). None: no holdout.
     """
 
     taps: dict[str, dict[str, np.ndarray]]
@@ -39,6 +43,7 @@ class TapCache:
     task: str = "classification"
     target_scale: tuple[np.ndarray, np.ndarray] | None = None
     lengths: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    holdout_rows: np.ndarray | None = None
 
     @classmethod
     def from_backbones(
@@ -115,7 +120,29 @@ class TapCache:
             self.task,
             self.target_scale,
             {s: {t: n for t, n in split.items() if t in names} for s, split in self.lengths.items()},
+            self.holdout_rows,
         )
+
+    def with_holdout(self, rows: np.ndarray) -> TapCache:
+        """The cache with val rows `rows` (indices into the dataset's val split) moved to a
+        `holdout` split; `rows` empty: the cache as it is."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if not len(rows):
+            return self
+        if self.holdout_rows is not None:
+            raise ValueError("this tap cache already has a holdout split")
+        keep = np.setdiff1d(np.arange(len(self.labels["val"])), rows)
+
+        def cut(split: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+            return {k: _read_only(np.ascontiguousarray(a[idx])) for k, a in split.items()}
+
+        taps = {**self.taps, "val": cut(self.taps["val"], keep), "holdout": cut(self.taps["val"], rows)}
+        labels = {**self.labels, "val": self.labels["val"][keep], "holdout": self.labels["val"][rows]}
+        lengths = dict(self.lengths)
+        if "val" in lengths:
+            lengths.update(val=cut(lengths["val"], keep), holdout=cut(lengths["val"], rows))
+        return TapCache(taps, labels, self.tap_shapes, self.num_classes, self.task, self.target_scale,
+                        lengths, rows)
 
     def tensors(self, split: str) -> tuple[dict[str, Tensor], Tensor]:
         """`({tap: (N, ...)}, labels (N,))` of `split` as torch tensors (copies: the arrays stay untouched)."""
@@ -124,6 +151,21 @@ class TapCache:
         xs = {t: torch.tensor(a) for t, a in self.taps[split].items()}
         xs.update({lengths_key(t): torch.tensor(n) for t, n in self.lengths.get(split, {}).items()})
         return xs, torch.tensor(self.labels[split])
+
+
+HOLDOUT_MIN = 100  # samples: fewer cannot tell front points apart (1 SE of accuracy is ~4-5 points)
+
+
+def holdout_rows(labels: np.ndarray, task: str, fraction: float, seed: int) -> np.ndarray:
+    """Rows of a val split (its `labels`) to hold out of the search: `fraction` of them,
+    stratified by class for class labels, drawn from `seed`; none when that is fewer than
+    `HOLDOUT_MIN` samples or would leave the search fewer than that."""
+    n = len(labels)
+    size = int(round(fraction * n))
+    if size < HOLDOUT_MIN or n - size < HOLDOUT_MIN:
+        return np.zeros(0, dtype=np.int64)
+    rows = split_for(task, np.asarray(labels), [size], np.random.default_rng([seed, 7919]))[0]
+    return np.sort(rows).astype(np.int64)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:

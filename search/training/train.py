@@ -358,6 +358,11 @@ def _fit_head(head: FusionHead, spec: ArchSpec, taps: TapCache, cfg: TrainConfig
                task=task_of(taps))
 
 
+def scored_splits(taps: TapCache) -> dict[str, Split]:
+    """The splits a trained candidate is scored on: val, test, and the holdout when there is one."""
+    return {s: taps.tensors(s) for s in ("val", "test", "holdout") if s in taps.taps}
+
+
 def task_metrics(task: Task, model: nn.Module, splits: Mapping[str, Split]) -> dict[str, float]:
     """`{split}_{metric}` of every task metric on each split (`val_auc`, `test_r2`, ...)."""
     return {f"{name}_{k}": v for name, data in splits.items()
@@ -412,7 +417,7 @@ def evaluate_candidate(
     scores: dict[str, float] = {}
     if result.status == "ok":
         sub = taps.subset(required_taps(spec))
-        scores = task_metrics(task, head, {"val": sub.tensors("val"), "test": sub.tensors("test")})
+        scores = task_metrics(task, head, scored_splits(sub))
         if task.name == "classification":  # as always: fit's best val accuracy, test accuracy
             scores.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(head, sub.tensors("test")))
     return _metrics(spec, head, result, scores, backbones, taps.num_classes, start, train_cfg, task)
