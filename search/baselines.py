@@ -140,9 +140,12 @@ def summary_line(cmp: Mapping[str, Any]) -> str:
     v, t = word(b["val_delta"]), word(b["test_delta"])
     verdict = f"{v} on val and test" if v == t else f"{v} on val, {t} on test"
     metric = b.get("metric", "accuracy")
+    held = ""  # both chosen on the holdout: say on what
+    if b.get("front_holdout") is not None and b.get("baseline_holdout") is not None:
+        held = f"; chosen on the holdout: {acc(b['front_holdout'])} vs {acc(b['baseline_holdout'])}"
     if metric != "accuracy":  # deltas of other metrics are not accuracy points
         return (f"front best {metric} {acc(b['front_val'])} val / {acc(b['front_test'])} test vs best baseline "
-                f"({b['baseline']}) {acc(b['baseline_val'])} / {acc(b['baseline_test'])} ({verdict})")
+                f"({b['baseline']}) {acc(b['baseline_val'])} / {acc(b['baseline_test'])} ({verdict}{held})")
     return (f"front best {acc(b['front_val'])} val / {acc(b['front_test'])} test vs best baseline "
             f"({b['baseline']}) {acc(b['baseline_val'])} / {acc(b['baseline_test'])}: "
-            f"{pts(b['val_delta'])} / {pts(b['test_delta'])} points ({verdict})")
+            f"{pts(b['val_delta'])} / {pts(b['test_delta'])} points ({verdict}{held})")

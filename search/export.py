@@ -20,6 +20,7 @@ import torch
 
 from fusion_ops import FusionModel, build_model, model_cost, required_taps
 from fusion_ops.load import MAX_TEXT_BYTES, ExportedModel, ExportError, load_model, read_bounded, save_model
+from search.baselines import best_front_point
 from search.config import Config, config_from_dict, load_config
 from search.datasets import Dataset, load_dataset
 from search.engine.run import Prepared, prepare, record_spec
@@ -56,8 +57,9 @@ PICKS: dict[str, Callable[[Mapping[str, Any], Callable[[Mapping[str, Any]], floa
 
 def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], how: str,
                metric: Objective | None = None) -> dict[str, Any]:
-    """The trial `how` names: `knee` (of the front), `accuracy` (best val metric — the run's
-    `metric`, accuracy by default — then fewest params), `smallest` (fewest params, then best
+    """The trial `how` names: `knee` (of the front), `accuracy` (the run's answer,
+    `search.baselines.best_front_point`: the best holdout metric when the run has a holdout,
+    else the best val metric — the run's `metric`, accuracy by default — then fewest params), `smallest` (fewest params, then best
     val metric), or a trial id. The metric is always the validation one: test never chooses."""
     metric = metric or OBJECTIVES["accuracy"]
     sign = -1.0 if metric.mode == "max" else 1.0
@@ -68,6 +70,10 @@ def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], ho
         if how == "knee":
             return by_id[front["knee"]]
         members = [by_id[tid] for tid in front["trial_ids"]]
+        if how == "accuracy":  # the run's answer: chosen on the holdout when the run has one
+            best = best_front_point({"front": members}, metric)
+            if best is not None:
+                return dict(best)
         return min(members, key=lambda t: PICKS[how](t["metrics"], lambda m: sign * m[metric.key]))
     trial = by_id.get(how)
     if trial is None:

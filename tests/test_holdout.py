@@ -113,6 +113,9 @@ def test_the_answer_is_the_best_on_the_holdout_not_the_luckiest_on_val():
     cmp = bl.compare(front, [{**b, "test_accuracy": 0.8} for b in basics])
     assert cmp["best"]["trial_id"] == "steady" and cmp["best"]["front_holdout"] == 0.90
     assert cmp["best"]["baseline"] == "late concat" and cmp["best"]["baseline_holdout"] == 0.85
+    assert bl.summary_line(cmp) == ("front best 0.900 val / 0.910 test vs best baseline (late concat) 0.900 / 0.800: "
+                                    "+0.0 / +11.0 points (level on val, above on test; chosen on the holdout: "
+                                    "0.900 vs 0.850)")
 
 
 @pytest.mark.parametrize("value", [-0.1, 0.6, "a third", True, None])
