@@ -164,22 +164,24 @@ def table(searches: list[dict], baselines: list[dict], oracles: list[dict], budg
              "|---|" + "---|" * (len(budgets) + 4)]
     for b in baselines:
         name = b["dataset"]
-        o = next(o for o in oracles if o["dataset"] == name)
+        o = next((o for o in oracles if o["dataset"] == name), None)  # None: not run (--only)
         cells, last = [], None
         for budget in budgets:
             tests = [s["test"] for s in searches if s["dataset"] == name and s["budget"] == budget]
             last = statistics.mean(tests)
             sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
             cells.append(f"{last:.3f} ± {sd:.3f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {b['test']:.3f} ({b['name']}) | {o['test']:.3f} | "
-                     f"{100 * (last - b['test']):+.1f} pts | {100 * (last - o['test']):+.1f} pts |")
+        oracle_cells = ("-", "-") if o is None else (f"{o['test']:.3f}", f"{100 * (last - o['test']):+.1f} pts")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {b['test']:.3f} ({b['name']}) | {oracle_cells[0]} | "
+                     f"{100 * (last - b['test']):+.1f} pts | {oracle_cells[1]} |")
     return lines
 
 
 def details(searches: list[dict], oracles: list[dict]) -> list[str]:
-    out = ["", "Each search's best confirmed front point (val and test: mean over its seeds):", ""]
+    out = ["", "Each search's answer among its confirmed front (val, holdout and test: mean over its seeds):", ""]
     for s in sorted(searches, key=lambda s: (s["dataset"], s["budget"], s["seed"])):
-        out.append(f"- {s['dataset']}, budget {s['budget']}, seed {s['seed']}: val {s['val']:.3f}, "
+        held = f", holdout {s['holdout']:.3f}" if s.get("holdout") is not None else ""
+        out.append(f"- {s['dataset']}, budget {s['budget']}, seed {s['seed']}: val {s['val']:.3f}{held}, "
                    f"test {s['test']:.3f} ({s['n_seeds']} seeds, {s['trials']} trials, {s['seconds']:.0f} s): "
                    f"`{s['arch']}`")
     out += ["", "Oracles (best of the grid on val; test: mean of 3 training seeds):", ""]
