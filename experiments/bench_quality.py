@@ -41,13 +41,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from experiments.results_block import machine_line, write_block  # noqa: E402
-from search.baselines import best_basic, best_front_point  # noqa: E402
+from search.baselines import best_basic, best_front_point, seed_trials  # noqa: E402
 from search.config import config_from_dict  # noqa: E402
 from search.engine.inprocess import search_in_process  # noqa: E402
 from search.engine.run import Prepared, cost_function, evaluate_trial, prepare, reference_point, trial_context  # noqa: E402
 from search.runstore.store import front_from_trials  # noqa: E402
 from search.strategies import make_strategy  # noqa: E402
-from search.training.baselines_fit import train_baselines  # noqa: E402
+from search.training.baselines_fit import seeds_of, train_baselines  # noqa: E402
 from search.training.train import TrainConfig, evaluate_candidate  # noqa: E402
 from spaces import ArchSpec  # noqa: E402
 from spaces.spec import CellSpec, make_tap  # noqa: E402
@@ -106,10 +106,14 @@ def one_search(name: str, data: dict[str, Any], seed: int, budgets: tuple[int, .
     strategy = make_strategy(cfg.search.strategy, cfg.space, seed=seed, budget=max(budgets), cost_fn=cost)
     ctx = trial_context(p)
     start, out = time.perf_counter(), []
+    # as a run does: the baselines that are candidates of the space join the search first
+    rows = train_baselines(p.dataset, p.backbones, p.taps, cfg.train, panel=cfg.search.baselines,
+                           n_seeds=seeds_of(cfg.search), say=lambda _m: None)
     records = search_in_process(
         lambda spec, seed=None: evaluate_trial(spec, ctx, seed=seed), strategy, max(budgets),
         confirm=cfg.search.confirm, base_seed=cfg.train.seed, reference=reference_point(cfg.space, cost, seed),
-        checkpoints=budgets, on_checkpoint=lambda n, recs: out.append(best_point(name, seed, n, recs, start)))
+        checkpoints=budgets, on_checkpoint=lambda n, recs: out.append(best_point(name, seed, n, recs, start)),
+        seeded=seed_trials(rows, cfg.space))
     return [*out, best_point(name, seed, max(budgets), records, start)]
 
 

@@ -149,3 +149,40 @@ def summary_line(cmp: Mapping[str, Any]) -> str:
     return (f"front best {acc(b['front_val'])} val / {acc(b['front_test'])} test vs best baseline "
             f"({b['baseline']}) {acc(b['baseline_val'])} / {acc(b['baseline_test'])}: "
             f"{pts(b['val_delta'])} / {pts(b['test_delta'])} points ({verdict}{held})")
+
+
+# ------------------------------------------------------------------ baselines that lie in the space
+def seed_trials(baselines: Sequence[Mapping[str, Any]] | None, space: Any) -> list[dict[str, Any]]:
+    """The baselines that are candidates of `space` (an ArchSpec it contains, e.g. the late
+    concat of the embeddings), every seed ok, as `trials.jsonl` records: the first seed as a
+    strategy trial, the others as its confirmation seeds (`confirm: true`), each tagged
+    `baseline: <name>`. A run writes them before its search, so its front (and its answer)
+    holds what a user would have built by hand, the strategy is told them (a resume replays
+    them) and never trains them again; they do not count towards `search.num_samples`.
+    Trial ids: `b<k>s<seed>`."""
+    from spaces.spec import ArchSpec
+
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for b in baselines or ():
+        runs = b.get("seed_runs") or []
+        if not b.get("spec") or not runs or any(r.get("status") != "ok" for r in runs):
+            continue
+        spec = ArchSpec.from_dict(b["spec"])
+        if spec.candidate_id in seen or not space.contains(spec):
+            continue
+        seen.add(spec.candidate_id)
+        k = len(seen) - 1
+        for i, run in enumerate(runs):
+            seed = run.get("seed")
+            record = {"trial_id": f"b{k}s{seed}", "spec": spec.to_dict(), "arch_id": spec.arch_id,
+                      "candidate_id": spec.candidate_id, "seed": seed, "metrics": dict(run), "status": "ok",
+                      "reason": None, "seconds": run.get("seconds"), "finished_at": None, "baseline": b["name"]}
+            out.append({**record, "confirm": True} if i else record)
+    return out
+
+
+def counts_to_budget(record: Mapping[str, Any]) -> bool:
+    """Whether a trial record is one of the strategy's `search.num_samples` (not a confirmation
+    seed, not a baseline seeded into the run)."""
+    return not record.get("confirm") and not record.get("baseline")

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from search.baselines import counts_to_budget
 from search.cli import results
 from search.cli.common import COMMANDS, UsageError, command, usage
 from search.datasets import DataError
@@ -136,7 +137,7 @@ def _after_interrupt(result: SearchResult, exc: SearchInterrupted) -> None:
         pass
     except Exception as err:  # the trials are safe on disk; `fusion-nas report RUN` redoes it
         print(f"fusion-nas: could not write the report ({type(err).__name__}: {err})", file=sys.stderr)
-    done = sum(not t.get("confirm") for t in trials)
+    done = sum(counts_to_budget(t) for t in trials)
     num_samples = result.store.config().get("search", {}).get("num_samples")
     print(f"interrupted: {done} of {num_samples} trials; resume with fusion-nas search --resume {result.run_dir}",
           file=sys.stderr)

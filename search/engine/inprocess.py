@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from search.engine.confirm import confirmation_todo
+from search.runstore.replay import replay
 from search.runstore.store import to_jsonable, utc_now
 from search.runstore.trial_metrics import objectives_of
 from spaces.spec import ArchSpec
@@ -34,6 +35,7 @@ def search_in_process(evaluate: Evaluate, strategy: Any, num_samples: int, *, co
                       on_record: Callable[[dict[str, Any]], Any] | None = None,
                       checkpoints: Sequence[int] = (),
                       on_checkpoint: Callable[[int, list[dict[str, Any]]], Any] | None = None,
+                      seeded: Sequence[dict[str, Any]] = (),
                       ) -> list[dict[str, Any]]:
     """`num_samples` of the strategy's candidates, then the seeds `base_seed + 1 .. + confirm`
     of every front candidate (as `StrategySearcher` does); returns the records in order.
@@ -41,8 +43,11 @@ def search_in_process(evaluate: Evaluate, strategy: Any, num_samples: int, *, co
     At each of `checkpoints` (a number of the strategy's candidates) the front so far is
     confirmed too and `on_checkpoint(n, records)` sees the run as it would have ended there;
     the search then goes on (its confirmation seeds count again later: none is trained twice).
+    `seeded`: records the run holds before its search (`search.baselines.seed_trials`), told to
+    the strategy first as a run's replay tells them; they do not count towards `num_samples`.
     """
-    records: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = list(seeded)
+    pending = replay(strategy, seeded, lookahead=1) if seeded else []  # asked in the replay: run first
 
     def run(spec: ArchSpec, seed: int | None, is_confirm: bool) -> dict[str, Any]:
         start = time.perf_counter()
@@ -62,7 +67,7 @@ def search_in_process(evaluate: Evaluate, strategy: Any, num_samples: int, *, co
 
     asked = 0
     while asked < num_samples and not strategy.done:
-        spec = strategy.ask()
+        spec = pending.pop(0) if pending else strategy.ask()
         strategy.tell(spec, objectives_of(run(spec, None, False), getattr(strategy, "objectives", None)))
         asked += 1
         if asked in checkpoints and asked < num_samples:

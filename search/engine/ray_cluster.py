@@ -11,6 +11,7 @@ from pathlib import Path
 
 import ray
 
+from search.baselines import counts_to_budget
 from search.runstore.store import RunStore
 from spaces import ConfigError
 
@@ -91,7 +92,7 @@ def head_gone(address: str | None) -> bool:
 
 def lost_head(store: RunStore, address: str, num_samples: int, detail: str = "") -> HeadLost:
     """The one line that ends a search whose cluster went away: how far it got, how to resume."""
-    done = sum(not r.get("confirm") for r in store.trials())
+    done = sum(counts_to_budget(r) for r in store.trials())
     why = f" ({detail.splitlines()[0][:200]})" if detail.strip() else ""
     return HeadLost(f"search.address: the Ray cluster at {address} is gone{why}; {done} of {num_samples} "
                     f"trials recorded; resume with fusion-nas search --resume {store.run_dir}")

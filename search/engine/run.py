@@ -16,6 +16,7 @@ import torch
 
 from fusion_ops import Backbone, FusionHead, count_flops, count_params, deepest_taps
 from search import objectives
+from search.baselines import seed_trials
 from search.config import Config, config_from_dict
 from search.datasets import DataError, Dataset, load_dataset
 from search.datasets.common import seed_of
@@ -178,8 +179,9 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
     prepared = prepare(config, say, dataset)
     s = config.search
     objs = run_objectives(store, config, prepared.dataset)
-    ensure_baselines(store, prepared.dataset, prepared.backbones, prepared.taps, config.train,
-                     panel=s.baselines, n_seeds=seeds_of(s), say=say)
+    baselines = ensure_baselines(store, prepared.dataset, prepared.backbones, prepared.taps, config.train,
+                                 panel=s.baselines, n_seeds=seeds_of(s), say=say)
+    seed_baselines(store, baselines, config.space, say)
     cost = cost_function(prepared)
     if store.reference is None:
         store.write_json("reference.json", {"reference": reference_point(config.space, cost, s.seed, objs=objs),
@@ -195,6 +197,18 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
         progress=progress, max_epochs=config.train.epochs, confirm=s.confirm, base_seed=config.train.seed,
         interrupts=interrupts, warn=warn,
     )
+
+
+def seed_baselines(store: RunStore, baselines: Any, space: SearchSpace, say: Say = print) -> None:
+    """Write the baselines that are candidates of `space` into `trials.jsonl` as trials of the run
+    (`search.baselines.seed_trials`; once: a resume finds them there)."""
+    have = {str(t.get("trial_id")) for t in store.trials()}
+    new = [r for r in seed_trials(baselines, space) if r["trial_id"] not in have]
+    for record in new:
+        store.append_trial(record)
+    if new:
+        names = ", ".join(dict.fromkeys(r["baseline"] for r in new))
+        say(f"baselines in the space join the search as trained candidates: {names}")
 
 
 def share_import_paths() -> None:

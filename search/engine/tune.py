@@ -31,6 +31,7 @@ from ray.tune.error import TuneError
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
 
+from search.baselines import counts_to_budget
 from search.engine.confirm import confirmation_todo
 from search.engine.interrupt import Interrupts
 from search.engine.ray_cluster import (
@@ -173,7 +174,7 @@ class StoreCallback(tune.Callback):
         self._records[record["trial_id"]] = record
         front = store.write_pareto(front_from_trials(self._records.values(), store.reference, store.objectives()))
         hook = _PROGRESS.get(self.run_dir)
-        n_confirm = sum(bool(r.get("confirm")) for r in self._records.values())
+        n_confirm = sum(not counts_to_budget(r) for r in self._records.values())  # seeds and seeded baselines
         try:
             if hook is not None:  # confirmation seeds are counted apart from the candidates asked for
                 hook(len(self._records) - n_confirm, self.total, front["best_val"], len(front["front"]),
@@ -250,7 +251,7 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
     """
     sched = _scheduler(scheduler, max_epochs)
     records = store.trials(warn=warn)
-    remaining = num_samples - sum(not r.get("confirm") for r in records)
+    remaining = num_samples - sum(counts_to_budget(r) for r in records)
     if remaining <= 0 and not confirmation_todo(records, store.reference, confirm, base_seed,
                                                 objs=getattr(strategy, "objectives", None)):
         store.write_pareto()  # nothing left to run: no Ray at all

@@ -13,6 +13,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from search.baselines import counts_to_budget
 from search.engine.confirm import confirmation_todo
 from search.runstore.store import RunStore
 from search.runstore.trial_metrics import FINAL, METRIC, METRICS_JSON, objectives_of, result_metrics
@@ -45,7 +46,7 @@ class StrategySearcher(Searcher):
         self.strategy, self.max_trials = strategy, max_trials
         self.confirm, self.base_seed = confirm, base_seed
         self._run_dir = None if store is None else str(store.run_dir)
-        self._n_recorded = sum(not r.get("confirm") for r in recorded)
+        self._n_recorded = sum(counts_to_budget(r) for r in recorded)
         self._rerun = list(rerun)
         self._live: dict[str, ArchSpec] = {}  # suggested, not yet complete
         self._main: set[str] = set()  # the strategy's trials suggested here

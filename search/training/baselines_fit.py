@@ -22,7 +22,7 @@ from fusion_ops import Backbone, count_flops, count_params, list_fusions
 from fusion_ops.backbones import seeded_init
 from search import baselines as bl
 from search.datasets import Dataset
-from search.runstore.store import RunStore
+from search.runstore.store import RunStore, to_jsonable
 from search.training.taps import TapCache
 from search.training.tasks import Task, get_task
 from search.training.train import (
@@ -197,19 +197,22 @@ def unimodal_baseline(modality: str, backbone: Backbone, taps: TapCache, cfg: Tr
 def spec_baseline(name: str, kind: str, panel: str, spec: ArchSpec, taps: TapCache, cfg: TrainConfig,
                   backbones: Mapping[str, Backbone], n_seeds: int,
                   trained: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A baseline that is an ArchSpec, trained and costed exactly like a candidate, once per seed;
-    a spec already in `trained` (by arch id) is not trained again (training is deterministic)."""
+    """A baseline that is an ArchSpec, trained and costed exactly like a candidate, once per seed
+    (`cfg.seed`, `+ 1`, ...: a confirmed candidate's seeds); `seed_runs` keeps each seed's metrics, as a
+    trial records them (`search.baselines.seed_trials`). A spec already in `trained` (by arch
+    id) is not trained again (training is deterministic)."""
     if trained is not None and spec.arch_id in trained:
         return {**trained[spec.arch_id], "name": name, "kind": kind, "panel": panel}
     start = time.perf_counter()
-    runs = [evaluate_candidate(spec, taps, dataclasses.replace(cfg, seed=s), backbones=backbones)
+    runs = [evaluate_candidate(spec, taps, dataclasses.replace(cfg, seed=cfg.seed + s), backbones=backbones)
             for s in range(n_seeds)]
     costed = [r for r in runs if "params_total" in r]
     reasons = sorted({r["reason"] for r in runs if r["status"] != "ok"})
     scored = [{k: v for k, v in r.items() if k.startswith(("val_", "test_", "holdout_"))} for r in runs]
     record = _record(name, kind, panel, scored,
                    costed[0]["params_total"] if costed else None, costed[0]["flops_total"] if costed else None,
-                   spec.to_dict(), start, **({"reason": "; ".join(reasons)} if reasons else {}))
+                   spec.to_dict(), start, seed_runs=[to_jsonable(r) for r in runs],
+                   **({"reason": "; ".join(reasons)} if reasons else {}))
     if trained is not None:
         trained[spec.arch_id] = record
     return record
