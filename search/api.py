@@ -63,7 +63,8 @@ class SearchResult:
         for t in self.records():
             spec = record_spec(t) if t.get("spec") is not None else None
             rows.append({"trial_id": t.get("trial_id"), "status": t.get("status"), "seed": t.get("seed"),
-                         "confirm": bool(t.get("confirm")), "arch_id": t.get("arch_id"),
+                         "confirm": bool(t.get("confirm")), "baseline": t.get("baseline"),
+                         "arch_id": t.get("arch_id"),
                          "arch": spec.describe() if spec else None, "stage": spec.stage if spec else None,
                          "ops": ",".join(c.op for c in spec.cells) if spec else None,
                          **(t.get("metrics") or {})})
