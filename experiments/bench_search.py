@@ -56,7 +56,7 @@ from spaces import ArchSpec, SearchSpace  # noqa: E402
 
 CONFIGS = ROOT / "experiments" / "configs"
 DATASETS = {"planted xor": "bench_xor.yaml", "av_digits": "bench_av_digits.yaml"}
-TABLE_FORMAT = 1  # bump when what a table row holds changes
+TABLE_FORMAT = 2  # bump when what a table row holds, or how a spec trains or is scored, changes (2: small token taps read flattened; a holdout out of val)
 KEEP = ("status", "val_accuracy", "test_accuracy", "params_total", "flops_total", "epochs", "seconds")
 Table = dict[str, dict[str, Any]]  # arch_id -> KEEP metrics of that spec
 Say = Callable[[str], None]
