@@ -18,6 +18,7 @@ from typing import Any
 
 from search import objectives as _objectives
 from search.objectives import finite
+from spaces.spec import ArchSpec
 
 FILE = "baselines.json"
 PANELS = ("basic", "classic", "none")
@@ -160,8 +161,6 @@ def seed_trials(baselines: Sequence[Mapping[str, Any]] | None, space: Any) -> li
     holds what a user would have built by hand, the strategy is told them (a resume replays
     them) and never trains them again; they do not count towards `search.num_samples`.
     Trial ids: `b<k>s<seed>`."""
-    from spaces.spec import ArchSpec
-
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for b in baselines or ():
