@@ -68,6 +68,7 @@ ORACLE_GRID = {"lr": (1e-3, 1e-2), "weight_decay": (1e-4, 1e-2), "width": (16, 6
 LONG = {"epochs": 2000, "max_steps": 1500, "min_steps": 750, "patience": 20}
 
 _PREPARED: dict[str, Prepared] = {}
+_BASELINES: dict[str, list[dict[str, Any]]] = {}
 
 
 def config(name: str, data: dict[str, Any], smoke: bool = False) -> Any:
@@ -107,8 +108,7 @@ def one_search(name: str, data: dict[str, Any], seed: int, budgets: tuple[int, .
     ctx = trial_context(p)
     start, out = time.perf_counter(), []
     # as a run does: the baselines that are candidates of the space join the search first
-    rows = train_baselines(p.dataset, p.backbones, p.taps, cfg.train, panel=cfg.search.baselines,
-                           n_seeds=seeds_of(cfg.search), say=lambda _m: None)
+    rows = run_baselines(name, data, smoke)
     records = search_in_process(
         lambda spec, seed=None: evaluate_trial(spec, ctx, seed=seed), strategy, max(budgets),
         confirm=cfg.search.confirm, base_seed=cfg.train.seed, reference=reference_point(cfg.space, cost, seed),
@@ -152,11 +152,20 @@ def oracle(name: str, data: dict[str, Any], smoke: bool) -> dict[str, Any]:
             "arch": f"{spec.describe()} | lr={cfg.lr:g} wd={cfg.weight_decay:g}", "seconds": time.perf_counter() - start}
 
 
+def run_baselines(name: str, data: dict[str, Any], smoke: bool) -> list[dict[str, Any]]:
+    """The baselines a run of this config trains (its panel, one per confirmed seed), once per
+    process: every search of a dataset seeds the same ones, and the baseline job reads them."""
+    if name not in _BASELINES:
+        p = prepared(name, data, smoke)
+        _BASELINES[name] = train_baselines(p.dataset, p.backbones, p.taps, p.config.train,
+                                           panel=p.config.search.baselines, n_seeds=seeds_of(p.config.search),
+                                           say=lambda _m: None)
+    return _BASELINES[name]
+
+
 def baseline(name: str, data: dict[str, Any], smoke: bool) -> dict[str, Any]:
-    p = prepared(name, data, smoke)
-    rows = train_baselines(p.dataset, p.backbones, p.taps, p.config.train, panel="basic",
-                           n_seeds=1 if smoke else len(SEEDS), say=lambda _m: None)
-    b = best_basic(rows)
+    b = best_basic(run_baselines(name, data, smoke))
+    assert b is not None, "no basic baseline"
     return {"dataset": name, "name": b["name"], "val": b["val_accuracy"], "test": b["test_accuracy"],
             "holdout": b.get("holdout_accuracy")}
 

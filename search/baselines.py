@@ -33,16 +33,35 @@ def _sign(o: _objectives.Objective) -> float:
     return 1.0 if o.mode == "max" else -1.0
 
 
+def holdout_key(metric: _objectives.Objective) -> str:
+    """`holdout_accuracy` for `val_accuracy`: the metric on the run's holdout (`search.holdout`)."""
+    return "holdout_" + metric.key.removeprefix("val_")
+
+
+def _choose(items: Sequence[Mapping[str, Any]], metric: _objectives.Objective,
+            metrics_of: Any = lambda x: x, tie: Any = lambda m: ()) -> Mapping[str, Any] | None:
+    """The item whose metrics (`metrics_of(item)`) are best on the holdout when every item has
+    a holdout value, else on val; then by val; then by `tie(metrics)`. None when `items` is empty."""
+    if not items:
+        return None
+    held = holdout_key(metric)
+    by_holdout = all(finite(metrics_of(x).get(held)) is not None for x in items)
+
+    def rank(x: Mapping[str, Any]) -> tuple[float, ...]:
+        m = metrics_of(x)
+        first = (_sign(metric) * float(m[held]),) if by_holdout else ()
+        return (*first, _sign(metric) * float(m[metric.key]), *tie(m))
+
+    return max(items, key=rank)
+
+
 def best_basic(baselines: Sequence[Mapping[str, Any]], metric: _objectives.Objective | None = None
                ) -> Mapping[str, Any] | None:
     """The basic-panel baseline with the best (mean) holdout metric when each has one, else val
     metric (default accuracy): chosen as the front's best point is (`best_front_point`)."""
     metric = metric or _objectives.OBJECTIVES["accuracy"]
-    scored = [b for b in baselines if b.get("panel") == "basic" and finite(b.get(metric.key)) is not None]
-    held = "holdout_" + metric.key.removeprefix("val_")
-    by_holdout = all(finite(b.get(held)) is not None for b in scored)
-    return max(scored, key=lambda b: ((_sign(metric) * float(b[held]),) if by_holdout else ())
-               + (_sign(metric) * float(b[metric.key]),)) if scored else None
+    return _choose([b for b in baselines if b.get("panel") == "basic" and finite(b.get(metric.key)) is not None],
+                   metric)
 
 
 def best_front_point(front: Mapping[str, Any], metric: _objectives.Objective | None = None
@@ -53,17 +72,8 @@ def best_front_point(front: Mapping[str, Any], metric: _objectives.Objective | N
     the better val metric, then the cheaper in params. None for an empty front."""
     metric = metric or _objectives.OBJECTIVES["accuracy"]
     members = [f for f in front.get("front") or () if finite((f.get("metrics") or {}).get(metric.key)) is not None]
-    if not members:
-        return None
-    held = "holdout_" + metric.key.removeprefix("val_")
-    by_holdout = all(finite(f["metrics"].get(held)) is not None for f in members)
-
-    def rank(f: Mapping[str, Any]) -> tuple[float, ...]:
-        m = f["metrics"]
-        first = (_sign(metric) * float(m[held]),) if by_holdout else ()
-        return (*first, _sign(metric) * float(m[metric.key]), -(finite(m.get("params_total")) or 0.0))
-
-    return max(members, key=rank)
+    return _choose(members, metric, lambda f: f["metrics"],
+                   lambda m: (-(finite(m.get("params_total")) or 0.0),))
 
 
 def dominating_member(front: Mapping[str, Any], baseline: Mapping[str, Any],
@@ -106,7 +116,7 @@ def compare(front: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]],
     if top is not None and base is not None:
         m = top["metrics"]
         dv, dt = _delta(m.get(vkey), base.get(vkey)), _delta(m.get(tkey), base.get(tkey))
-        hkey = "holdout_" + metric.key.removeprefix("val_")
+        hkey = holdout_key(metric)
         best = {"trial_id": top.get("trial_id"), "metric": metric.name, "front_val": finite(m.get(vkey)),
                 "front_test": finite(m.get(tkey)), "front_holdout": finite(m.get(hkey)),
                 "baseline_holdout": finite(base.get(hkey)), "baseline": base["name"],

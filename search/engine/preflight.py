@@ -21,6 +21,7 @@ from fusion_ops.model import FusionCell, flat_taps
 from search import objectives
 from search.config import Config
 from search.datasets import DataError, Dataset, load_dataset
+from search.training.pretrain import mark_padded
 from spaces import ConfigError, OpChoice
 from spaces.spec import CellSpec, make_tap
 from spaces.yaml_errors import in_file, one_line
@@ -102,9 +103,9 @@ def meta_backbones(config: Config, dataset: Dataset) -> dict[str, Backbone]:
             if m in dataset.lengths_of("train") and not type(out[m]).SEQUENCE:
                 raise ValueError(f"{bcfg.kind} backbone cannot read padded sequences ({m!r} comes with "
                                  "lengths); use a sequence backbone: conv1d or gru")
-            out[m].padded = m in dataset.lengths_of("train")
         except (ValueError, RuntimeError) as err:
             raise ConfigError(one_line(f"backbones.modalities.{m}: {err}")) from None
+    mark_padded(out, dataset)
     return out
 
 

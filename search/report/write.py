@@ -109,13 +109,13 @@ def _costs(store: RunStore, specs: Any) -> dict[str, tuple[float, float]]:
     from fusion_ops import build_backbone, candidate_cost
     from search.datasets import load_dataset
     from search.export import read_config
+    from search.training.pretrain import mark_padded
 
     config = read_config(store.run_dir)
     dataset = load_dataset(config.data, config.path.parent)
     g = torch.Generator().manual_seed(0)
     backbones = {m: build_backbone(config.backbones.backbone_for(m, s), s, g) for m, s in dataset.shapes.items()}
-    for m, b in backbones.items():
-        b.padded = m in dataset.lengths_of("train")
+    mark_padded(backbones, dataset)
     out = {}
     for spec in specs:
         try:

@@ -28,8 +28,8 @@ from fusion_ops.base import lengths_key
 from fusion_ops.python_backbone import factory_digest
 from search.datasets import Dataset
 from search.training.tasks import get_task
-from search.training.train import TrainConfig, accuracy, dataset_tensors, fit, predict
-from spaces.yaml_errors import ConfigError, at
+from search.training.train import TrainConfig, accuracy, check_section, dataset_tensors, fit, predict
+from spaces.yaml_errors import ConfigError
 
 CACHE_FORMAT = 1  # bump when what a cache file holds, or how it is trained, changes
 DEFAULT_CACHE_DIR = "~/.cache/fusion-nas/backbones"
@@ -81,12 +81,7 @@ class BackbonesConfig:
         """Validated config; a mistake raises ConfigError naming its key path."""
         if d is None:
             return cls()
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {d!r}")
-        known = ("freeze", "cache_dir", "pretrain", "modalities")
-        for key in d:
-            if key not in known:
-                raise ConfigError(f"{at(where, str(key))}: unknown key; known: {', '.join(known)}")
+        check_section(d, where, ("freeze", "cache_dir", "pretrain", "modalities"))
         freeze = d.get("freeze", True)
         if not isinstance(freeze, bool):
             raise ConfigError(f"{where}.freeze: expected true or false, got {freeze!r}")
@@ -181,9 +176,16 @@ def pretrain_backbones(
         say(f"{m}: unimodal{score} val {info['val_accuracy']:.3f}, test {info['test_accuracy']:.3f}"
             f"{' (cached)' if info['cached'] else ''}")
         backbones[m], infos[m] = clf.backbone.eval(), info
-    for m, b in backbones.items():  # a fusion pools a padded modality's tokens (fusion_ops.model.flat_taps)
-        b.padded = m in dataset.lengths_of("train")
+    mark_padded(backbones, dataset)
     return backbones, infos
+
+
+def mark_padded(backbones: Mapping[str, Backbone], dataset: Dataset) -> None:
+    """Set `padded` on the backbone of each modality the data pads (it comes with lengths):
+    a fusion pools those tokens instead of flattening them (`fusion_ops.model.flat_taps`)."""
+    padded = dataset.lengths_of("train")
+    for m, b in backbones.items():
+        b.padded = m in padded
 
 
 def cache_key(dataset: Dataset, modality: str, bcfg: BackboneConfig, pcfg: PretrainConfig,

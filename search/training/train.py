@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -77,18 +77,23 @@ class TrainConfig:
         """Validated config; a mistake raises ConfigError naming its key, e.g. `train.lr: must be > 0, got -1`."""
         if d is None:
             return cls()
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {d!r}")
-        known = [f.name for f in fields(cls)]
-        for key in d:
-            if key not in known:
-                raise ConfigError(f"{at(where, str(key))}: unknown key; known: {', '.join(known)}")
+        check_section(d, where, [f.name for f in fields(cls)])
         for key, value in d.items():
             _check_field(key, value, at(where, key))
         return cls(**{k: (float(v) if k in _FLOATS and v is not None else v) for k, v in d.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_section(d: Any, where: str, known: Sequence[str]) -> None:
+    """A config section must be a mapping whose keys are all in `known` (listed in that order
+    in the error); ConfigError naming the section or the key otherwise."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {d!r}")
+    for key in d:
+        if key not in known:
+            raise ConfigError(f"{at(where, str(key))}: unknown key; known: {', '.join(known)}")
 
 
 _FLOATS = ("lr", "weight_decay", "aux_weight", "warmup", "grad_clip", "dropout")
