@@ -303,6 +303,7 @@ def _one_epoch(model: nn.Module, opt: torch.optim.Optimizer, params: list[nn.Par
     """One pass over the shuffled data (cut short at the step budget); the reason to stop ('' when fine)."""
     cfg = run.cfg
     if batch_size < len(order):
+        order = order[: (run.budget - run.step) * batch_size]  # rows past the step budget are never read
         xs, y = {k: v[order] for k, v in xs.items()}, y[order]  # one gather per epoch; batches are views
     for i in range(0, len(order), batch_size):
         if run.step >= run.budget:
