@@ -131,6 +131,8 @@ class TapCache:
                 files.release(written)
                 _write_rest(tmp, key, dataset, holdout, shapes, names, lengths, dtype, time.perf_counter() - start)
                 del taps, written
+        elif say is not None:
+            say(f"tap cache: reusing {directory}")
         return open_tap_cache(str(directory))
 
     @property
