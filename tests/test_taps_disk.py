@@ -342,3 +342,27 @@ def test_a_ray_trial_on_a_node_without_the_folder_fails_with_that_line(tmp_path,
     assert len(records) == 2 and {r["status"] for r in records} == {"errored"}
     for r in records:
         assert "\n" not in r["reason"] and tap_files.missing_line(disk.directory) in r["reason"]
+
+
+def test_rows_read_on_demand_equal_the_copied_tensors_and_train_the_same(vector):
+    """`TapCache.rows` (what training reads) gives the rows `tensors` copies, as float32, for slices
+    and index tensors alike; fitting a head on either gives the same weights."""
+    from search.training.train import build_head, fit
+
+    _, _, _, mem, disk = vector
+    half = TapCache.from_backbones(vector[0], vector[1], dtype="float16")
+    for cache in (mem, disk, half):
+        xs, y = cache.rows("train")
+        copied, y2 = cache.tensors("train")
+        assert torch.equal(y, y2) and set(xs) == set(copied)
+        idx = torch.tensor([5, 0, 17, 5])
+        for tap, rows in xs.items():
+            assert len(rows) == len(y) and rows.shape == copied[tap].shape and rows.dim() == 2
+            assert rows[3:9].dtype == torch.float32 and torch.equal(rows[3:9], copied[tap][3:9])
+            assert torch.equal(rows[idx], copied[tap][idx])
+    sub = disk.subset(["m1@2", "m2@2"])
+    heads = [build_head(LATE, sub, seed=0) for _ in range(2)]
+    fit(heads[0], sub.tensors("train"), sub.tensors("val"), TRAIN)
+    fit(heads[1], sub.rows("train"), sub.rows("val"), TRAIN)
+    for a, b in zip(heads[0].state_dict().values(), heads[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b)

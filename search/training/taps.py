@@ -203,6 +203,15 @@ class TapCache:
         return TapCache(taps, labels, self.tap_shapes, self.num_classes, self.task, self.target_scale,
                         lengths, rows)
 
+    def rows(self, split: str) -> tuple[dict[str, TapRows | Tensor], Tensor]:
+        """`tensors(split)` with each tap as a `TapRows` (rows read as they are asked for) instead
+        of a copy: what training and scoring read (`search.training.train`)."""
+        if split not in self.taps:
+            raise KeyError(f"unknown split {split!r}; known: {', '.join(self.taps)}")
+        xs: dict[str, TapRows | Tensor] = {t: TapRows(a) for t, a in self.taps[split].items()}
+        xs.update({lengths_key(t): torch.tensor(n) for t, n in self.lengths.get(split, {}).items()})
+        return xs, torch.tensor(self.labels[split])
+
     def tensors(self, split: str) -> tuple[dict[str, Tensor], Tensor]:
         """`({tap: (N, ...)}, labels (N,))` of `split` as float32 torch tensors: copies of the
         cache's taps (float16 ones widened), which stays untouched; `subset` first to copy
@@ -212,6 +221,31 @@ class TapCache:
         xs = {t: torch.from_numpy(np.array(a, dtype=np.float32)) for t, a in self.taps[split].items()}
         xs.update({lengths_key(t): torch.tensor(n) for t, n in self.lengths.get(split, {}).items()})
         return xs, torch.tensor(self.labels[split])
+
+
+class TapRows:
+    """One split of one cached tap, read on demand: `rows[i:j]` and `rows[index tensor]` are float32
+    torch copies of just those rows (float16 widened), so a candidate never copies a whole split
+    and touches only the pages of the rows it reads. Shaped like the array (`len`, `shape`, `dim`)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.array.shape)
+
+    def dim(self) -> int:
+        return self.array.ndim
+
+    def __getitem__(self, index: slice | Tensor | np.ndarray) -> Tensor:
+        if isinstance(index, slice):  # a view of the (read-only, maybe mapped) array: copied here
+            return torch.from_numpy(np.array(self.array[index], dtype=np.float32))
+        rows = index.numpy() if isinstance(index, Tensor) else np.asarray(index)
+        return torch.from_numpy(np.asarray(self.array[rows], dtype=np.float32))  # fancy indexing copies
 
 
 def open_tap_cache(directory: str, taps: Iterable[str] | None = None) -> TapCache:

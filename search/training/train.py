@@ -30,12 +30,12 @@ from fusion_ops.cost import count_flops, count_params
 from fusion_ops.model import FusionHead, build_model, candidate_cost, check_spec, required_taps
 from search.datasets import Dataset
 from search.training.latency import candidate_latency
-from search.training.taps import TapCache
+from search.training.taps import TapCache, TapRows
 from search.training.tasks import Task, get_task
 from spaces.spec import ArchSpec
 from spaces.yaml_errors import ConfigError, at
 
-Split = tuple[dict[str, Tensor], Tensor]  # ({input name: (N, ...)}, labels (N,))
+Split = tuple[dict[str, Any], Tensor]  # ({input name: (N, ...) Tensor or TapRows}, labels (N,))
 Report = Callable[[int, float], Any]  # (epoch, val_accuracy) at each evaluation; returning True stops training
 EVAL_BATCH = 4096
 SCHEDULES = ("cosine", "constant")
@@ -358,15 +358,15 @@ def task_of(taps: TapCache) -> Task:
 
 
 def _fit_head(head: FusionHead, spec: ArchSpec, taps: TapCache, cfg: TrainConfig, report: Report | None) -> FitResult:
-    sub = taps.subset(required_taps(spec))  # only the taps this spec reads become tensors
+    sub = taps.subset(required_taps(spec))  # only the taps this spec reads, row by row (TapRows)
     pool = pooled_taps(spec) - head.flat
-    return fit(head, _pooled(sub.tensors("train"), pool), _pooled(sub.tensors("val"), pool), cfg, report=report,
+    return fit(head, _pooled(sub.rows("train"), pool), _pooled(sub.rows("val"), pool), cfg, report=report,
                task=task_of(taps))
 
 
 def scored_splits(taps: TapCache) -> dict[str, Split]:
     """The splits a trained candidate is scored on: val, test, and the holdout when there is one."""
-    return {s: taps.tensors(s) for s in ("val", "test", "holdout") if s in taps.taps}
+    return {s: taps.rows(s) for s in ("val", "test", "holdout") if s in taps.taps}
 
 
 def task_metrics(task: Task, model: nn.Module, splits: Mapping[str, Split]) -> dict[str, float]:
@@ -385,7 +385,7 @@ def pooled_taps(spec: ArchSpec) -> set[str]:
 
 def _pooled(split: Split, pool: set[str]) -> Split:
     xs, y = split
-    out = {k: (masked_mean(v, _real(xs, k, v)) if k in pool and v.dim() == 3 else v) for k, v in xs.items()}
+    out = {k: (_mean_tokens(v, _real(xs, k, v)) if k in pool and v.dim() == 3 else v) for k, v in xs.items()}
     return {k: v for k, v in out.items() if k.removesuffix(LENGTHS_SUFFIX) not in pool or k in pool}, y
 
 
@@ -393,6 +393,14 @@ def _real(xs: Mapping[str, Tensor], tap: str, x: Tensor) -> Tensor | None:
     """`(N, T)` bool of the real tokens of padded tap `tap` (None: not padded)."""
     n = xs.get(lengths_key(tap))
     return None if n is None else torch.arange(x.shape[1]) < n.reshape(-1, 1)
+
+
+def _mean_tokens(x: Tensor | TapRows, real: Tensor | None) -> Tensor:
+    """`masked_mean` of token tap `x` `(N, T, d) -> (N, d)`; cached rows are read in batches."""
+    if isinstance(x, Tensor) or not len(x):
+        return masked_mean(x[0:len(x)], real)
+    return torch.cat([masked_mean(x[i : i + EVAL_BATCH], None if real is None else real[i : i + EVAL_BATCH])
+                      for i in range(0, len(x), EVAL_BATCH)])
 
 
 def evaluate_candidate(
@@ -425,7 +433,7 @@ def evaluate_candidate(
         sub = taps.subset(required_taps(spec))
         scores = task_metrics(task, head, scored_splits(sub))
         if task.name == "classification":  # as always: fit's best val accuracy, test accuracy
-            scores.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(head, sub.tensors("test")))
+            scores.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(head, sub.rows("test")))
     return _metrics(spec, head, result, scores, backbones, taps.num_classes, start, train_cfg, task)
 
 
