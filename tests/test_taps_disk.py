@@ -366,3 +366,15 @@ def test_rows_read_on_demand_equal_the_copied_tensors_and_train_the_same(vector)
     fit(heads[1], sub.rows("train"), sub.rows("val"), TRAIN)
     for a, b in zip(heads[0].state_dict().values(), heads[1].state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_tap_dir_that_is_a_file_or_cannot_be_written_is_one_line(tmp_path):
+    from search.engine.preflight import check_folders
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=f"^search.tap_dir: {tmp_path / 'afile'} exists and is not a directory$"):
+        check_folders(cfg(tmp_path, None, tap_dir=str(tmp_path / "afile" / "taps")))
+    with pytest.raises(ConfigError) as err:  # past the preflight (it was made a file meanwhile): still one line
+        prepare(cfg(tmp_path, None, tap_dir=str(tmp_path / "afile")), say=lambda _m: None)
+    assert re.fullmatch(rf"{tmp_path / 'run.yaml'}: search.tap_dir: cannot write the tap cache in "
+                        rf"{tmp_path / 'afile'}: .+", str(err.value))
