@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +21,7 @@ from search.engine.run import prepare, trial_train
 from search.engine.tune import concurrent_slots, trial_resources
 from search.export import export_run, read_config
 from search.training.pretrain import PretrainConfig, cache_key
+from search.training.taps import TapCache
 from search.training.train import TrainConfig, evaluate_candidate
 from spaces import ArchSpec, ConfigError
 from tests.test_export import SPECS, make_trained_run
@@ -132,7 +135,7 @@ def test_tap_tensors_on_the_cpu_are_fresh_copies(prepared):
 
 
 def test_tap_tensors_on_a_device_are_uploaded_once_per_process(prepared, monkeypatch):
-    monkeypatch.setattr(D, "_ON_DEVICE", type(D._ON_DEVICE)())
+    monkeypatch.setattr(D, "_ON_DEVICE", {})
     meta, taps = torch.device("meta"), prepared.taps
     xs, y = D.tap_tensors(taps, "train", meta)
     assert all(v.device == meta for v in xs.values()) and y.device == meta
@@ -144,14 +147,35 @@ def test_tap_tensors_on_a_device_are_uploaded_once_per_process(prepared, monkeyp
     xs2, y2 = D.tap_tensors(sub, "train", meta)
     assert set(xs2) == {"m1@2", "m2@2"} and all(xs2[k] is xs[k] for k in xs2) and y2 is y
     assert len(D._ON_DEVICE) == uploads
-    # another copy of the data (another object store object, other addresses): uploaded apart
+    # another copy of the data (other addresses): uploaded, replacing the entries it shares names with
     other = pickle.loads(pickle.dumps(sub))
     assert D.tap_tensors(other, "train", meta)[0]["m1@2"] is not xs["m1@2"]
-    assert len(D._ON_DEVICE) == uploads + 3
+    assert len(D._ON_DEVICE) == uploads
+    assert D.tap_tensors(taps, "train", meta)[0]["m1@2"] is not xs["m1@2"]  # so the first is uploaded again
     D.clear_device_cache()
     assert len(D._ON_DEVICE) == 0
     with pytest.raises(KeyError, match="unknown split 'nope'"):
         D.tap_tensors(taps, "nope", meta)
+
+
+def test_memory_mapped_taps_reopened_by_each_trial_are_uploaded_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_ON_DEVICE", {})
+    np.save(tmp_path / "x.npy", np.arange(24, dtype=np.float32).reshape(6, 4))
+    np.save(tmp_path / "y.npy", np.arange(6, dtype=np.int64))
+
+    def opened() -> TapCache:  # what a trial sees: the files mapped afresh
+        x, y = (np.load(tmp_path / f, mmap_mode="r") for f in ("x.npy", "y.npy"))
+        return TapCache({"train": {"a@0": x}, "val": {"a@0": x[3:]}}, {"train": y, "val": y[3:]}, {"a@0": (4,)}, 6)
+
+    meta = torch.device("meta")
+    first, second = D.tap_tensors(opened(), "train", meta), D.tap_tensors(opened(), "train", meta)
+    assert first[0]["a@0"] is second[0]["a@0"] and first[1] is second[1]
+    val = D.tap_tensors(opened(), "val", meta)  # rows 3.. of the same file: not the train tensor
+    assert tuple(val[0]["a@0"].shape) == (3, 4) and val[0]["a@0"] is not first[0]["a@0"]
+    assert D.tap_tensors(opened(), "val", meta)[0]["a@0"] is val[0]["a@0"]
+    np.save(tmp_path / "x.npy", np.ones((6, 4), dtype=np.float32))  # the file rewritten: uploaded again
+    os.utime(tmp_path / "x.npy", ns=(1, 1))
+    assert D.tap_tensors(opened(), "train", meta)[0]["a@0"] is not first[0]["a@0"]
 
 
 def test_a_pretrained_backbone_is_cached_under_one_key_for_every_device(prepared):

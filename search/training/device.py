@@ -10,9 +10,9 @@ cache's copies, exactly as before (`TapCache.tensors`).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -68,12 +68,11 @@ def _say_once(line: str, say: Callable[[str], Any] | None) -> None:
 
 
 # ---------------------------------------------------------------- tap tensors kept on a device
-# A worker trains candidate after candidate on the same taps: each tap goes to the device once.
-# Key: the split, the tap, the device and the array's identity (address, shape, dtype); a few
-# sampled values guard against another array at a freed address. Least recently used go first
-# once the entries pass DEVICE_CACHE_FRACTION of the device's memory.
-_ON_DEVICE: OrderedDict[tuple[Any, ...], tuple[np.ndarray, Tensor]] = OrderedDict()
-DEVICE_CACHE_FRACTION = 0.5
+# A worker trains candidate after candidate on the same taps: each goes to the device once. One
+# entry per (what, split, tap, device), so a worker never holds two versions of a tap; it is
+# reused while the array is the same one: the same file of a memory-mapped array, else the same
+# address, which the entry keeps alive (it holds the array), so no other array can take it.
+_ON_DEVICE: dict[tuple[Any, ...], tuple[tuple[Any, ...], np.ndarray, Tensor]] = {}
 
 
 def to_device(split: tuple[dict[str, Tensor], Tensor], device: torch.device) -> tuple[dict[str, Tensor], Tensor]:
@@ -96,32 +95,34 @@ def tap_tensors(taps: Any, split: str, device: torch.device) -> tuple[dict[str, 
 
 
 def _cached(name: tuple[Any, ...], a: np.ndarray, device: torch.device) -> Tensor:
-    key = (*name, str(device), a.__array_interface__["data"][0], a.shape, a.dtype.str)
-    probe = _probe(a)
+    key, identity = (*name, str(device)), _identity(a)
     hit = _ON_DEVICE.get(key)
-    if hit is not None and np.array_equal(hit[0], probe, equal_nan=True):
-        _ON_DEVICE.move_to_end(key)
-        return hit[1]
+    if hit is not None and hit[0] == identity:
+        return hit[2]
+    _ON_DEVICE.pop(key, None)  # another version of this tap: its memory goes first
     with warnings.catch_warnings():  # the cache's arrays are read-only: the upload only reads them
         warnings.simplefilter("ignore", UserWarning)
         tensor = torch.as_tensor(np.ascontiguousarray(a)).to(device)
-    _ON_DEVICE[key] = (probe, tensor)
-    _trim(device)
+    _ON_DEVICE[key] = (identity, a, tensor)
     return tensor
 
 
-def _probe(a: np.ndarray) -> np.ndarray:
-    """Up to 64 values spread over `a` (a copy)."""
-    flat = a.reshape(-1)
-    return np.array(flat[:: max(1, flat.size // 64)])
+def _identity(a: np.ndarray) -> tuple[Any, ...]:
+    """What makes `a` the same array as an earlier one: its file (a memory map, reopened by each
+    trial) or its address, and its layout."""
+    layout = (a.shape, a.strides, a.dtype.str)
+    file = getattr(a, "filename", None)
+    if not file:
+        return ("memory", _address(a), *layout)
+    root = a  # the whole mapping, whose start is `offset` bytes into the file
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    where = getattr(root, "offset", 0) + _address(a) - _address(root)
+    return ("file", file, os.stat(file).st_mtime_ns, where, *layout)
 
 
-def _trim(device: torch.device) -> None:
-    if device.type != "cuda":
-        return
-    budget = DEVICE_CACHE_FRACTION * torch.cuda.get_device_properties(device).total_memory
-    while len(_ON_DEVICE) > 1 and sum(t.nbytes for _, t in _ON_DEVICE.values()) > budget:
-        _ON_DEVICE.popitem(last=False)
+def _address(a: np.ndarray) -> int:
+    return int(a.__array_interface__["data"][0])
 
 
 def clear_device_cache() -> None:
