@@ -147,8 +147,11 @@ def per_hour(n: int, seconds: float) -> str:
 
 
 def report(preps: dict[str, float], runs: list[dict[str, Any]], searches: list[dict[str, Any]],
-           cuda: str | None) -> list[str]:
-    lines = [machine_line() + (f"; GPU: {cuda}" if cuda else "; no CUDA device: the GPU rows were not measured"),
+           cuda: str | None, load: float | None = None) -> list[str]:
+    """The RESULTS.md block: the machine, then one row per step and device; `load`: the 1-minute
+    load average when the run started (a shared machine inflates the CPU rows)."""
+    lines = [machine_line() + (f", 1-minute load average at the start {load:.1f}" if load is not None else "")
+             + (f"; GPU: {cuda}" if cuda else "; no CUDA device: the GPU rows were not measured"),
              "", "| step | device | candidates | wall s | s per candidate (median) | candidates per hour |",
              "|---|---|---|---|---|---|"]
     for device, seconds in preps.items():
@@ -186,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1, help="CPUs of the embedded Ray")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
     torch.set_num_threads(1)
     if args.smoke_test:
         args.candidates, args.trials, args.num_cpus = 2, 2, min(args.num_cpus, 2)
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             searches.append(ray_search(config, gpus, args.num_cpus, "cuda"))
         for s in searches:
             print(f"Ray, gpus_per_trial {s['gpus']:g}: {s['wall']:.1f} s for {s['n']}", flush=True)
-    lines = report(preps, runs, searches, cuda)
+    lines = report(preps, runs, searches, cuda, load)
     print("\n".join(lines))
     if not args.smoke_test and not args.no_write:
         flags = "".join(f" --{k} {getattr(args, k)}" for k in ("candidates", "trials") if getattr(args, k)
