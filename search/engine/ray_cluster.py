@@ -165,8 +165,8 @@ def lost_node(error_text: str) -> dict[str, str] | None:
 
 def lost_node_reason(node: dict[str, str], detail: str) -> str:
     """The one line of a trial lost with its node (`detail`: Ray's own reason)."""
-    return (f"node {node['ip']} ({node['id'][:8]}) was lost while the trial ran on it; "
-            f"a resume runs it again ({detail.splitlines()[0][:160] if detail.strip() else 'no detail'})")
+    first = detail.strip().splitlines()[0].split(". ")[0][:200] if detail.strip() else "no detail"
+    return f"node {node['ip']} ({node['id'][:8]}) was lost while the trial ran on it; a resume runs it again ({first})"
 
 
 def _failed_node_id(text: str) -> str | None:
