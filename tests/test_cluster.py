@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
+from search.baselines import counts_to_budget
 from search.config import SearchSettings, load_config
 from search.engine.ray_cluster import STORAGE_NOTE, lost_node_reason, this_node
+from search.runstore.replay import replay
 from search.runstore.store import RunStore
 from spaces import ConfigError
 from spaces.spec import ArchSpec
@@ -63,6 +65,20 @@ def test_no_node_outside_ray_and_a_lost_node_reason_names_it() -> None:
     line = lost_node_reason({"id": "ab" * 28, "ip": "10.1.2.3"}, "ActorUnavailableError: gone\nmore")
     assert line.startswith("node 10.1.2.3 (abababab) was lost while the trial ran on it; a resume runs it again")
     assert "ActorUnavailableError: gone" in line and "\n" not in line and "more" not in line
+
+
+def test_a_trial_lost_with_its_node_is_not_counted_and_a_replay_runs_it_again() -> None:
+    asks = RandomStrategy(seed=3)
+    specs = [asks.ask() for _ in range(4)]
+    records = [{"trial_id": f"t{i}", "spec": s.to_dict(), "status": "ok", "metrics": fake_metrics(s, {"bonus": 0})}
+               for i, s in enumerate(specs)]
+    records[0] = {**records[0], "status": "errored", "metrics": {}, "lost_node": {"id": "ab" * 28, "ip": "10.0.0.7"}}
+    assert [counts_to_budget(r) for r in records] == [False, True, True, True]
+    fresh = RandomStrategy(seed=3)
+    rerun = replay(fresh, records, lookahead=1)  # one trial at a time: the lost one waits, the rest match
+    assert [s.arch_id for s in rerun] == [specs[0].arch_id]
+    assert [a for a, _ in fresh.told] == [s.arch_id for s in specs[1:]]  # never told as a failure
+    assert fresh.asked == specs  # each asked once: the next ask is a new candidate, not a repeat
 
 
 # ---- a two-node cluster on this machine ----------------------------------------------

@@ -154,7 +154,10 @@ def lost_node(error_text: str) -> dict[str, str] | None:
     if not ray.is_initialized():
         return None
     node_id = _failed_node_id(error_text)
-    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), None) if node_id else None
+    try:
+        node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), None) if node_id else None
+    except Exception:  # the head itself is gone: the head watchdog ends the search
+        return None
     if node is None:
         return None
     ip, port = str(node.get("NodeManagerAddress", "")), int(node.get("NodeManagerPort") or 0)
