@@ -46,6 +46,30 @@ def parse_address(address: str) -> tuple[str, int] | None:
     return m["host"].strip("[]"), int(m["port"])
 
 
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "hdfs")  # object stores Tune reaches through pyarrow
+_URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)", re.DOTALL)
+
+
+def check_storage(storage: str, where: str = "search.storage") -> None:
+    """`search.storage` is "" (the run's ray/), an absolute path or `scheme://bucket/...` of an
+    object store: the form only, it is never contacted here."""
+    if not storage:
+        return
+    m = _URI.fullmatch(storage)
+    expected = (f"expected an absolute path on a filesystem every node mounts or an object store URI "
+                f"({', '.join(s + '://bucket/path' for s in STORAGE_SCHEMES[:2])}, ...), got {storage!r}")
+    if "\0" in storage or "\n" in storage:
+        raise ConfigError(f"{where}: {expected}")
+    if m is not None:
+        if m["scheme"].lower() not in STORAGE_SCHEMES:
+            raise ConfigError(f"{where}: unknown storage scheme {m['scheme']!r}; known: {', '.join(STORAGE_SCHEMES)} "
+                              "(or an absolute path)")
+        if not m["rest"].split("/", 1)[0]:
+            raise ConfigError(f"{where}: {storage!r} names no bucket; expected {m['scheme']}://bucket/path")
+    elif not Path(storage).expanduser().is_absolute():
+        raise ConfigError(f"{where}: {expected}")
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """`search:` — which strategy, how many candidates, and how Ray runs them."""
@@ -59,6 +83,9 @@ class SearchSettings:
     max_concurrent: int = 0  # 0: as many as the CPUs allow
     scheduler: str = "none"
     address: str = ""  # "" = embedded local Ray; else an existing cluster's address
+    # where Ray Tune keeps its experiment state and logs: "" = the run directory's ray/; on
+    # many machines a path every node mounts or an object store URI (check_storage)
+    storage: str = ""
     runs_dir: str = "runs"
     seed: int = 0
     confirm: int = 2  # more seeds for every front candidate; the front uses their mean
@@ -93,13 +120,14 @@ class SearchSettings:
             raise ConfigError(f"{where}.holdout: expected a fraction of the val split in [0, 0.5], got {out.holdout!r}")
         object.__setattr__(out, "holdout", float(out.holdout))
         object.__setattr__(out, "gpus_per_trial", _gpus(out.gpus_per_trial, f"{where}.gpus_per_trial"))
-        for key in ("address", "runs_dir"):
+        for key in ("address", "runs_dir", "storage"):
             if not isinstance(getattr(out, key), str):
                 raise ConfigError(f"{where}.{key}: expected a string, got {getattr(out, key)!r}")
         if not out.runs_dir or "\0" in out.runs_dir:
             raise ConfigError(f"{where}.runs_dir: expected a folder path, got {out.runs_dir!r}")
         if out.address:
             parse_address(out.address)
+        check_storage(out.storage, f"{where}.storage")
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -70,6 +70,7 @@ BAD_VALUES: list[tuple[str, list[Any]]] = [
     ("search.address", [5, "::::", "http://x", "host:99999", "a b:1"]),
     ("search.max_params", [0, -1, 10, "x"]), ("search.max_flops", [0, 10, "x"]),
     ("search.runs_dir", [5, "", []]),
+    ("search.storage", [5, [], "relative/dir", "ftp://host/x", "s3://", "s3:///path", "/a\0b"]),
     ("name", ["", "..", ".", "a/b", "/abs", "a\nb", "a\0b", "x" * 300, "-x", "a b", 5, [], None]),
 ]
 UNKNOWN_KEYS = ["nmae", "data.colour", "backbones.frozen", "backbones.pretrain.epoch", "space.op",

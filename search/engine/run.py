@@ -96,11 +96,17 @@ def trial_train(config: Config) -> TrainConfig:
 def evaluate_trial(spec: ArchSpec, ctx: TrialContext, report: Callable[[int, float], bool] | None = None,
                    seed: int | None = None) -> dict:
     """Train and score one candidate inside a Ray trial (a module-level function: picklable);
-    `seed` replaces the run's training seed (a confirmation trial)."""
+    `seed` replaces the run's training seed (a confirmation trial). Inside Ray the metrics
+    name the node that trained it (`node`: its Ray node id and IP)."""
+    from search.engine.ray_cluster import this_node
+
     load_plugins(ctx.plugins)  # a Ray worker is a fresh process: plugin operators register here too
     if ctx.dataset is not None:
-        return evaluate_with_backbones(spec, ctx.dataset, ctx.backbones, ctx.train, freeze=False, seed=seed)
-    return evaluate_candidate(spec, ctx.taps, ctx.train, backbones=ctx.backbones, report=report, seed=seed)
+        metrics = evaluate_with_backbones(spec, ctx.dataset, ctx.backbones, ctx.train, freeze=False, seed=seed)
+    else:
+        metrics = evaluate_candidate(spec, ctx.taps, ctx.train, backbones=ctx.backbones, report=report, seed=seed)
+    node = this_node()
+    return metrics if node is None else {**metrics, "node": node}
 
 
 def cost_function(prepared: Prepared) -> Callable[[ArchSpec], tuple[int, int]]:
@@ -205,7 +211,7 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
         max_concurrent=s.max_concurrent or None, address=s.address or None,
         scheduler=None if s.scheduler == "none" else s.scheduler, resume=resume,
         progress=progress, max_epochs=config.train.epochs, confirm=s.confirm, base_seed=config.train.seed,
-        interrupts=interrupts, warn=warn,
+        interrupts=interrupts, warn=warn, storage=s.storage,
     )
 
 
