@@ -77,6 +77,9 @@ class SearchSettings:
     strategy: str = "mfas"
     num_samples: int = 32
     cpus_per_trial: int = 1
+    # GPUs Ray gives each trial: 0 (trials train on the CPU), a fraction (0.25: four trials share
+    # a GPU) or a whole number; train.device says what a trial given one trains on
+    gpus_per_trial: float = 0.0
     max_concurrent: int = 0  # 0: as many as the CPUs allow
     scheduler: str = "none"
     address: str = ""  # "" = embedded local Ray; else an existing cluster's address
@@ -116,6 +119,7 @@ class SearchSettings:
         if isinstance(out.holdout, bool) or not isinstance(out.holdout, (int, float)) or not 0 <= out.holdout <= 0.5:
             raise ConfigError(f"{where}.holdout: expected a fraction of the val split in [0, 0.5], got {out.holdout!r}")
         object.__setattr__(out, "holdout", float(out.holdout))
+        object.__setattr__(out, "gpus_per_trial", _gpus(out.gpus_per_trial, f"{where}.gpus_per_trial"))
         for key in ("address", "runs_dir", "storage"):
             if not isinstance(getattr(out, key), str):
                 raise ConfigError(f"{where}.{key}: expected a string, got {getattr(out, key)!r}")
@@ -193,6 +197,9 @@ def config_from_dict(raw: Any, path: Path, overrides: Mapping[str, Any] | None =
     space = SearchSpace.from_dict(raw.get("space"), catalogue=catalogue, depths=depths, where="space")
     train = TrainConfig.from_dict(raw.get("train"), "train")
     search = SearchSettings.from_dict({**_mapping(raw.get("search"), "search"), **(overrides or {})})
+    if train.device.startswith("cuda") and not search.gpus_per_trial:
+        raise ConfigError(f"train.device: {train.device} needs search.gpus_per_trial > 0, or Ray gives the trials no "
+                          "GPU (1: a GPU per trial; 0.25: four trials share one)")
     _check_options(search, space)
     return Config(path, name, dict(data), backbones, space, train, search, tuple(plugins))
 
@@ -238,6 +245,16 @@ def _no_unknown(d: Mapping[str, Any], known: Any, where: str) -> None:
 def _choice(value: Any, known: tuple[str, ...], where: str) -> None:
     if value not in known:
         raise ConfigError(f"{where}: unknown value {value!r}; known: {', '.join(known)}")
+
+
+def _gpus(value: Any, where: str) -> float:
+    """GPUs per trial as Ray takes them: a fraction in [0, 1] or a whole number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ConfigError(f"{where}: expected a number of GPUs >= 0 (e.g. 1, or 0.25 to share one GPU "
+                          f"among four trials), got {value!r}")
+    if value > 1 and value != int(value):
+        raise ConfigError(f"{where}: Ray takes a fraction of one GPU or a whole number of them, got {value!r}")
+    return float(value)
 
 
 def _int(value: Any, low: int, where: str) -> None:

@@ -26,12 +26,12 @@ _AUTH_HINT = ("`ray start` (Ray >= 2.60) enables token auth: with an explicit ad
 CONNECT_TIMEOUT_S = 5.0  # for the head's port to answer before ray.init is tried at all
 
 
-def init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: int = 1) -> bool:
+def init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: int = 1, gpus_per_trial: float = 0.0) -> bool:
     """Connect to `address`, or start an embedded Ray; True if this call started it.
 
     The embedded Ray is `address="local"`: it never attaches to a `ray start` cluster on
     this machine by accident. An address is probed first (a bounded TCP connect), and a
-    cluster with fewer CPUs than one trial asks for is refused, since that trial would wait forever.
+    cluster with fewer CPUs (or GPUs) than one trial asks for is refused, since that trial would wait forever.
     """
     if ray.is_initialized():
         return False
@@ -44,11 +44,12 @@ def init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: int = 1)
     else:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  log_to_driver=False)
-    have = ray.cluster_resources().get("CPU", 0)
-    if cpus_per_trial > have:
-        ray.shutdown()
-        where = f"the cluster at {address}" if address else "the embedded Ray"
-        raise ConfigError(f"search.cpus_per_trial: {cpus_per_trial} CPUs per trial, but {where} has {have:g}")
+    have = ray.cluster_resources()
+    for unit, key, want in (("CPU", "cpus_per_trial", cpus_per_trial), ("GPU", "gpus_per_trial", gpus_per_trial)):
+        if want > have.get(unit, 0):
+            ray.shutdown()
+            where = f"the cluster at {address}" if address else "the embedded Ray"
+            raise ConfigError(f"search.{key}: {want:g} {unit}s per trial, but {where} has {have.get(unit, 0):g}")
     return True
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from search.datasets.common import seed_of
 from search.objectives import Objective
 from search.runstore.store import RunStore
 from search.training.baselines_fit import ensure_baselines, seeds_of
+from search.training.device import resolve_device
 from search.training.pretrain import pretrain_backbones
 from search.training.taps import TapCache, holdout_rows
 from search.training.train import TrainConfig, evaluate_candidate, evaluate_with_backbones
@@ -67,7 +68,8 @@ def prepare(config: Config, say: Say = print, dataset: Dataset | None = None) ->
                           f"with no backbone; it has {', '.join(dataset.modalities)}")
     backbones, info = pretrain_backbones(dataset, config.backbones, config.data, progress=say)
     offered = [make_tap(m, d) for m, ds in config.space.depth_map.items() for d in ds]
-    taps = TapCache.from_backbones(dataset, backbones, only=offered)
+    device = resolve_device(config.backbones.pretrain.device, say, "backbones.pretrain.device")
+    taps = TapCache.from_backbones(dataset, backbones, only=offered, device=device)
     rows = holdout_rows(dataset.y_val, dataset.task, config.search.holdout, seed_of(config.data))
     taps = taps.with_holdout(rows)
     say(f"tap cache: {len(taps.tap_names)} taps, {taps.nbytes / 2**20:.1f} MiB")
@@ -79,8 +81,16 @@ def prepare(config: Config, say: Say = print, dataset: Dataset | None = None) ->
 
 def trial_context(prepared: Prepared) -> TrialContext:
     frozen = prepared.config.backbones.freeze
-    return TrialContext(prepared.taps, prepared.backbones, prepared.config.train,
+    return TrialContext(prepared.taps, prepared.backbones, trial_train(prepared.config),
                         None if frozen else prepared.dataset, prepared.config.plugins)
+
+
+def trial_train(config: Config) -> TrainConfig:
+    """`train:` as the run's trials train: `device: auto` means the CPU when Ray gives trials no
+    GPU (`search.gpus_per_trial: 0`), so the driver's baselines and an export train where trials did."""
+    if config.train.device == "auto" and not config.search.gpus_per_trial:
+        return replace(config.train, device="cpu")
+    return config.train
 
 
 def evaluate_trial(spec: ArchSpec, ctx: TrialContext, report: Callable[[int, float], bool] | None = None,
@@ -185,7 +195,7 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
     prepared = prepare(config, say, dataset)
     s = config.search
     objs = run_objectives(store, config, prepared.dataset)
-    baselines = ensure_baselines(store, prepared.dataset, prepared.backbones, prepared.taps, config.train,
+    baselines = ensure_baselines(store, prepared.dataset, prepared.backbones, prepared.taps, trial_train(config),
                                  panel=s.baselines, n_seeds=seeds_of(s), say=say)
     seed_baselines(store, baselines, config.space, say)
     cost = cost_function(prepared)
@@ -197,7 +207,7 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
     share_import_paths()
     return run_search(
         evaluate=evaluate_trial, shared=trial_context(prepared), strategy=strategy,
-        num_samples=s.num_samples, store=store, cpus_per_trial=s.cpus_per_trial,
+        num_samples=s.num_samples, store=store, cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial,
         max_concurrent=s.max_concurrent or None, address=s.address or None,
         scheduler=None if s.scheduler == "none" else s.scheduler, resume=resume,
         progress=progress, max_epochs=config.train.epochs, confirm=s.confirm, base_seed=config.train.seed,

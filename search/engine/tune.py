@@ -71,9 +71,11 @@ def _report_epoch(epoch: int, val_accuracy: float) -> bool:
     return False
 
 
-def make_trainable(evaluate: Callable[..., dict], shared: Any, cpus_per_trial: int = 1) -> Any:
+def make_trainable(evaluate: Callable[..., dict], shared: Any, cpus_per_trial: int = 1,
+                   gpus_per_trial: float = 0.0) -> Any:
     """The Tune function trainable: `evaluate(spec, shared)` once, its metrics as the final report.
-    `shared` goes to the object store once (`tune.with_parameters`)."""
+    `shared` goes to the object store once (`tune.with_parameters`). With `gpus_per_trial` > 0 Ray
+    gives each trial that share of a GPU (and sets CUDA_VISIBLE_DEVICES to it)."""
     with_report = _accepts_report(evaluate)
 
     def fusion_trial(config: dict[str, Any], shared: Any = None) -> None:
@@ -96,7 +98,21 @@ def make_trainable(evaluate: Callable[..., dict], shared: Any, cpus_per_trial: i
         tune.report({METRIC: math.nan if acc is None else float(acc), "status": metrics["status"],
                      FINAL: True, METRICS_JSON: json.dumps(metrics)})
 
-    return tune.with_resources(tune.with_parameters(fusion_trial, shared=shared), {"cpu": cpus_per_trial})
+    return tune.with_resources(tune.with_parameters(fusion_trial, shared=shared), trial_resources(cpus_per_trial,
+                                                                                                  gpus_per_trial))
+
+
+def trial_resources(cpus_per_trial: int, gpus_per_trial: float = 0.0) -> dict[str, float]:
+    """What Ray reserves for one trial: `{"cpu": ..}`, and `"gpu"` when trials get GPUs."""
+    return {"cpu": cpus_per_trial, **({"gpu": gpus_per_trial} if gpus_per_trial > 0 else {})}
+
+
+def concurrent_slots(resources: Mapping[str, float], cpus_per_trial: int, gpus_per_trial: float = 0.0) -> int:
+    """How many trials fit in the cluster's `resources` at once (CPUs, and GPUs when trials take them)."""
+    slots = resources.get("CPU", 1) // cpus_per_trial
+    if gpus_per_trial > 0:
+        slots = min(slots, resources.get("GPU", 0) // gpus_per_trial)
+    return max(1, int(slots))
 
 
 def trial_record(trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any] | None,
@@ -245,7 +261,8 @@ class _InterruptStopper(Stopper):
 
 
 def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num_samples: int, store: RunStore,
-               cpus_per_trial: int = 1, max_concurrent: int | None = None, address: str | None = None,
+               cpus_per_trial: int = 1, gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
+               address: str | None = None,
                scheduler: str | TrialScheduler | None = None, resume: bool = False,
                progress: Progress | None = None, num_cpus: int | None = None,
                max_epochs: int = 100, confirm: int = 0, base_seed: int = 0,
@@ -284,12 +301,12 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
                                                 objs=getattr(strategy, "objectives", None)):
         store.write_pareto()  # nothing left to run: no Ray at all
         return records
-    started = init_ray(address, num_cpus, cpus_per_trial)
+    started = init_ray(address, num_cpus, cpus_per_trial, gpus_per_trial)
     watching = watch_head(address, lambda: str(lost_head(store, address, num_samples))) if address else None
     if progress is not None:
         _PROGRESS[str(store.run_dir)] = progress
     try:
-        lookahead = max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_trial))
+        lookahead = max_concurrent or concurrent_slots(ray.cluster_resources(), cpus_per_trial, gpus_per_trial)
         rerun = replay(strategy, records, lookahead) if records else []
         searcher = StrategySearcher(strategy, max_trials=num_samples, store=store, confirm=confirm,
                                     base_seed=base_seed, recorded=records, rerun=rerun)
@@ -299,7 +316,7 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours: stop, record, hint at --resume
         name = _experiment_name(store)
         tuner = tune.Tuner(
-            make_trainable(evaluate, shared, cpus_per_trial),
+            make_trainable(evaluate, shared, cpus_per_trial, gpus_per_trial),
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=bound, reuse_actors=True,
                                         max_concurrent_trials=max_concurrent,
                                         scheduler=sched,

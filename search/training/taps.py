@@ -53,8 +53,10 @@ class TapCache:
         *,
         only: Iterable[str] | None = None,
         batch_size: int = 1024,
+        device: torch.device | str = "cpu",
     ) -> TapCache:
-        """Run each backbone once over every split (eval mode, no grad, in batches).
+        """Run each backbone once over every split (eval mode, no grad, in batches), on `device`;
+        the cache holds CPU arrays whichever it was.
 
         `only` keeps just those taps (e.g. the depths a search space offers), to save memory.
         """
@@ -73,7 +75,8 @@ class TapCache:
             raise ValueError(f"unknown taps {', '.join(unknown)}; the backbones give {', '.join(shapes)}")
         taps, lengths = {}, {}
         for s in SPLITS:
-            taps[s], lengths[s] = _split_taps(dataset.split(s)[0], backbones, shapes, batch_size, dataset.lengths_of(s))
+            taps[s], lengths[s] = _split_taps(dataset.split(s)[0], backbones, shapes, batch_size, dataset.lengths_of(s),
+                                              torch.device(device))
         task = getattr(dataset, "task", "classification")
         dtype = np.int64 if task in ("classification", "binary") else np.float32
         labels = {s: _read_only(np.asarray(dataset.split(s)[1], dtype=dtype)) for s in SPLITS}
@@ -180,6 +183,7 @@ def _split_taps(
     shapes: Mapping[str, tuple[int, ...]],
     batch_size: int,
     lengths: Mapping[str, np.ndarray] | None = None,
+    device: torch.device | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every kept tap of one split, `{tap: (N, *shape)}`, filled batch by batch, and the
     real-token counts `{tap: (N,)}` of the padded token taps."""
@@ -189,7 +193,8 @@ def _split_taps(
     for m, x in sorted(inputs.items()):
         backbone = backbones[m]
         was_training = backbone.training
-        backbone.eval()
+        home = next(iter(backbone.parameters()), torch.zeros(())).device
+        backbone.eval().to(device or home)
         kept = [(d, make_tap(m, d)) for d in backbone.depths if make_tap(m, d) in shapes]
         arrays = {t: np.empty((len(x), *shapes[t]), dtype=np.float32) for _, t in kept}
         n = None if m not in lengths else torch.as_tensor(lengths[m], dtype=torch.long)
@@ -198,10 +203,11 @@ def _split_taps(
             out_lengths.update({t: _read_only(per_depth[d].numpy().astype(np.int64))
                                 for d, t in kept if per_depth[d] is not None})
         for i in range(0, len(x), batch_size):
-            batch = torch.from_numpy(np.array(x[i : i + batch_size], dtype=np.float32))
-            batch_taps = backbone.forward_taps(batch, None if n is None else n[i : i + batch_size])
+            batch = torch.from_numpy(np.array(x[i : i + batch_size], dtype=np.float32)).to(device or home)
+            batch_n = None if n is None else n[i : i + batch_size].to(device or home)
+            batch_taps = backbone.forward_taps(batch, batch_n)
             for d, t in kept:
-                arrays[t][i : i + batch_size] = batch_taps[d].numpy()
-        backbone.train(was_training)
+                arrays[t][i : i + batch_size] = batch_taps[d].cpu().numpy()
+        backbone.train(was_training).to(home)
         out.update({t: _read_only(a) for t, a in arrays.items()})
     return out, out_lengths
