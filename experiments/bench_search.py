@@ -98,7 +98,8 @@ def table_path(config: Config, prepared: Prepared, table_dir: Path) -> Path:
     d = config.to_dict()
     backbones = {m: cache_key(prepared.dataset, m, b, config.backbones.pretrain, config.data)
                  for m, b in config.backbones.modalities.items()}
-    key = {"space": d["space"], "train": d["train"], "backbones": backbones,
+    train = {k: v for k, v in d["train"].items() if k != "device"}  # the tables are trained on the CPU
+    key = {"space": d["space"], "train": train, "backbones": backbones,
            "format": TABLE_FORMAT, "torch": torch.__version__}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return table_dir / f"{config.name}-{digest}.json"

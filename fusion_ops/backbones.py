@@ -282,7 +282,7 @@ class GRUBackbone(Backbone):
     def pool(self, state: Tensor, lengths: Tensor | None = None) -> Tensor:
         if lengths is None:
             return state[:, -1]  # final hidden state (B, h)
-        return state[torch.arange(state.shape[0]), lengths.long() - 1]  # the state at each sample's last step
+        return state[torch.arange(state.shape[0], device=state.device), lengths.long() - 1]  # each sample's last step
 
     def mask_state(self, state: Tensor, lengths: Tensor) -> Tensor:
         return zero_padding(state, lengths, dim=1)  # causal: valid steps never saw the padding

@@ -11,7 +11,8 @@ and nothing else, so loading an export never runs code from the file; the digest
 it is parsed.
 
     from fusion_ops.load import load_model
-    model = load_model("export/")                    # nn.Module, eval mode
+    model = load_model("export/")                    # nn.Module, eval mode, on the CPU
+    model = load_model("export/", device="cuda")     # or on a GPU (inputs may stay on the CPU)
     logits = model({"m1": x1, "m2": x2})             # raw inputs (B, *input_shape) -> (B, C)
 """
 from __future__ import annotations
@@ -51,6 +52,7 @@ class ExportedModel(nn.Module):
     per-label logits (multilabel), or predictions in the targets' units (regression: the
     model's standardised outputs times `target_std` plus `target_mean`).
     A padded sequence modality takes its valid lengths `(B,)` as `inputs[m + ":lengths"]`.
+    Inputs go to the model's device first (CPU arrays feed a model on a GPU).
     """
 
     def __init__(self, model: FusionModel, mean: Mapping[str, Any], std: Mapping[str, Any],
@@ -88,10 +90,11 @@ class ExportedModel(nn.Module):
             raise ValueError(f"missing input for modality {missing[0]!r}; the model reads {', '.join(self.modalities)}")
         out: dict[str, Tensor] = {}
         for i, m in enumerate(self.modalities):
-            x = torch.as_tensor(inputs[m], dtype=torch.float32)
-            out[m] = (x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")
+            mean = getattr(self, f"mean_{i}")
+            x = torch.as_tensor(inputs[m], dtype=torch.float32, device=mean.device)
+            out[m] = (x - mean) / getattr(self, f"std_{i}")
             if lengths_key(m) in inputs:  # padded sequences: the backbone zeroes the padding itself
-                out[lengths_key(m)] = torch.as_tensor(inputs[lengths_key(m)], dtype=torch.long)
+                out[lengths_key(m)] = torch.as_tensor(inputs[lengths_key(m)], dtype=torch.long, device=mean.device)
         return out
 
     def forward(self, inputs: Mapping[str, Any]) -> Tensor:
@@ -156,8 +159,9 @@ def read_bounded(file: Path, limit: int) -> bytes:
     return data
 
 
-def load_model(path: str | Path) -> ExportedModel:
-    """The model exported to directory `path`, in eval mode; `ExportError` says what is wrong otherwise."""
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
+    """The model exported to directory `path`, in eval mode, on `device` (its weights mapped there);
+    `ExportError` says what is wrong otherwise."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -166,7 +170,11 @@ def load_model(path: str | Path) -> ExportedModel:
     spec = _read_spec(path, info)
     data = _read_weights(path, info)
     try:
-        tensors = load(data)
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ExportError(f"device: cannot read {device!r} as a torch device ({err})") from None
+    try:
+        tensors = load(data)  # on the CPU: the model is built there, then moved
     except (SafetensorError, ValueError, RuntimeError) as err:
         raise ExportError(f"{path / WEIGHTS_FILE}: not a readable safetensors file ({err})") from None
     model = _build(spec, info, tensors, path)
@@ -176,7 +184,10 @@ def load_model(path: str | Path) -> ExportedModel:
         detail = " ".join(str(err).split())
         raise ExportError(f"{path / WEIGHTS_FILE}: the weights do not fit the architecture in {ARCH_FILE}: "
                           f"{detail}") from None
-    return model.eval()
+    try:
+        return model.to(device).eval()
+    except (RuntimeError, AssertionError) as err:  # torch without CUDA asserts
+        raise ExportError(f"device: cannot put the model on {device} ({err})") from None
 
 
 def _read_info(path: Path) -> dict[str, Any]:

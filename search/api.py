@@ -203,7 +203,8 @@ def _run_trials(cfg: Config, store: RunStore, dataset: Dataset, *, resume: bool,
 
     s = cfg.search
     say(f"{s.strategy} search: {s.num_samples} candidates from {cfg.space.size():,} architectures, "
-        f"{s.cpus_per_trial} CPU per trial on {s.address or 'an embedded local Ray'}")
+        f"{s.cpus_per_trial} CPU{f' and {s.gpus_per_trial:g} GPU' if s.gpus_per_trial else ''} per trial on "
+        f"{s.address or 'an embedded local Ray'}")
     try:
         run.search(cfg, store, resume=resume, say=say, progress=progress, dataset=dataset,
                    interrupts=interrupts, warn=warn)

@@ -193,5 +193,6 @@ def seed_trials(baselines: Sequence[Mapping[str, Any]] | None, space: Any) -> li
 
 def counts_to_budget(record: Mapping[str, Any]) -> bool:
     """Whether a trial record is one of the strategy's `search.num_samples` (not a confirmation
-    seed, not a baseline seeded into the run)."""
-    return not record.get("confirm") and not record.get("baseline")
+    seed, not a baseline seeded into the run, not a trial lost with its Ray node: a resume
+    runs that one again)."""
+    return not record.get("confirm") and not record.get("baseline") and not record.get("lost_node")

@@ -47,6 +47,30 @@ def parse_address(address: str) -> tuple[str, int] | None:
     return m["host"].strip("[]"), int(m["port"])
 
 
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "hdfs")  # object stores Tune reaches through pyarrow
+_URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)", re.DOTALL)
+
+
+def check_storage(storage: str, where: str = "search.storage") -> None:
+    """`search.storage` is "" (the run's ray/), an absolute path or `scheme://bucket/...` of an
+    object store: the form only, it is never contacted here."""
+    if not storage:
+        return
+    m = _URI.fullmatch(storage)
+    expected = (f"expected an absolute path on a filesystem every node mounts or an object store URI "
+                f"({', '.join(s + '://bucket/path' for s in STORAGE_SCHEMES[:2])}, ...), got {storage!r}")
+    if "\0" in storage or "\n" in storage:
+        raise ConfigError(f"{where}: {expected}")
+    if m is not None:
+        if m["scheme"].lower() not in STORAGE_SCHEMES:
+            raise ConfigError(f"{where}: unknown storage scheme {m['scheme']!r}; known: {', '.join(STORAGE_SCHEMES)} "
+                              "(or an absolute path)")
+        if not m["rest"].split("/", 1)[0]:
+            raise ConfigError(f"{where}: {storage!r} names no bucket; expected {m['scheme']}://bucket/path")
+    elif not Path(storage).expanduser().is_absolute():
+        raise ConfigError(f"{where}: {expected}")
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """`search:` — which strategy, how many candidates, and how Ray runs them."""
@@ -54,9 +78,15 @@ class SearchSettings:
     strategy: str = "mfas"
     num_samples: int = 32
     cpus_per_trial: int = 1
+    # GPUs Ray gives each trial: 0 (trials train on the CPU), a fraction (0.25: four trials share
+    # a GPU) or a whole number; train.device says what a trial given one trains on
+    gpus_per_trial: float = 0.0
     max_concurrent: int = 0  # 0: as many as the CPUs allow
     scheduler: str = "none"
     address: str = ""  # "" = embedded local Ray; else an existing cluster's address
+    # where Ray Tune keeps its experiment state and logs: "" = the run directory's ray/; on
+    # many machines a path every node mounts or an object store URI (check_storage)
+    storage: str = ""
     runs_dir: str = "runs"
     seed: int = 0
     confirm: int = 2  # more seeds for every front candidate; the front uses their mean
@@ -97,7 +127,8 @@ class SearchSettings:
         if isinstance(out.holdout, bool) or not isinstance(out.holdout, (int, float)) or not 0 <= out.holdout <= 0.5:
             raise ConfigError(f"{where}.holdout: expected a fraction of the val split in [0, 0.5], got {out.holdout!r}")
         object.__setattr__(out, "holdout", float(out.holdout))
-        for key in ("address", "runs_dir", "tap_dir"):
+        object.__setattr__(out, "gpus_per_trial", _gpus(out.gpus_per_trial, f"{where}.gpus_per_trial"))
+        for key in ("address", "runs_dir", "storage", "tap_dir"):
             if not isinstance(getattr(out, key), str):
                 raise ConfigError(f"{where}.{key}: expected a string, got {getattr(out, key)!r}")
         if not out.runs_dir or "\0" in out.runs_dir:
@@ -106,6 +137,7 @@ class SearchSettings:
             raise ConfigError(f"{where}.tap_dir: expected a folder path, got {out.tap_dir!r}")
         if out.address:
             parse_address(out.address)
+        check_storage(out.storage, f"{where}.storage")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,6 +207,9 @@ def config_from_dict(raw: Any, path: Path, overrides: Mapping[str, Any] | None =
     space = SearchSpace.from_dict(raw.get("space"), catalogue=catalogue, depths=depths, where="space")
     train = TrainConfig.from_dict(raw.get("train"), "train")
     search = SearchSettings.from_dict({**_mapping(raw.get("search"), "search"), **(overrides or {})})
+    if train.device.startswith("cuda") and not search.gpus_per_trial:
+        raise ConfigError(f"train.device: {train.device} needs search.gpus_per_trial > 0, or Ray gives the trials no "
+                          "GPU (1: a GPU per trial; 0.25: four trials share one)")
     _check_options(search, space)
     return Config(path, name, dict(data), backbones, space, train, search, tuple(plugins))
 
@@ -220,6 +255,16 @@ def _no_unknown(d: Mapping[str, Any], known: Any, where: str) -> None:
 def _choice(value: Any, known: tuple[str, ...], where: str) -> None:
     if value not in known:
         raise ConfigError(f"{where}: unknown value {value!r}; known: {', '.join(known)}")
+
+
+def _gpus(value: Any, where: str) -> float:
+    """GPUs per trial as Ray takes them: a fraction in [0, 1] or a whole number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ConfigError(f"{where}: expected a number of GPUs >= 0 (e.g. 1, or 0.25 to share one GPU "
+                          f"among four trials), got {value!r}")
+    if value > 1 and value != int(value):
+        raise ConfigError(f"{where}: Ray takes a fraction of one GPU or a whole number of them, got {value!r}")
+    return float(value)
 
 
 def _int(value: Any, low: int, where: str) -> None:

@@ -23,9 +23,10 @@ from fusion_ops.load import MAX_TEXT_BYTES, ExportedModel, ExportError, load_mod
 from search.baselines import best_front_point
 from search.config import Config, config_from_dict, load_config
 from search.datasets import Dataset, load_dataset
-from search.engine.run import Prepared, prepare, record_spec
+from search.engine.run import Prepared, prepare, record_spec, trial_train
 from search.objectives import OBJECTIVES, Objective
 from search.runstore.store import RunStore, front_from_trials, to_jsonable, utc_now
+from search.training.device import resolve_device, to_device
 from search.training.tasks import Task, get_task
 from search.training.train import (
     FitResult,
@@ -103,11 +104,14 @@ def read_config(path: str | Path) -> Config:
 
 # ------------------------------------------------------------------ training the chosen spec
 def train_for_export(spec: ArchSpec, prepared: Prepared, *, retrain: bool = False,
-                     epochs: int | None = None, seed: int | None = None) -> tuple[FusionModel, FitResult]:
+                     epochs: int | None = None, seed: int | None = None,
+                     device: torch.device | None = None) -> tuple[FusionModel, FitResult]:
     """`spec` trained as its trial was (its training settings and `seed`; frozen backbones: on
     cached taps; else end to end), or with `retrain` on train+val for `epochs` epochs, keeping
-    the last weights."""
-    cfg, data = candidate_config(prepared.config.train, spec, seed), prepared.dataset
+    the last weights. It trains on `device` (default: where the run's trials trained) and the
+    model comes back on the CPU."""
+    cfg, data = candidate_config(trial_train(prepared.config), spec, seed), prepared.dataset
+    device = device or resolve_device(cfg.device)
     frozen = prepared.config.backbones.freeze
     task = task_of(prepared.taps)
     if frozen:
@@ -118,10 +122,13 @@ def train_for_export(spec: ArchSpec, prepared: Prepared, *, retrain: bool = Fals
         module = model = build_model(spec, prepared.backbones, data.num_classes, False,
                                      torch.Generator().manual_seed(cfg.seed), cfg.dropout)
         train, val = dataset_tensors(data, "train"), dataset_tensors(data, "val")
+    module.to(device)
+    train, val = to_device(train, device), to_device(val, device)
     if retrain:
         result = _fit_last(module, _concat(train, val), val, cfg, epochs or cfg.epochs, task)
     else:
         result = fit(module, train, val, cfg, task=task)
+    module.cpu()
     if result.status != "ok":
         raise ExportError(f"training {spec.arch_id} for export failed: {result.reason}")
     if frozen:  # the trained head behind the frozen backbones it was trained on the taps of
@@ -154,8 +161,10 @@ def _fit_last(module: torch.nn.Module, train: Split, val: Split, cfg: TrainConfi
 
 # ------------------------------------------------------------------ export
 def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool = False,
-               say: Say = print) -> dict[str, Any]:
-    """Export the trial `how` picks from the run in `run_dir` into `out`; returns its metrics.json."""
+               say: Say = print, device: str | None = None) -> dict[str, Any]:
+    """Export the trial `how` picks from the run in `run_dir` into `out`; returns its metrics.json.
+    It trains and scores on `device` (auto | cpu | cuda | cuda:N; default: where the run's trials
+    trained, `trial_train`); the weights written are CPU tensors either way."""
     out = Path(out)
     _check_out(out)
     store = RunStore.open(run_dir)
@@ -166,15 +175,17 @@ def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool 
     with in_file(store.trials_path):
         spec = record_spec(trial)
     config = read_config(store.run_dir)
+    where = resolve_device(device or trial_train(config).device, say, "--device" if device else "train.device")
     say(f"trial {trial['trial_id']}: {spec.describe()}")
     prepared = prepare(config, say)
     say("retraining on train+val" if retrain else "training it again as its trial did")
     model, result = train_for_export(spec, prepared, retrain=retrain, epochs=trial["metrics"].get("best_epoch"),
-                                     seed=trial["metrics"].get("seed"))
+                                     seed=trial["metrics"].get("seed"), device=where)
     data = prepared.dataset
     exported = ExportedModel(model, data.mean, data.std, data.classes, data.task, data.target_scale)
     with torch_threads(config.search.cpus_per_trial):  # score as the trial did, in a worker of that size
-        tests = raw_test_metrics(exported, config, prepared.dataset)
+        tests = raw_test_metrics(exported.to(where), config, prepared.dataset)
+    exported.cpu()
     shapes = prepared.dataset.shapes
     save_model(exported, out, {m: config.backbones.backbone_for(m, shapes[m]).to_dict() for m in exported.modalities})
     metrics = _metrics(store, config, trial, front, how, retrain, exported, result, tests, objs[0])
@@ -343,10 +354,11 @@ def _ordinal(n: int | None) -> str:
 
 
 # ------------------------------------------------------------------ evaluate
-def evaluate_export(export_dir: str | Path, config_path: str | Path) -> dict[str, Any]:
+def evaluate_export(export_dir: str | Path, config_path: str | Path, device: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
     """The test metric of the export in `export_dir` (the one it was exported with; accuracy for
-    an older export) on the data of `config_path`, next to the exported value."""
-    model = load_model(export_dir)
+    an older export) on the data of `config_path`, next to the exported value, computed on `device`."""
+    model = load_model(export_dir, device)
     config = read_config(config_path)
     tests = raw_test_metrics(model, config)
     exported = {}

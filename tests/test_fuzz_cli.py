@@ -61,12 +61,16 @@ BAD_VALUES: list[tuple[str, list[Any]]] = [
     ("space.depths", [{"m3": [0]}, {"m1": [9]}, {"m1": []}, "x", {"m1": ["x"]}]),
     ("train", ["x", [1]]), ("train.epochs", [-1, 0, *NOT_INT]), ("train.patience", [-1, 0, "x"]),
     ("train.lr", [-1, 0, "x", [1], float("nan"), float("inf")]), ("train.batch_size", [-1, 0, *NOT_INT]),
+    ("train.device", ["gpu", "cuda:", 3, [1], True, "cuda"]),  # cuda: without search.gpus_per_trial
+    ("backbones.pretrain.device", ["gpu", 3, None]),
+    ("search.gpus_per_trial", [-1, 1.5, 10**6, "x", [1], True, float("nan"), float("inf")]),
     ("search", ["x", [1]]), ("search.strategy", NOT_NAME), ("search.num_samples", [-1, 0, *NOT_INT]),
     ("search.cpus_per_trial", [0, -1, 10**6, *NOT_INT]), ("search.max_concurrent", [-1, "x"]),
     ("search.seed", [-1, "x"]), ("search.scheduler", ["hyperband", 3]),
     ("search.address", [5, "::::", "http://x", "host:99999", "a b:1"]),
     ("search.max_params", [0, -1, 10, "x"]), ("search.max_flops", [0, 10, "x"]),
     ("search.runs_dir", [5, "", []]),
+    ("search.storage", [5, [], "relative/dir", "ftp://host/x", "s3://", "s3:///path", "/a\0b"]),
     ("name", ["", "..", ".", "a/b", "/abs", "a\nb", "a\0b", "x" * 300, "-x", "a b", 5, [], None]),
 ]
 UNKNOWN_KEYS = ["nmae", "data.colour", "backbones.frozen", "backbones.pretrain.epoch", "space.op",

@@ -280,6 +280,7 @@ def test_a_dead_worker_is_one_errored_trial(tmp_path, ray_local) -> None:
     by_arch = {r["arch_id"]: r for r in out}
     dead = by_arch[late("tensor").arch_id]
     assert dead["status"] == "errored" and dead["metrics"] == {}
+    assert "lost_node" not in dead  # its node lives on: the candidate's own failure, counted, not rerun
     assert "died" in dead["reason"] and len(dead["reason"]) < 300 and "\n" not in dead["reason"]
     assert [by_arch[late(op).arch_id]["status"] for op in ("concat", "low_rank")] == ["ok", "ok"]
     assert len(lines(store)) == 3

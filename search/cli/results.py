@@ -34,7 +34,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from search.export import export_run
 
     try:
-        m = export_run(args.run, args.pick, args.out, retrain=args.retrain)
+        m = export_run(args.run, args.pick, args.out, retrain=args.retrain, device=args.device)
     except (FileNotFoundError, ExportError) as err:
         usage(err)
     reported = m["reported"]["test_metric"]
@@ -51,9 +51,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-score an export on the test split of a config's data."""
     from fusion_ops.load import ExportError
     from search.export import evaluate_export
+    from search.training.device import resolve_device
 
+    device = resolve_device(args.device, print, "--device")
     try:
-        r = evaluate_export(args.export, args.config)
+        r = evaluate_export(args.export, args.config, device)
     except (FileNotFoundError, ExportError) as err:
         usage(err)
     line = f"{r['arch']}: test {r['metric']} {r['test_metric']:.4f}"
@@ -79,6 +81,10 @@ def add_parsers(sub: Any) -> None:
                         help="which trial (default: knee of the front; accuracy is validation accuracy)")
     export.add_argument("--retrain", action="store_true", help="train on train+val (for the trial's best epoch count)")
     export.add_argument("--out", required=True, metavar="DIR", help="the export directory")
+    export.add_argument("--device", metavar="auto|cpu|cuda|cuda:N",
+                        help="train and score the export here (default: where the run's trials trained)")
     evaluate = sub.add_parser("evaluate", help="re-score an export on a config's test split")
     evaluate.add_argument("export", metavar="EXPORT_DIR")
     evaluate.add_argument("--config", required=True, metavar="CONFIG", help="a config file, or a run directory")
+    evaluate.add_argument("--device", default="cpu", metavar="auto|cpu|cuda|cuda:N",
+                          help="load the export onto this device and score it there (default: cpu)")

@@ -1,5 +1,5 @@
 """Checks a search makes before it writes or allocates anything: the folders it will write
-to, the data, the backbones against the data, the CPUs, and the size of the largest
+to, the data, the backbones against the data, the CPUs and GPUs, and the size of the largest
 architecture of the space (built on torch's meta device: counted, never allocated).
 
 Every failure is a one-line `ConfigError` naming the config file and key.
@@ -45,6 +45,7 @@ def preflight(config: Config, *, writes: bool = True) -> Dataset:
         if writes:
             check_folders(config)
         check_cpus(config)
+        check_gpus(config)
         dataset = _load(config)
         backbones = meta_backbones(config, dataset)
         check_size(config, dataset, backbones)
@@ -72,6 +73,15 @@ def check_cpus(config: Config) -> None:
     if not config.search.address and config.search.cpus_per_trial > have:
         raise ConfigError(f"search.cpus_per_trial: {config.search.cpus_per_trial} CPUs per trial, "
                           f"but this machine has {have}")
+
+
+def check_gpus(config: Config) -> None:
+    """An embedded Ray has the GPUs torch sees here: a trial asking for more would wait forever."""
+    want = config.search.gpus_per_trial
+    have = torch.cuda.device_count() if want and torch.cuda.is_available() else 0
+    if not config.search.address and want > have:
+        raise ConfigError(f"search.gpus_per_trial: {want:g} GPUs per trial, but torch sees {have} CUDA devices "
+                          "on this machine")
 
 
 def _load(config: Config) -> Dataset:

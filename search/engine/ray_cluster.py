@@ -1,8 +1,11 @@
-"""Connecting to Ray: an embedded instance, or a cluster by address with bounded probes, and
-a watchdog that ends a search whose cluster head went away (with the resume hint)."""
+"""Connecting to Ray: an embedded instance, or a cluster by address with bounded probes, a
+watchdog that ends a search whose cluster head went away (with the resume hint), the node a
+trial ran on, a worker node lost under a trial, and where Tune keeps an experiment
+(`search.storage`)."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import threading
@@ -23,12 +26,12 @@ _AUTH_HINT = ("`ray start` (Ray >= 2.60) enables token auth: with an explicit ad
 CONNECT_TIMEOUT_S = 5.0  # for the head's port to answer before ray.init is tried at all
 
 
-def init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: int = 1) -> bool:
+def init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: int = 1, gpus_per_trial: float = 0.0) -> bool:
     """Connect to `address`, or start an embedded Ray; True if this call started it.
 
     The embedded Ray is `address="local"`: it never attaches to a `ray start` cluster on
     this machine by accident. An address is probed first (a bounded TCP connect), and a
-    cluster with fewer CPUs than one trial asks for is refused, since that trial would wait forever.
+    cluster with fewer CPUs (or GPUs) than one trial asks for is refused, since that trial would wait forever.
     """
     if ray.is_initialized():
         return False
@@ -41,11 +44,12 @@ def init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: int = 1)
     else:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  log_to_driver=False)
-    have = ray.cluster_resources().get("CPU", 0)
-    if cpus_per_trial > have:
-        ray.shutdown()
-        where = f"the cluster at {address}" if address else "the embedded Ray"
-        raise ConfigError(f"search.cpus_per_trial: {cpus_per_trial} CPUs per trial, but {where} has {have:g}")
+    have = ray.cluster_resources()
+    for unit, key, want in (("CPU", "cpus_per_trial", cpus_per_trial), ("GPU", "gpus_per_trial", gpus_per_trial)):
+        if want > have.get(unit, 0):
+            ray.shutdown()
+            where = f"the cluster at {address}" if address else "the embedded Ray"
+            raise ConfigError(f"search.{key}: {want:g} {unit}s per trial, but {where} has {have.get(unit, 0):g}")
     return True
 
 
@@ -124,3 +128,87 @@ def watch_head(address: str, message: Callable[[], str]) -> threading.Event:
 
     threading.Thread(target=watch, name="fusion-nas-head-watch", daemon=True).start()
     return stop
+
+
+# ---- which node: a trial's, and one lost under a trial -------------------------------
+def this_node() -> dict[str, str] | None:
+    """`{"id", "ip"}` of the Ray node this process runs on when it is a Ray worker (a trial);
+    None in a driver or outside Ray."""
+    if not ray.is_initialized():
+        return None
+    ctx = ray.get_runtime_context()
+    if ctx.worker.mode != ray.WORKER_MODE:
+        return None
+    return {"id": ctx.get_node_id(), "ip": ray.util.get_node_ip_address()}
+
+
+_NODE_ID = re.compile(r"node[ _]?id:? ([0-9a-f]{56})\b", re.IGNORECASE)  # "... its node has died. Node Id: ..."
+_ACTOR_ID = re.compile(r"\bactor(?: id:?)? ([0-9a-f]{32})\b", re.IGNORECASE)  # "The actor 0615... is unavailable"
+NODE_CHECK_S = 2.0  # for a node's raylet to answer before it counts as lost
+
+
+def lost_node(error_text: str) -> dict[str, str] | None:
+    """`{"id", "ip"}` of the node a failed trial ran on, when that node is gone: dead in Ray's
+    node table, or its raylet no longer answers (Ray marks a node dead only ~30 s later).
+    None when the node lives on (a worker that died there: the candidate's own failure), or
+    when the error does not say where the trial ran."""
+    if not ray.is_initialized():
+        return None
+    node_id = _failed_node_id(error_text)
+    try:
+        node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), None) if node_id else None
+    except Exception:  # the head itself is gone: the head watchdog ends the search
+        return None
+    if node is None:
+        return None
+    ip, port = str(node.get("NodeManagerAddress", "")), int(node.get("NodeManagerPort") or 0)
+    if node.get("Alive") and _answers(ip, port):
+        return None
+    return {"id": str(node_id), "ip": ip}
+
+
+def lost_node_reason(node: dict[str, str], detail: str) -> str:
+    """The one line of a trial lost with its node (`detail`: Ray's own reason)."""
+    first = detail.strip().splitlines()[0].split(". ")[0][:200] if detail.strip() else "no detail"
+    return f"node {node['ip']} ({node['id'][:8]}) was lost while the trial ran on it; a resume runs it again ({first})"
+
+
+def _failed_node_id(text: str) -> str | None:
+    found = _NODE_ID.search(text)
+    if found:
+        return found.group(1)
+    actor = _ACTOR_ID.search(text)
+    if actor is None:
+        return None
+    try:  # the GCS's actor table (no dashboard needed) still knows where a dead actor lived
+        from ray._private import state
+
+        return str(state.actors(actor.group(1))["Address"]["NodeID"]) or None
+    except Exception:  # an actor the GCS has forgotten, or Ray's private table moved
+        return None
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=NODE_CHECK_S).close()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+# ---- where Tune keeps an experiment (search.storage) --------------------------------
+STORAGE_NOTE = "storage.txt"  # in the run's ray/<experiment>/ when Tune's state lives elsewhere
+
+
+def experiment_storage(store: RunStore, storage: str, name: str) -> str:
+    """Tune's `storage_path` for experiment `name` of this run: the run's `ray/` by default;
+    with `search.storage` (a shared filesystem path or an object store URI) a folder of it
+    named after the run, and `ray/<name>/storage.txt` saying where the experiment went."""
+    if not storage:
+        return str(store.ray_dir)
+    root = storage.rstrip("/") if "://" in storage else str(Path(storage).expanduser())
+    where = f"{root}/{store.run_dir.parent.name}/{store.run_dir.name}"
+    note = store.ray_dir / name
+    note.mkdir(parents=True, exist_ok=True)
+    (note / STORAGE_NOTE).write_text(f"{where}/{name}\n", encoding="utf-8")
+    return where

@@ -9,7 +9,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from search.datasets.common import seed_of
 from search.objectives import Objective
 from search.runstore.store import RunStore
 from search.training.baselines_fit import ensure_baselines, seeds_of
+from search.training.device import resolve_device
 from search.training.pretrain import DEFAULT_CACHE_DIR, pretrain_backbones
 from search.training.taps import TapCache, holdout_rows
 from search.training.train import TrainConfig, evaluate_candidate, evaluate_with_backbones
@@ -70,7 +71,8 @@ def prepare(config: Config, say: Say = print, dataset: Dataset | None = None) ->
                           f"with no backbone; it has {', '.join(dataset.modalities)}")
     backbones, info = pretrain_backbones(dataset, config.backbones, config.data, progress=say)
     rows = holdout_rows(dataset.y_val, dataset.task, config.search.holdout, seed_of(config.data))
-    taps = tap_cache(config, dataset, backbones, info, rows, say)
+    device = resolve_device(config.backbones.pretrain.device, say, "backbones.pretrain.device")
+    taps = tap_cache(config, dataset, backbones, info, rows, say, device)
     if len(rows):
         say(f"holdout: {len(rows)} of the {len(dataset.y_val)} val samples are kept out of the search; "
             "they only choose the answer among the front (search.holdout)")
@@ -90,20 +92,22 @@ def tap_root(config: Config) -> Path | None:
 
 
 def tap_cache(config: Config, dataset: Dataset, backbones: Mapping[str, Backbone], info: Mapping[str, Any],
-              rows: Any, say: Say = print) -> TapCache:
+              rows: Any, say: Say = print, device: Any = "cpu") -> TapCache:
     """The run's tap cache: the taps its space offers, the holdout rows `rows` moved out of val,
-    memory-mapped from a disk cache (reused when one with the same key is there) or in memory."""
+    memory-mapped from a disk cache (reused when one with the same key is there) or in memory;
+    the backbones run on `device` to make it."""
     s = config.search
     offered = [make_tap(m, d) for m, ds in config.space.depth_map.items() for d in ds]
     root = tap_root(config)
     start = time.perf_counter()
     if root is None:
-        taps = TapCache.from_backbones(dataset, backbones, only=offered, holdout=rows, dtype=s.tap_dtype, say=say)
+        taps = TapCache.from_backbones(dataset, backbones, only=offered, holdout=rows, dtype=s.tap_dtype, say=say,
+                                       device=device)
     else:
         with in_file(config.path):  # a folder that cannot be made or written names the setting
             try:
                 taps = TapCache.cached(root, dataset, backbones, {m: str(i["key"]) for m, i in info.items()},
-                                       only=offered, holdout=rows, dtype=s.tap_dtype, say=say)
+                                       only=offered, holdout=rows, dtype=s.tap_dtype, say=say, device=device)
             except OSError as err:
                 raise ConfigError(f"search.tap_dir: cannot write the tap cache in {root}: {err.strerror or err}") \
                     from None
@@ -118,18 +122,32 @@ def tap_cache(config: Config, dataset: Dataset, backbones: Mapping[str, Backbone
 
 def trial_context(prepared: Prepared) -> TrialContext:
     frozen = prepared.config.backbones.freeze
-    return TrialContext(prepared.taps, prepared.backbones, prepared.config.train,
+    return TrialContext(prepared.taps, prepared.backbones, trial_train(prepared.config),
                         None if frozen else prepared.dataset, prepared.config.plugins)
+
+
+def trial_train(config: Config) -> TrainConfig:
+    """`train:` as the run's trials train: `device: auto` means the CPU when Ray gives trials no
+    GPU (`search.gpus_per_trial: 0`), so the driver's baselines and an export train where trials did."""
+    if config.train.device == "auto" and not config.search.gpus_per_trial:
+        return replace(config.train, device="cpu")
+    return config.train
 
 
 def evaluate_trial(spec: ArchSpec, ctx: TrialContext, report: Callable[[int, float], bool] | None = None,
                    seed: int | None = None) -> dict:
     """Train and score one candidate inside a Ray trial (a module-level function: picklable);
-    `seed` replaces the run's training seed (a confirmation trial)."""
+    `seed` replaces the run's training seed (a confirmation trial). Inside Ray the metrics
+    name the node that trained it (`node`: its Ray node id and IP)."""
+    from search.engine.ray_cluster import this_node
+
     load_plugins(ctx.plugins)  # a Ray worker is a fresh process: plugin operators register here too
     if ctx.dataset is not None:
-        return evaluate_with_backbones(spec, ctx.dataset, ctx.backbones, ctx.train, freeze=False, seed=seed)
-    return evaluate_candidate(spec, ctx.taps, ctx.train, backbones=ctx.backbones, report=report, seed=seed)
+        metrics = evaluate_with_backbones(spec, ctx.dataset, ctx.backbones, ctx.train, freeze=False, seed=seed)
+    else:
+        metrics = evaluate_candidate(spec, ctx.taps, ctx.train, backbones=ctx.backbones, report=report, seed=seed)
+    node = this_node()
+    return metrics if node is None else {**metrics, "node": node}
 
 
 def cost_function(prepared: Prepared) -> Callable[[ArchSpec], tuple[int, int]]:
@@ -218,7 +236,7 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
     prepared = prepare(config, say, dataset)
     s = config.search
     objs = run_objectives(store, config, prepared.dataset)
-    baselines = ensure_baselines(store, prepared.dataset, prepared.backbones, prepared.taps, config.train,
+    baselines = ensure_baselines(store, prepared.dataset, prepared.backbones, prepared.taps, trial_train(config),
                                  panel=s.baselines, n_seeds=seeds_of(s), say=say)
     seed_baselines(store, baselines, config.space, say)
     cost = cost_function(prepared)
@@ -230,11 +248,11 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
     share_import_paths()
     return run_search(
         evaluate=evaluate_trial, shared=trial_context(prepared), strategy=strategy,
-        num_samples=s.num_samples, store=store, cpus_per_trial=s.cpus_per_trial,
+        num_samples=s.num_samples, store=store, cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial,
         max_concurrent=s.max_concurrent or None, address=s.address or None,
         scheduler=None if s.scheduler == "none" else s.scheduler, resume=resume,
         progress=progress, max_epochs=config.train.epochs, confirm=s.confirm, base_seed=config.train.seed,
-        interrupts=interrupts, warn=warn,
+        interrupts=interrupts, warn=warn, storage=s.storage,
     )
 
 

@@ -35,9 +35,12 @@ from search.baselines import counts_to_budget
 from search.engine.confirm import confirmation_todo
 from search.engine.interrupt import Interrupts
 from search.engine.ray_cluster import (
+    experiment_storage,
     head_gone,
     init_ray,
     lost_head,
+    lost_node,
+    lost_node_reason,
     watch_head,
 )
 from search.engine.tune_searcher import FINAL, METRIC, METRICS_JSON, StrategySearcher, result_metrics
@@ -68,9 +71,11 @@ def _report_epoch(epoch: int, val_accuracy: float) -> bool:
     return False
 
 
-def make_trainable(evaluate: Callable[..., dict], shared: Any, cpus_per_trial: int = 1) -> Any:
+def make_trainable(evaluate: Callable[..., dict], shared: Any, cpus_per_trial: int = 1,
+                   gpus_per_trial: float = 0.0) -> Any:
     """The Tune function trainable: `evaluate(spec, shared)` once, its metrics as the final report.
-    `shared` goes to the object store once (`tune.with_parameters`)."""
+    `shared` goes to the object store once (`tune.with_parameters`). With `gpus_per_trial` > 0 Ray
+    gives each trial that share of a GPU (and sets CUDA_VISIBLE_DEVICES to it)."""
     with_report = _accepts_report(evaluate)
 
     def fusion_trial(config: dict[str, Any], shared: Any = None) -> None:
@@ -93,7 +98,21 @@ def make_trainable(evaluate: Callable[..., dict], shared: Any, cpus_per_trial: i
         tune.report({METRIC: math.nan if acc is None else float(acc), "status": metrics["status"],
                      FINAL: True, METRICS_JSON: json.dumps(metrics)})
 
-    return tune.with_resources(tune.with_parameters(fusion_trial, shared=shared), {"cpu": cpus_per_trial})
+    return tune.with_resources(tune.with_parameters(fusion_trial, shared=shared), trial_resources(cpus_per_trial,
+                                                                                                  gpus_per_trial))
+
+
+def trial_resources(cpus_per_trial: int, gpus_per_trial: float = 0.0) -> dict[str, float]:
+    """What Ray reserves for one trial: `{"cpu": ..}`, and `"gpu"` when trials get GPUs."""
+    return {"cpu": cpus_per_trial, **({"gpu": gpus_per_trial} if gpus_per_trial > 0 else {})}
+
+
+def concurrent_slots(resources: Mapping[str, float], cpus_per_trial: int, gpus_per_trial: float = 0.0) -> int:
+    """How many trials fit in the cluster's `resources` at once (CPUs, and GPUs when trials take them)."""
+    slots = resources.get("CPU", 1) // cpus_per_trial
+    if gpus_per_trial > 0:
+        slots = min(slots, resources.get("GPU", 0) // gpus_per_trial)
+    return max(1, int(slots))
 
 
 def trial_record(trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any] | None,
@@ -119,11 +138,15 @@ def trial_record(trial_id: str, config: Mapping[str, Any], result: Mapping[str, 
     return record
 
 
-def _error_reason(trial: Any) -> str:
+def _error_text(trial: Any) -> str:
+    path = trial.error_file  # the driver's copy: storage may not have it yet
+    return Path(path).read_text(errors="replace") if path and Path(path).exists() else str(trial.get_error() or "")
+
+
+def _error_reason(trial: Any, text: str | None = None) -> str:
     """One line saying why Tune failed a trial (a dead worker, a lost node): the last
     `SomeError: ...` line of its error text, else its headline and the exit detail."""
-    path = trial.error_file  # the driver's copy: storage may not have it yet
-    text = Path(path).read_text(errors="replace") if path and Path(path).exists() else str(trial.get_error() or "")
+    text = _error_text(trial) if text is None else text
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Failure #")]
     errors = [ln for ln in lines if re.fullmatch(r"[\w.]*(Error|Exception)", ln.split(":", 1)[0])]
     if errors or not lines:
@@ -155,7 +178,12 @@ class StoreCallback(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self._cut_short(trial):
             return
-        self._record(trial_record(trial.trial_id, trial.config, trial.last_result, error=_error_reason(trial)))
+        text = _error_text(trial)
+        record = trial_record(trial.trial_id, trial.config, trial.last_result, error=_error_reason(trial, text))
+        node = lost_node(text)
+        if node is not None:  # not the candidate's fault: it does not count, and a resume runs it again
+            record.update(lost_node=node, reason=lost_node_reason(node, record["reason"]))
+        self._record(record)
 
     def _cut_short(self, trial: Any) -> bool:
         """A trial stopped (or killed: Ctrl-C reaches the workers too) by an interrupt before its
@@ -174,13 +202,24 @@ class StoreCallback(tune.Callback):
         self._records[record["trial_id"]] = record
         front = store.write_pareto(front_from_trials(self._records.values(), store.reference, store.objectives()))
         hook = _PROGRESS.get(self.run_dir)
-        n_confirm = sum(not counts_to_budget(r) for r in self._records.values())  # seeds and seeded baselines
+        n_confirm = sum(not counts_to_budget(r) and not r.get("lost_node")  # seeds and seeded baselines
+                        for r in self._records.values())
         try:
             if hook is not None:  # confirmation seeds are counted apart from the candidates asked for
                 hook(len(self._records) - n_confirm, self.total, front["best_val"], len(front["front"]),
                      front["hypervolume"], *((n_confirm,) if n_confirm else ()))
         except Exception:  # a broken progress display must not end the search
             log.exception("the progress hook failed")
+
+
+def _warn_lost_nodes(lost: list[dict[str, Any]], store: RunStore, warn: Callable[[str], Any] | None) -> None:
+    """The one line after a search that lost trials with a worker node: which, and how to run them again."""
+    if not lost:
+        return
+    nodes = ", ".join(dict.fromkeys(f"{r['lost_node']['ip']} ({r['lost_node']['id'][:8]})" for r in lost))
+    line = (f"{len(lost)} trial(s) were lost with node(s) {nodes} and are not counted; resume with "
+            f"fusion-nas search --resume {store.run_dir} to run them again")
+    (warn or log.warning)(line)
 
 
 # ---- the search ---------------------------------------------------------------------
@@ -222,12 +261,13 @@ class _InterruptStopper(Stopper):
 
 
 def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num_samples: int, store: RunStore,
-               cpus_per_trial: int = 1, max_concurrent: int | None = None, address: str | None = None,
+               cpus_per_trial: int = 1, gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
+               address: str | None = None,
                scheduler: str | TrialScheduler | None = None, resume: bool = False,
                progress: Progress | None = None, num_cpus: int | None = None,
                max_epochs: int = 100, confirm: int = 0, base_seed: int = 0,
                interrupts: Interrupts | None = None, warn: Callable[[str], Any] | None = None,
-               ) -> list[dict[str, Any]]:
+               storage: str = "") -> list[dict[str, Any]]:
     """Run `num_samples` trials of `strategy`; returns the store's trial records.
 
     `evaluate(spec, shared)` returns the metrics dict of one candidate; if it takes a
@@ -247,21 +287,26 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
     `interrupts` (installed by the caller): after its first signal no trial starts, the
     running ones get its grace period, the front is written, and `SearchInterrupted` is raised.
     A cluster joined by `address` that goes away ends the search with `HeadLost`, or, when
-    the driver is stuck on the dead head, ends the process with that line and exit 2.
+    the driver is stuck on the dead head, ends the process with that line and exit 2. A
+    worker node that goes away costs its running trials: each is recorded `errored` with
+    `lost_node` (not counted in the budget, run again by a resume), the search carries on
+    on the other nodes, and `warn` gets the resume hint at the end.
+    `storage`: Tune's `storage_path` (`search.storage`; "" = the run's `ray/`).
     """
     sched = _scheduler(scheduler, max_epochs)
     records = store.trials(warn=warn)
+    lost_before = [r for r in records if r.get("lost_node")]
     remaining = num_samples - sum(counts_to_budget(r) for r in records)
     if remaining <= 0 and not confirmation_todo(records, store.reference, confirm, base_seed,
                                                 objs=getattr(strategy, "objectives", None)):
         store.write_pareto()  # nothing left to run: no Ray at all
         return records
-    started = init_ray(address, num_cpus, cpus_per_trial)
+    started = init_ray(address, num_cpus, cpus_per_trial, gpus_per_trial)
     watching = watch_head(address, lambda: str(lost_head(store, address, num_samples))) if address else None
     if progress is not None:
         _PROGRESS[str(store.run_dir)] = progress
     try:
-        lookahead = max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_trial))
+        lookahead = max_concurrent or concurrent_slots(ray.cluster_resources(), cpus_per_trial, gpus_per_trial)
         rerun = replay(strategy, records, lookahead) if records else []
         searcher = StrategySearcher(strategy, max_trials=num_samples, store=store, confirm=confirm,
                                     base_seed=base_seed, recorded=records, rerun=rerun)
@@ -269,14 +314,15 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
         bound = max(remaining, 0) + confirm * num_samples + 1
         if interrupts is not None:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours: stop, record, hint at --resume
+        name = _experiment_name(store)
         tuner = tune.Tuner(
-            make_trainable(evaluate, shared, cpus_per_trial),
+            make_trainable(evaluate, shared, cpus_per_trial, gpus_per_trial),
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=bound, reuse_actors=True,
                                         max_concurrent_trials=max_concurrent,
                                         scheduler=sched,
                                         trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(
-                storage_path=str(store.ray_dir), name=_experiment_name(store), verbose=0,
+                storage_path=experiment_storage(store, storage, name), name=name, verbose=0,
                 callbacks=[StoreCallback(store, num_samples, interrupts)],
                 stop=None if interrupts is None else _InterruptStopper(interrupts, searcher),
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
@@ -295,7 +341,9 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
             if address and head_gone(address):
                 raise lost_head(store, address, num_samples)
             store.write_pareto()
-        return store.trials()
+        after = store.trials()
+        _warn_lost_nodes([r for r in after if r.get("lost_node")][len(lost_before):], store, warn)
+        return after
     finally:
         if watching is not None:
             watching.set()

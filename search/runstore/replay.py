@@ -8,7 +8,8 @@ strategy whose asks do not depend on results (random, grid) proposes exactly wha
 before; one that learns (mfas, nsga2) may diverge where trials finished in another order,
 and a recorded candidate it does not propose is adopted (`Strategy.adopt`) and told all
 the same. Specs it proposed that the record does not hold were lost with the driver:
-they are run first. Confirmation trials are never told to the strategy.
+they are run first. Confirmation trials are never told to the strategy, nor trials lost
+with their Ray node (`lost_node`): those count as never recorded, so they run again.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def replay(strategy: Any, records: Iterable[Mapping[str, Any]], lookahead: int =
     unmatched: list[ArchSpec] = []
     for record in records:
         if record.get("confirm"):
+            continue
+        if record.get("lost_node"):  # its spec, asked again, waits among the unmatched to run again
+            lookahead += 1
             continue
         try:
             spec = ArchSpec.from_dict(record["spec"])

@@ -9,6 +9,7 @@ strategies treat it as unknown before training (`search.objectives`: `known_befo
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -43,11 +44,14 @@ def model_latency(model: nn.Module, example: Callable[[int], Mapping[str, torch.
     was_training, before = model.training, torch.get_num_threads()
     model.eval()
     torch.set_num_threads(threads)
+    where = next(iter(model.parameters()), torch.zeros(())).device
+    # CUDA runs asynchronously: wait for the kernels, or the time is only that of launching them
+    sync = torch.cuda.synchronize if where.type == "cuda" else (lambda: None)
     try:
         with torch.inference_mode():
             one, many = example(1), example(batch)
-            ms1 = median_ms(lambda: model(one), repeats)
-            msb = median_ms(lambda: model(many), max(3, repeats // 3))
+            ms1 = median_ms(lambda: (model(one), sync()), repeats)
+            msb = median_ms(lambda: (model(many), sync()), max(3, repeats // 3))
     finally:
         torch.set_num_threads(before)
         model.train(was_training)
@@ -63,7 +67,9 @@ def candidate_latency(spec: Any, head: nn.Module, backbones: Mapping[str, Backbo
         return model_latency(head, lambda b: {t: v.to(device) for t, v in head.example_taps(b).items()}, batch,
                              threads)
     with torch.random.fork_rng(devices=[]), seeded_init(torch.Generator().manual_seed(0)):
-        model = FusionModel(spec, backbones, num_classes, frozen=True).to(device)
+        model = FusionModel(spec, backbones, num_classes, frozen=True)
+    if device.type != "cpu":  # its lean backbones share the caller's blocks: move a copy
+        model = copy.deepcopy(model).to(device)
     shapes = {m: b.input_shape for m, b in zip(model.modalities, model.backbones, strict=True)}
     return model_latency(model, lambda b: {m: torch.zeros(b, *s, device=device) for m, s in shapes.items()}, batch,
                          threads)

@@ -27,6 +27,7 @@ from fusion_ops.backbones import Backbone, BackboneConfig, UnimodalClassifier, b
 from fusion_ops.base import lengths_key
 from fusion_ops.python_backbone import factory_digest
 from search.datasets import Dataset
+from search.training.device import resolve_device, to_device
 from search.training.tasks import get_task
 from search.training.train import TrainConfig, accuracy, check_section, dataset_tensors, fit, predict
 from spaces.yaml_errors import ConfigError
@@ -168,7 +169,7 @@ def pretrain_backbones(
         if info is None:
             say(f"pretraining the {m} backbone ({bcfg.kind} {list(bcfg.sizes) or bcfg.option('factory')})")
             clf = _new_classifier(dataset, m, bcfg, cfg.pretrain)  # a failed load may have half-filled it
-            info = _train(dataset, m, clf, cfg.pretrain)
+            info = _train(dataset, m, clf, cfg.pretrain, say)
             if path is not None:
                 _save(path, clf, info)
         info.update(cached=info.get("cached", False), path=None if path is None else str(path), key=key)
@@ -198,7 +199,8 @@ def cache_key(dataset: Dataset, modality: str, bcfg: BackboneConfig, pcfg: Pretr
         "modality": modality,
         "backbone": bcfg.to_dict(),
         "code": factory_digest(bcfg) if bcfg.kind == "python" else "",  # user code changed: retrain
-        "pretrain": {k: v for k, v in pcfg.to_dict().items() if k != "threads"},  # threads do not change the result
+        # threads do not change the result; nor, by choice, the device: CPU and GPU runs share one cache
+        "pretrain": {k: v for k, v in pcfg.to_dict().items() if k not in ("threads", "device")},
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -221,19 +223,26 @@ def _new_classifier(dataset: Dataset, m: str, bcfg: BackboneConfig, pcfg: Pretra
     return UnimodalClassifier(build_backbone(bcfg, dataset.shapes[m], g), dataset.num_classes, g)
 
 
-def _train(dataset: Dataset, m: str, clf: UnimodalClassifier, pcfg: PretrainConfig) -> dict[str, Any]:
-    model = _OneModality(m, clf)
-    train, val, test = (dataset_tensors(dataset, split, [m]) for split in ("train", "val", "test"))
+def _train(dataset: Dataset, m: str, clf: UnimodalClassifier, pcfg: PretrainConfig,
+           say: Progress | None = None) -> dict[str, Any]:
+    """Train `clf` on `pcfg.device` (`resolve_device`); it comes back on the CPU."""
+    device = resolve_device(pcfg.device, say, "backbones.pretrain.device")
+    model = _OneModality(m, clf).to(device)
+    train, val, test = (to_device(dataset_tensors(dataset, split, [m]), device) for split in ("train", "val", "test"))
     task = get_task(dataset.task, dataset.target_scale)  # the task's own loss: a regression backbone learns MSE
-    result = fit(model, train, val, pcfg, task=task)
-    if result.status != "ok":
-        raise RuntimeError(f"pretraining the {m} backbone failed: {result.reason}; lower backbones.pretrain.lr")
+    try:
+        result = fit(model, train, val, pcfg, task=task)
+        if result.status != "ok":
+            raise RuntimeError(f"pretraining the {m} backbone failed: {result.reason}; lower backbones.pretrain.lr")
+        test_score = accuracy(model, test) if task.name == "classification" else \
+            task.score(predict(model, test[0]), test[1])
+    finally:
+        model.cpu()  # the disk cache and the tap cache's callers get CPU weights
     return {
         "kind": clf.backbone.KIND,
         # the task's selection score (`Task.score`): accuracy for classification
         "val_accuracy": result.val_accuracy,
-        "test_accuracy": accuracy(model, test) if task.name == "classification" else
-        task.score(predict(model, test[0]), test[1]),
+        "test_accuracy": test_score,
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "seconds": result.seconds,

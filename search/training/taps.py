@@ -78,8 +78,10 @@ class TapCache:
         holdout: np.ndarray | None = None,
         dtype: str = "float32",
         say: Say | None = None,
+        device: torch.device | str = "cpu",
     ) -> TapCache:
-        """Run each backbone once over every split (eval mode, no grad, in batches), in memory.
+        """Run each backbone once over every split (eval mode, no grad, in batches) on `device`;
+        the cache holds CPU arrays in memory whichever it was.
 
         `only` keeps just those taps (e.g. the depths a search space offers), to save memory;
         `holdout`: val rows written to a `holdout` split as they come (as `with_holdout` does);
@@ -88,7 +90,7 @@ class TapCache:
         _check_dtype(dtype)
         shapes = _kept_shapes(dataset, backbones, only)
         taps, lengths = _build(dataset, backbones, shapes, _parts(dataset, holdout), batch_size,
-                               lambda _p, _t, shape: np.empty(shape, dtype=dtype), say)
+                               lambda _p, _t, shape: np.empty(shape, dtype=dtype), say, device=device)
         return cls(taps, _labels(dataset, holdout), shapes, dataset.num_classes, _task(dataset),
                    getattr(dataset, "target_scale", None), lengths, _rows(holdout))
 
@@ -105,6 +107,7 @@ class TapCache:
         holdout: np.ndarray | None = None,
         dtype: str = "float32",
         say: Say | None = None,
+        device: torch.device | str = "cpu",
     ) -> TapCache:
         """`from_backbones`, kept on disk in folder `root/<key>` and memory-mapped: opened as it is
         when a complete one is there, else built batch by batch straight into memory-mapped files
@@ -127,7 +130,7 @@ class TapCache:
                     return written[-1]
 
                 taps, lengths = _build(dataset, backbones, shapes, _parts(dataset, holdout), batch_size, alloc, say,
-                                       release=lambda: files.release(written))
+                                       release=lambda: files.release(written), device=device)
                 files.release(written)
                 _write_rest(tmp, key, dataset, holdout, shapes, names, lengths, dtype, time.perf_counter() - start)
                 del taps, written
@@ -365,7 +368,7 @@ _RELEASE_BYTES = 256 * 2**20  # a build hands written pages back to the page cac
 
 def _build(dataset: Dataset, backbones: Mapping[str, Backbone], shapes: Mapping[str, tuple[int, ...]],
            parts: Mapping[str, Mapping[str, np.ndarray | None]], batch_size: int, alloc: Alloc, say: Say | None,
-           release: Callable[[], None] | None = None,
+           release: Callable[[], None] | None = None, device: torch.device | str = "cpu",
            ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]]]:
     """Every kept tap of every split, in arrays from `alloc`, with a progress line now and then."""
     progress = files.Progress(say, sum(len(dataset.split(s)[1]) for s in SPLITS))
@@ -384,7 +387,7 @@ def _build(dataset: Dataset, backbones: Mapping[str, Backbone], shapes: Mapping[
     lengths: dict[str, dict[str, np.ndarray]] = {}
     for s in SPLITS:
         t, n = _split_taps(dataset.split(s)[0], backbones, shapes, batch_size, dataset.lengths_of(s),
-                           parts=parts[s], alloc=alloc, advance=advance)
+                           parts=parts[s], alloc=alloc, advance=advance, device=torch.device(device))
         taps.update(t)
         lengths.update(n)
     return _ordered(taps), _ordered(lengths)
@@ -401,10 +404,12 @@ def _split_taps(
     parts: Mapping[str, np.ndarray | None] | None = None,
     alloc: Alloc | None = None,
     advance: Callable[[int], None] | None = None,
+    device: torch.device | None = None,
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]]]:
     """Every kept tap of one split, `{part: {tap: (N_part, *shape)}}`, written batch by batch into
     arrays from `alloc`, and the real-token counts `{part: {tap: (N_part,)}}` of the padded token
-    taps. `parts`: `{name: sorted rows of the split (None: all)}`, default `{"all": None}`."""
+    taps. `parts`: `{name: sorted rows of the split (None: all)}`, default `{"all": None}`. The
+    backbones run on `device` (default: where they are) and go back where they were."""
     parts = parts or {"all": None}
     alloc = alloc or (lambda _p, _t, shape: np.empty(shape, dtype=np.float32))
     lengths = lengths or {}
@@ -423,21 +428,23 @@ def _split_taps(
                 for p, rows in parts.items():
                     out_lengths[p][t] = _read_only(full if rows is None else full[rows])
     modes = {m: backbones[m].training for m in kept}
+    homes = {m: next(iter(backbones[m].parameters()), torch.zeros(())).device for m in kept}
     try:
         for m in kept:
-            backbones[m].eval()
+            backbones[m].eval().to(device or homes[m])
         for i in range(0, n, batch_size):
             j = min(i + batch_size, n)
             for m, k in kept.items():
-                batch = torch.from_numpy(np.array(inputs[m][i:j], dtype=np.float32))
-                batch_taps = backbones[m].forward_taps(batch, real[m][i:j] if m in real else None)
+                on = device or homes[m]
+                batch = torch.from_numpy(np.array(inputs[m][i:j], dtype=np.float32)).to(on)
+                batch_taps = backbones[m].forward_taps(batch, real[m][i:j].to(on) if m in real else None)
                 for d, t in k:
-                    _put(out, t, batch_taps[d].numpy(), parts, i, j)
+                    _put(out, t, batch_taps[d].cpu().numpy(), parts, i, j)
             if advance is not None:
                 advance(j - i)
     finally:
         for m, was_training in modes.items():
-            backbones[m].train(was_training)
+            backbones[m].train(was_training).to(homes[m])
     return ({p: {t: _read_only(a) for t, a in taps.items()} for p, taps in out.items()},
             {p: n_p for p, n_p in out_lengths.items() if n_p})
 

@@ -13,6 +13,7 @@ each with the reason, instead of raising. The defaults were chosen by
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ from fusion_ops.base import LENGTHS_SUFFIX, auxiliary_loss, lengths_key, masked_
 from fusion_ops.cost import count_flops, count_params
 from fusion_ops.model import FusionHead, build_model, candidate_cost, check_spec, required_taps
 from search.datasets import Dataset
+from search.training.device import check_device, resolve_device, tap_tensors, to_device
 from search.training.latency import candidate_latency
 from search.training.taps import TapCache, TapRows
 from search.training.tasks import Task, get_task
@@ -71,6 +73,7 @@ class TrainConfig:
     warmup: float = 0.05  # fraction of the step budget spent warming up linearly from lr/warmup_steps
     grad_clip: float = 1.0  # clip the global gradient norm to this (0: off)
     dropout: float = 0.0  # on each fusion cell's output, training only (FusionHead)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (search.training.device); auto: cuda when torch sees one
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> TrainConfig:
@@ -104,6 +107,9 @@ _LOWEST = {"epochs": 1, "batch_size": 1, "patience": 1, "threads": 1, "seed": 0,
 
 def _check_field(key: str, value: Any, where: str) -> None:
     if key == "aux_weight" and value is None:
+        return
+    if key == "device":
+        check_device(value, where)
         return
     if key == "schedule":
         if value not in SCHEDULES:
@@ -147,7 +153,7 @@ def predict(model: nn.Module, inputs: Mapping[str, Tensor], batch: int = EVAL_BA
 def accuracy(model: nn.Module, split: Split) -> float:
     """Fraction of `split` classified right (non-finite logits count as wrong)."""
     logits = predict(model, split[0])
-    right = (logits.argmax(1) == split[1]) & torch.isfinite(logits).all(1)
+    right = (logits.argmax(1) == split[1].to(logits.device)) & torch.isfinite(logits).all(1)
     return float(right.float().mean())
 
 
@@ -202,6 +208,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, report:
 
     Deterministic for `cfg.seed`: shuffling draws from its own generator, and anything
     drawing from torch's global RNG meanwhile (dropout) gets a forked one seeded from it.
+    It trains where `model` and the data are (`cfg.device` is for the callers that put them there).
     """
     task = task or get_task("classification")
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -212,12 +219,13 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, report:
     batch, budget = batch_size_for(n, cfg), step_budget(n, cfg)
     run = _Run(cfg, budget)
     start = time.perf_counter()
-    with torch_threads(cfg.threads), torch.random.fork_rng(devices=[]):
+    cuda = [y.device.index or 0] if y.device.type == "cuda" else []
+    with torch_threads(cfg.threads), torch.random.fork_rng(devices=cuda):
         torch.manual_seed(cfg.seed)
         model.train()
         for epoch in range(1, cfg.epochs + 1):
             run.epoch = epoch
-            order = torch.randperm(n, generator=shuffle)
+            order = torch.randperm(n, generator=shuffle).to(y.device)  # the same order on every device
             run.reason = _one_epoch(model, opt, params, xs, y, order, batch, run, task.loss)
             if run.reason:
                 break
@@ -290,7 +298,8 @@ def _weights_check(params: list[nn.Parameter]) -> str:
 
 
 def _adam(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, fused into one kernel where torch has it on the CPU (>= 2.4): ~30 % faster steps for small heads."""
+    """Adam, fused into one kernel where torch has it (CUDA; the CPU from torch 2.4): ~30 % faster steps
+    for small heads on the CPU."""
     try:
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     except (RuntimeError, ValueError):
@@ -346,10 +355,12 @@ def candidate_config(cfg: TrainConfig, spec: ArchSpec, seed: int | None = None) 
 def train_fusion(
     spec: ArchSpec, taps: TapCache, train_cfg: TrainConfig, *, report: Report | None = None
 ) -> tuple[FusionHead, FitResult]:
-    """The candidate's trained cells + head (best-val weights) and how training went (export uses this).
-    `train_cfg` is the config to train with as it is (see `candidate_config`)."""
-    head = build_head(spec, taps, train_cfg.seed, train_cfg.dropout)
-    return head, _fit_head(head, spec, taps, train_cfg, report)
+    """The candidate's trained cells + head (best-val weights, on the CPU) and how training went.
+    `train_cfg` is the config to train with as it is (see `candidate_config`), on its device."""
+    device = resolve_device(train_cfg.device)
+    head = build_head(spec, taps, train_cfg.seed, train_cfg.dropout).to(device)
+    result = _fit_head(head, spec, taps, train_cfg, report, device)
+    return head.cpu(), result
 
 
 def task_of(taps: TapCache) -> Task:
@@ -357,16 +368,20 @@ def task_of(taps: TapCache) -> Task:
     return get_task(taps.task, taps.target_scale)
 
 
-def _fit_head(head: FusionHead, spec: ArchSpec, taps: TapCache, cfg: TrainConfig, report: Report | None) -> FitResult:
-    sub = taps.subset(required_taps(spec))  # only the taps this spec reads, row by row (TapRows)
+def _fit_head(head: FusionHead, spec: ArchSpec, taps: TapCache, cfg: TrainConfig, report: Report | None,
+              device: torch.device | None = None) -> FitResult:
+    """Train `head` (already on `device`, default the CPU) on the taps `spec` reads, there."""
+    device = device or torch.device("cpu")
+    sub = taps.subset(required_taps(spec))  # only the taps this spec reads (row by row on the CPU)
     pool = pooled_taps(spec) - head.flat
-    return fit(head, _pooled(sub.rows("train"), pool), _pooled(sub.rows("val"), pool), cfg, report=report,
-               task=task_of(taps))
+    train, val = (_pooled(tap_tensors(sub, s, device), pool) for s in ("train", "val"))
+    return fit(head, train, val, cfg, report=report, task=task_of(taps))
 
 
-def scored_splits(taps: TapCache) -> dict[str, Split]:
-    """The splits a trained candidate is scored on: val, test, and the holdout when there is one."""
-    return {s: taps.rows(s) for s in ("val", "test", "holdout") if s in taps.taps}
+def scored_splits(taps: TapCache, device: torch.device | None = None) -> dict[str, Split]:
+    """The splits a trained candidate is scored on: val, test, and the holdout when there is one
+    (on `device`, default the CPU)."""
+    return {s: tap_tensors(taps, s, device or torch.device("cpu")) for s in ("val", "test", "holdout") if s in taps.taps}
 
 
 def task_metrics(task: Task, model: nn.Module, splits: Mapping[str, Split]) -> dict[str, float]:
@@ -392,7 +407,7 @@ def _pooled(split: Split, pool: set[str]) -> Split:
 def _real(xs: Mapping[str, Tensor], tap: str, x: Tensor) -> Tensor | None:
     """`(N, T)` bool of the real tokens of padded tap `tap` (None: not padded)."""
     n = xs.get(lengths_key(tap))
-    return None if n is None else torch.arange(x.shape[1]) < n.reshape(-1, 1)
+    return None if n is None else torch.arange(x.shape[1], device=x.device) < n.reshape(-1, 1)
 
 
 def _mean_tokens(x: Tensor | TapRows, real: Tensor | None) -> Tensor:
@@ -414,7 +429,7 @@ def evaluate_candidate(
 ) -> dict[str, Any]:
     """Train `spec` on cached taps and score it: accuracies, exact params/FLOPs, time per epoch.
 
-    It trains with `candidate_config(train_cfg, spec, seed)`. Keys: arch_id, seed, status
+    It trains with `candidate_config(train_cfg, spec, seed)`, on its `device` (`resolve_device`). Keys: arch_id, seed, status
     (ok | failed | diverged), reason, val_accuracy, test_accuracy, params_fusion, flops_fusion,
     params_total, flops_total (with the `backbones` the taps came from; else equal to the
     fusion part), epochs, steps, best_epoch, seconds, seconds_per_epoch.
@@ -422,18 +437,20 @@ def evaluate_candidate(
     """
     train_cfg = candidate_config(train_cfg, spec, seed)
     start = time.perf_counter()
+    device = resolve_device(train_cfg.device)
     try:
-        head = build_head(spec, taps, train_cfg.seed, train_cfg.dropout)
+        head = build_head(spec, taps, train_cfg.seed, train_cfg.dropout)  # initialised on the CPU: same weights anywhere
     except ValueError as err:
         return _failed(spec, f"cannot build: {err}", start, train_cfg.seed, taps.task)
-    result = _fit_head(head, spec, taps, train_cfg, report)
+    head.to(device)
+    result = _fit_head(head, spec, taps, train_cfg, report, device)
     task = task_of(taps)
     scores: dict[str, float] = {}
     if result.status == "ok":
         sub = taps.subset(required_taps(spec))
-        scores = task_metrics(task, head, scored_splits(sub))
+        scores = task_metrics(task, head, scored_splits(sub, device))
         if task.name == "classification":  # as always: fit's best val accuracy, test accuracy
-            scores.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(head, sub.rows("test")))
+            scores.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(head, tap_tensors(sub, "test", device)))
     return _metrics(spec, head, result, scores, backbones, taps.num_classes, start, train_cfg, task)
 
 
@@ -450,7 +467,8 @@ def _metrics(spec: ArchSpec, head: FusionHead, result: FitResult, scores: Mappin
     out = _failed(spec, result.reason, start, cfg.seed, task.name)
     ok = result.status == "ok"
     with torch.enable_grad():  # count_flops must run with grad on (see fusion_ops.cost)
-        cost = {"params_fusion": count_params(head), "flops_fusion": count_flops(head, head.example_taps(1))}
+        counted = _on_cpu(head)  # counts are the CPU's, wherever it trained (FLOP formulas differ by kernel)
+        cost = {"params_fusion": count_params(counted), "flops_fusion": count_flops(counted, counted.example_taps(1))}
         if backbones is not None:
             with torch.random.fork_rng(devices=[]):  # costing builds (and initialises) a throwaway model
                 cost = candidate_cost(spec, backbones, num_classes)
@@ -470,6 +488,12 @@ def _metrics(spec: ArchSpec, head: FusionHead, result: FitResult, scores: Mappin
     if ok:  # measured, not counted: the `latency` objective (search.training.latency)
         out.update(candidate_latency(spec, head, backbones, num_classes, cfg.batch_size, cfg.threads))
     return out
+
+
+def _on_cpu(module: nn.Module) -> nn.Module:
+    """`module` itself when it is on the CPU, else a CPU copy."""
+    where = next(iter(module.parameters()), None)
+    return module if where is None or where.device.type == "cpu" else copy.deepcopy(module).cpu()
 
 
 # ------------------------------------------------------------------ candidates that run their backbones
@@ -501,12 +525,15 @@ def evaluate_with_backbones(
     """
     train_cfg = candidate_config(train_cfg, spec, seed)
     start = time.perf_counter()
+    device = resolve_device(train_cfg.device)
     try:
         model = build_model(spec, backbones, dataset.num_classes, freeze, torch.Generator().manual_seed(train_cfg.seed),
                             train_cfg.dropout)
     except ValueError as err:
         return _failed(spec, f"cannot build: {err}", start, train_cfg.seed, dataset.task)
-    train, val, test = (dataset_tensors(dataset, s) for s in ("train", "val", "test"))
+    if device.type != "cpu":  # frozen backbones are the caller's: move a copy
+        model = copy.deepcopy(model).to(device)
+    train, val, test = (to_device(dataset_tensors(dataset, s), device) for s in ("train", "val", "test"))
     task = get_task(dataset.task, dataset.target_scale)
     result = fit(model, train, val, train_cfg, report=report, task=task)
     scores: dict[str, float] = {}

@@ -1,0 +1,240 @@
+"""Many nodes: a Ray cluster of two nodes on this machine (two `ray start` processes, each with
+its own temp dir and one CPU), a real search across both, a worker node killed under a running
+trial, and the form of `search.storage`.
+
+`ray.cluster_utils.Cluster` is not used: its driver hangs for minutes retrying the GCS at the
+machine's interface address (DESIGN.md, "Two nodes on one machine"). Drivers run in
+subprocesses, since token auth is read when Ray is imported. Every process a node starts
+carries an environment marker of that node, so the test stops exactly those (never `ray stop`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from search.baselines import counts_to_budget
+from search.config import SearchSettings, load_config
+from search.engine.ray_cluster import STORAGE_NOTE, lost_node_reason, this_node
+from search.runstore.replay import replay
+from search.runstore.store import RunStore
+from spaces import ConfigError
+from spaces.spec import ArchSpec
+from tests.test_report import CONFIG
+from tests.test_tune import RandomStrategy, _descendants, _free_port, _kill_all, fake_metrics
+
+ROOT = str(Path(__file__).resolve().parents[1])
+NODE_VAR = "FUSION_NAS_TEST_NODE"  # set on each `ray start`: its raylet and workers inherit it
+
+
+# ---- search.storage: the form only, never contacted -----------------------------------
+@pytest.mark.parametrize("value", ["", "/shared/ray", "~/ray_results", "s3://bucket", "s3://bucket/fusion/runs",
+                                   "gs://b/p", "hdfs://namenode:8020/ray"])
+def test_storage_takes_a_path_or_an_object_store_uri(value: str) -> None:
+    assert SearchSettings.from_dict({"storage": value}).storage == value
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("runs/ray", "expected an absolute path on a filesystem every node mounts or an object store URI"),
+    ("ftp://host/x", "unknown storage scheme 'ftp'; known: s3, gs, gcs, abfs, hdfs"),
+    ("s3://", "'s3://' names no bucket; expected s3://bucket/path"),
+    ("gs:///p", "'gs:///p' names no bucket"),
+    (5, "expected a string, got 5"),
+])
+def test_a_bad_storage_is_one_line_naming_the_file_and_key(tmp_path, value: Any, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**CONFIG, "search": {**CONFIG["search"], "storage": value}}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: search.storage: ") and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_no_node_outside_ray_and_a_lost_node_reason_names_it() -> None:
+    assert this_node() is None  # a plain call (the in-process engine, tests) names no node
+    line = lost_node_reason({"id": "ab" * 28, "ip": "10.1.2.3"}, "ActorUnavailableError: gone\nmore")
+    assert line.startswith("node 10.1.2.3 (abababab) was lost while the trial ran on it; a resume runs it again")
+    assert "ActorUnavailableError: gone" in line and "\n" not in line and "more" not in line
+
+
+def test_a_trial_lost_with_its_node_is_not_counted_and_a_replay_runs_it_again() -> None:
+    asks = RandomStrategy(seed=3)
+    specs = [asks.ask() for _ in range(4)]
+    records = [{"trial_id": f"t{i}", "spec": s.to_dict(), "status": "ok", "metrics": fake_metrics(s, {"bonus": 0})}
+               for i, s in enumerate(specs)]
+    records[0] = {**records[0], "status": "errored", "metrics": {}, "lost_node": {"id": "ab" * 28, "ip": "10.0.0.7"}}
+    assert [counts_to_budget(r) for r in records] == [False, True, True, True]
+    fresh = RandomStrategy(seed=3)
+    rerun = replay(fresh, records, lookahead=1)  # one trial at a time: the lost one waits, the rest match
+    assert [s.arch_id for s in rerun] == [specs[0].arch_id]
+    assert [a for a, _ in fresh.told] == [s.arch_id for s in specs[1:]]  # never told as a failure
+    assert fresh.asked == specs  # each asked once: the next ask is a new candidate, not a repeat
+
+
+# ---- a two-node cluster on this machine ----------------------------------------------
+class TwoNodes:
+    """A head and a worker node, each `ray start` with one CPU, its own temp dir and marker."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token",
+                    "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        self.env.pop(NODE_VAR, None)
+        self.head = tempfile.mkdtemp(prefix="fnc1", dir="/tmp")  # short: Ray's socket paths
+        self.worker = tempfile.mkdtemp(prefix="fnc2", dir="/tmp")
+        ray = str(Path(sys.executable).parent / "ray")
+        common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+        self._start([ray, "start", "--head", f"--port={self.port}", f"--temp-dir={self.head}",
+                     "--include-dashboard=false", *common], self.head)
+        self._start([ray, "start", f"--address={self.address}", f"--temp-dir={self.worker}", *common], self.worker)
+
+    def _start(self, argv: list[str], marker: str) -> None:
+        try:
+            subprocess.run(argv, env={**self.env, NODE_VAR: marker}, check=True, capture_output=True, timeout=120)
+        except BaseException:
+            self.stop()
+            raise
+
+    def pids(self, marker: str) -> set[int]:
+        """The processes of one node (and their children)."""
+        found = set()
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if f"{NODE_VAR}={marker}\0".encode() in environ.read_bytes():
+                    found.add(int(environ.parent.name))
+            except OSError:
+                continue
+        return _descendants(found) - {os.getpid()}
+
+    def kill_worker_node(self) -> None:
+        _kill_all(self.pids(self.worker))
+
+    def stop(self) -> None:
+        _kill_all(self.pids(self.head) | self.pids(self.worker))
+        for d in (self.head, self.worker):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def two_nodes():
+    cluster = TwoNodes()
+    yield cluster
+    cluster.stop()
+
+
+def test_a_search_runs_across_two_nodes_and_each_trial_names_its_node(tmp_path, two_nodes) -> None:
+    n = 4
+    raw = {**CONFIG, "name": "two",
+           "backbones": {**CONFIG["backbones"], "cache_dir": str(tmp_path / "cache"), "pretrain": {"epochs": 1}},
+           "train": {"epochs": 3, "min_steps": 40, "max_steps": 80},
+           "search": {"strategy": "random", "num_samples": n, "confirm": 0, "baselines": "none",
+                      "max_concurrent": 2, "runs_dir": str(tmp_path / "runs")}}
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    out = subprocess.run([sys.executable, "-m", "search", "search", str(cfg), "--address", two_nodes.address],
+                         env=two_nodes.env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    run_dir = Path(out.stdout.split("run directory: ")[1].split()[0])
+    store = RunStore.open(run_dir)
+    trials = store.trials()
+    assert len(trials) == n and all(t["status"] == "ok" for t in trials), trials
+    nodes = [t["metrics"]["node"] for t in trials]  # every record names the node that trained it
+    assert all(len(node["id"]) == 56 and node["ip"] for node in nodes)
+    assert len({node["id"] for node in nodes}) == 2  # both nodes trained candidates
+    for name in ("config.yaml", "trials.jsonl", "pareto.json", "report.html", "reference.json"):
+        assert (run_dir / name).is_file(), name
+    assert store.read_json("pareto.json")["front"]
+    # Tune's state stays with the driver: one folder per trial, wherever the trial ran
+    trial_dirs = {p.name for p in (store.ray_dir / "tune").iterdir() if p.is_dir()}
+    assert trial_dirs == {f"trial_{t['trial_id']}" for t in trials}
+    assert all((store.ray_dir / "tune" / d / "result.json").stat().st_size > 0 for d in trial_dirs)
+
+
+# ---- a worker node lost under a running trial ----------------------------------------
+def evaluate_held(spec: ArchSpec, shared: Any) -> dict[str, Any]:
+    """A quick fake candidate; on the marked node, once `hold` exists, it says so and never ends."""
+    if os.environ.get(NODE_VAR) == shared["hold_on"] and Path(shared["hold"]).exists():
+        Path(shared["held"]).write_text(json.dumps({"node": this_node(), "arch_id": spec.arch_id}))
+        time.sleep(600)
+    time.sleep(shared["sleep"])
+    return {**fake_metrics(spec, shared), "node": this_node()}
+
+
+def drive(run_dir: str, n: int, address: str, resume: bool, shared: dict, storage: str) -> None:
+    """The driver the subprocesses run: a search of `n` fake trials on the cluster at `address`."""
+    from search.engine.tune import run_search
+
+    def warn(line: str) -> None:
+        print(f"fusion-nas: warning: {line}", file=sys.stderr, flush=True)
+
+    run_search(evaluate=evaluate_held, shared=shared, strategy=RandomStrategy(seed=7), num_samples=n,
+               store=RunStore.open(run_dir), address=address, resume=resume, max_concurrent=2, warn=warn,
+               storage=storage)
+
+
+def test_a_lost_worker_node_costs_only_its_running_trial_and_a_resume_reruns_it(tmp_path, two_nodes) -> None:
+    n, shared_fs = 6, tmp_path / "shared"  # `search.storage` on a path every node would mount
+    store = RunStore.create(tmp_path / "runs", "lost", {"n": n})
+    shared = {"bonus": 0.0, "sleep": 0.4, "hold_on": two_nodes.worker, "hold": str(tmp_path / "hold"),
+              "held": str(tmp_path / "held")}
+    code = ("import sys; from tests.test_cluster import drive; "
+            f"drive({str(store.run_dir)!r}, {n}, {two_nodes.address!r}, sys.argv[1] == 'resume', {shared!r}, "
+            f"{str(shared_fs)!r})")
+    driver = subprocess.Popen([sys.executable, "-c", code, "start"], env=two_nodes.env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(store.trials()) < 2:  # a few finish first: they must survive the loss
+            assert driver.poll() is None, driver.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no trials recorded in time"
+            time.sleep(0.05)
+        Path(shared["hold"]).touch()
+        while not Path(shared["held"]).exists():  # a trial is now running on the worker node
+            assert driver.poll() is None, driver.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no trial held on the worker node"
+            time.sleep(0.05)
+        before = store.trials()
+        two_nodes.kill_worker_node()
+        _, err = driver.communicate(timeout=240)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, err[-4000:]
+    held = json.loads(Path(shared["held"]).read_text())
+    trials = store.trials()
+    lost = [t for t in trials if t.get("lost_node")]
+    assert len(trials) == n and lost, trials  # the search went on to its end on the head
+    assert all(t["lost_node"] == {"id": held["node"]["id"], "ip": held["node"]["ip"]} for t in lost)
+    assert held["arch_id"] in {t["arch_id"] for t in lost}
+    short = f"node {held['node']['ip']} ({held['node']['id'][:8]}) was lost while the trial ran on it"
+    assert all(t["status"] == "errored" and t["reason"].startswith(short) and "\n" not in t["reason"] for t in lost)
+    assert all(t["status"] == "ok" for t in trials if not t.get("lost_node"))
+    assert trials[: len(before)] == before  # nothing finished was lost
+    assert f"{len(lost)} trial(s) were lost with node(s) {held['node']['ip']} ({held['node']['id'][:8]})" in err
+    assert f"resume with fusion-nas search --resume {store.run_dir} to run them again" in err
+    # Tune kept its experiment where search.storage said; the run's ray/ says where
+    tune_dir = shared_fs / store.run_dir.parent.name / store.run_dir.name / "tune"
+    assert (store.ray_dir / "tune" / STORAGE_NOTE).read_text().strip() == str(tune_dir)
+    assert any(p.name.startswith("trial_") for p in tune_dir.iterdir())
+
+    Path(shared["hold"]).unlink()  # the resume runs on the head alone: the worker node is gone
+    subprocess.run([sys.executable, "-c", code, "resume"], env=two_nodes.env, cwd=ROOT, check=True,
+                   capture_output=True, timeout=240)
+    after = store.trials()
+    counted = [t for t in after if not t.get("lost_node")]
+    assert len(counted) == n and all(t["status"] == "ok" for t in counted)
+    assert after[: len(trials)] == trials  # the lost records stay, as history
+    first_asks = RandomStrategy(seed=7)  # the lost candidates ran again; nothing else twice
+    assert sorted(t["arch_id"] for t in counted) == sorted(first_asks.ask().arch_id for _ in range(n))
+    assert all(t["metrics"]["node"]["id"] != held["node"]["id"] for t in after[len(trials):])
