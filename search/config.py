@@ -23,6 +23,7 @@ from search.baselines import PANELS as BASELINE_PANELS
 from search.datasets import DataError, list_datasets, load_dataset
 from search.runstore.store import check_run_name
 from search.strategies import list_strategies
+from search.training import tap_files
 from search.training.pretrain import BackbonesConfig
 from search.training.train import TrainConfig
 from spaces import ConfigError, SearchSpace
@@ -96,6 +97,11 @@ class SearchSettings:
     metric: str = ""  # the task metric the search optimises ("": the task's default, search.objectives)
     objectives: tuple[str, ...] = ()  # objective names (search.objectives.OBJECTIVES); (): metric, params, flops
     options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the strategy
+    # the tap cache (search.training.taps): disk = memory-mapped files every worker of a node shares;
+    # memory = arrays through Ray's object store; auto = disk unless backbones.cache_dir is null
+    tap_cache: str = "auto"
+    tap_dir: str = ""  # where disk tap caches live; "": `taps` beside backbones.cache_dir (~/.cache/fusion-nas/taps)
+    tap_dtype: str = "float32"  # float16 halves the cache; candidates still train in float32
     # size guards, checked before anything is allocated: the largest architecture of the space
     max_params: int = 100_000_000  # 400 MB of float32 weights
     max_flops: int = 20_000_000_000  # forward FLOPs per sample
@@ -113,6 +119,8 @@ class SearchSettings:
         object.__setattr__(out, "options", dict(out.options))
         _choice(out.scheduler, SCHEDULERS, f"{where}.scheduler")
         _choice(out.baselines, BASELINE_PANELS, f"{where}.baselines")
+        _choice(out.tap_cache, tap_files.MODES, f"{where}.tap_cache")
+        _choice(out.tap_dtype, tap_files.DTYPES, f"{where}.tap_dtype")
         for key, low in (("num_samples", 1), ("cpus_per_trial", 1), ("max_concurrent", 0), ("seed", 0),
                          ("confirm", 0), ("max_params", 1), ("max_flops", 1)):
             _int(getattr(out, key), low, f"{where}.{key}")
@@ -120,11 +128,13 @@ class SearchSettings:
             raise ConfigError(f"{where}.holdout: expected a fraction of the val split in [0, 0.5], got {out.holdout!r}")
         object.__setattr__(out, "holdout", float(out.holdout))
         object.__setattr__(out, "gpus_per_trial", _gpus(out.gpus_per_trial, f"{where}.gpus_per_trial"))
-        for key in ("address", "runs_dir", "storage"):
+        for key in ("address", "runs_dir", "storage", "tap_dir"):
             if not isinstance(getattr(out, key), str):
                 raise ConfigError(f"{where}.{key}: expected a string, got {getattr(out, key)!r}")
         if not out.runs_dir or "\0" in out.runs_dir:
             raise ConfigError(f"{where}.runs_dir: expected a folder path, got {out.runs_dir!r}")
+        if "\0" in out.tap_dir:
+            raise ConfigError(f"{where}.tap_dir: expected a folder path, got {out.tap_dir!r}")
         if out.address:
             parse_address(out.address)
         check_storage(out.storage, f"{where}.storage")

@@ -4,6 +4,7 @@ onto the device asked for. This machine has no GPU: every path is exercised on t
 tap upload cache on torch's meta device), and CUDA is hidden where a test needs it absent."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -125,13 +126,16 @@ def test_a_candidate_trained_on_cpu_explicitly_equals_the_default(prepared, monk
     _same(default, fallen_back)
 
 
-def test_tap_tensors_on_the_cpu_are_fresh_copies(prepared):
+def test_tap_tensors_on_the_cpu_are_rows_read_as_fresh_copies(prepared):
+    """On the CPU a candidate reads the cache row by row (`TapCache.rows`): the same values as
+    `tensors`, each read a copy of its own (a trial may not share them)."""
     taps = prepared.taps
     (xs, y), (xs2, _) = D.tap_tensors(taps, "val", torch.device("cpu")), taps.tensors("val")
-    assert set(xs) == set(xs2) and all(torch.equal(xs[k], xs2[k]) for k in xs)
+    whole = {k: v[0:len(v)] for k, v in xs.items()}
+    assert set(xs) == set(xs2) and all(torch.equal(whole[k], xs2[k]) for k in xs)
     assert torch.equal(y, torch.tensor(taps.labels["val"]))
-    again = D.tap_tensors(taps, "val", torch.device("cpu"))[0]
-    assert all(again[k].data_ptr() != xs[k].data_ptr() for k in xs)  # copies: a trial may not share them
+    again = {k: v[0:len(v)] for k, v in D.tap_tensors(taps, "val", torch.device("cpu"))[0].items()}
+    assert all(again[k].data_ptr() != whole[k].data_ptr() for k in xs)
 
 
 def test_tap_tensors_on_a_device_are_uploaded_once_per_process(prepared, monkeypatch):
@@ -147,8 +151,12 @@ def test_tap_tensors_on_a_device_are_uploaded_once_per_process(prepared, monkeyp
     xs2, y2 = D.tap_tensors(sub, "train", meta)
     assert set(xs2) == {"m1@2", "m2@2"} and all(xs2[k] is xs[k] for k in xs2) and y2 is y
     assert len(D._ON_DEVICE) == uploads
+    # the cache is on disk (search.tap_cache: auto): a trial unpickles it by mapping the same files again
+    assert taps.directory is not None
+    assert D.tap_tensors(pickle.loads(pickle.dumps(sub)), "train", meta)[0]["m1@2"] is xs["m1@2"]
     # another copy of the data (other addresses): uploaded, replacing the entries it shares names with
-    other = pickle.loads(pickle.dumps(sub))
+    other = dataclasses.replace(sub, directory=None,
+                                taps={s: {t: np.array(a) for t, a in split.items()} for s, split in sub.taps.items()})
     assert D.tap_tensors(other, "train", meta)[0]["m1@2"] is not xs["m1@2"]
     assert len(D._ON_DEVICE) == uploads
     assert D.tap_tensors(taps, "train", meta)[0]["m1@2"] is not xs["m1@2"]  # so the first is uploaded again

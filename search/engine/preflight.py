@@ -53,9 +53,10 @@ def preflight(config: Config, *, writes: bool = True) -> Dataset:
 
 
 def check_folders(config: Config) -> None:
-    """`search.runs_dir` and `backbones.cache_dir` are folders (or do not exist yet)."""
+    """`search.runs_dir`, `backbones.cache_dir` and `search.tap_dir` are folders (or do not exist yet)."""
     base = Path.cwd()
-    for key, value in (("search.runs_dir", config.search.runs_dir), ("backbones.cache_dir", config.backbones.cache_dir)):
+    for key, value in (("search.runs_dir", config.search.runs_dir), ("backbones.cache_dir", config.backbones.cache_dir),
+                       ("search.tap_dir", config.search.tap_dir or None)):
         if value is None:
             continue
         path = base / Path(value).expanduser()

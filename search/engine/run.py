@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ from search.objectives import Objective
 from search.runstore.store import RunStore
 from search.training.baselines_fit import ensure_baselines, seeds_of
 from search.training.device import resolve_device
-from search.training.pretrain import pretrain_backbones
+from search.training.pretrain import DEFAULT_CACHE_DIR, pretrain_backbones
 from search.training.taps import TapCache, holdout_rows
 from search.training.train import TrainConfig, evaluate_candidate, evaluate_with_backbones
 from spaces import ArchSpec, ConfigError, SearchSpace
@@ -48,7 +49,9 @@ class Prepared:
 
 @dataclass(frozen=True)
 class TrialContext:
-    """The data a trial needs, put once into Ray's object store (plain, picklable)."""
+    """The data a trial needs, put once into Ray's object store (plain, picklable). A disk tap
+    cache travels as its folder's path: each worker maps the files again, so the workers of a
+    node share one copy in the page cache (`search.training.taps`)."""
 
     taps: TapCache
     backbones: dict[str, Backbone]
@@ -67,16 +70,54 @@ def prepare(config: Config, say: Say = print, dataset: Dataset | None = None) ->
         raise ConfigError(f"{config.path}: backbones.modalities: the data has modality {missing[0]!r} "
                           f"with no backbone; it has {', '.join(dataset.modalities)}")
     backbones, info = pretrain_backbones(dataset, config.backbones, config.data, progress=say)
-    offered = [make_tap(m, d) for m, ds in config.space.depth_map.items() for d in ds]
-    device = resolve_device(config.backbones.pretrain.device, say, "backbones.pretrain.device")
-    taps = TapCache.from_backbones(dataset, backbones, only=offered, device=device)
     rows = holdout_rows(dataset.y_val, dataset.task, config.search.holdout, seed_of(config.data))
-    taps = taps.with_holdout(rows)
-    say(f"tap cache: {len(taps.tap_names)} taps, {taps.nbytes / 2**20:.1f} MiB")
+    device = resolve_device(config.backbones.pretrain.device, say, "backbones.pretrain.device")
+    taps = tap_cache(config, dataset, backbones, info, rows, say, device)
     if len(rows):
         say(f"holdout: {len(rows)} of the {len(dataset.y_val)} val samples are kept out of the search; "
             "they only choose the answer among the front (search.holdout)")
     return Prepared(config, dataset, backbones, info, taps)
+
+
+def tap_root(config: Config) -> Path | None:
+    """The folder of the run's disk tap caches (absolute: workers may start elsewhere), or None for
+    a cache in memory: `search.tap_cache: memory`, or `auto` with `backbones.cache_dir: null` and
+    no `search.tap_dir` (no disk caches asked for)."""
+    s = config.search
+    if s.tap_cache == "memory" or (s.tap_cache == "auto" and not s.tap_dir and config.backbones.cache_dir is None):
+        return None
+    if s.tap_dir:
+        return Path(s.tap_dir).expanduser().absolute()
+    return Path(config.backbones.cache_dir or DEFAULT_CACHE_DIR).expanduser().absolute().parent / "taps"
+
+
+def tap_cache(config: Config, dataset: Dataset, backbones: Mapping[str, Backbone], info: Mapping[str, Any],
+              rows: Any, say: Say = print, device: Any = "cpu") -> TapCache:
+    """The run's tap cache: the taps its space offers, the holdout rows `rows` moved out of val,
+    memory-mapped from a disk cache (reused when one with the same key is there) or in memory;
+    the backbones run on `device` to make it."""
+    s = config.search
+    offered = [make_tap(m, d) for m, ds in config.space.depth_map.items() for d in ds]
+    root = tap_root(config)
+    start = time.perf_counter()
+    if root is None:
+        taps = TapCache.from_backbones(dataset, backbones, only=offered, holdout=rows, dtype=s.tap_dtype, say=say,
+                                       device=device)
+    else:
+        with in_file(config.path):  # a folder that cannot be made or written names the setting
+            try:
+                taps = TapCache.cached(root, dataset, backbones, {m: str(i["key"]) for m, i in info.items()},
+                                       only=offered, holdout=rows, dtype=s.tap_dtype, say=say, device=device)
+            except OSError as err:
+                raise ConfigError(f"search.tap_dir: cannot write the tap cache in {root}: {err.strerror or err}") \
+                    from None
+    where = "in memory" if taps.directory is None else f"in {taps.directory}"
+    say(f"tap cache: {len(taps.tap_names)} taps, {taps.nbytes / 2**20:.1f} MiB {s.tap_dtype} {where} "
+        f"({time.perf_counter() - start:.1f} s)")
+    if taps.directory is not None and s.address:
+        say(f"tap cache: every node of the cluster must see {taps.directory} (search.tap_dir on a shared "
+            "filesystem), or set search.tap_cache: memory")
+    return taps
 
 
 def trial_context(prepared: Prepared) -> TrialContext:

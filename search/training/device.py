@@ -82,10 +82,11 @@ def to_device(split: tuple[dict[str, Tensor], Tensor], device: torch.device) -> 
 
 
 def tap_tensors(taps: Any, split: str, device: torch.device) -> tuple[dict[str, Tensor], Tensor]:
-    """`taps.tensors(split)` on `device`: on the CPU exactly that (fresh copies); elsewhere each
-    array is uploaded once per process and the cached device tensor reused (read it, never write it)."""
+    """`taps.tensors(split)` on `device`: on the CPU `taps.rows(split)` (rows read from the cache as
+    batches ask for them, as float32 copies); elsewhere each array is uploaded once per process and
+    the cached device tensor reused (read it, never write it; float16 taps widened there)."""
     if device.type == "cpu":
-        return taps.tensors(split)
+        return taps.rows(split)
     if split not in taps.taps:
         return taps.tensors(split)  # its KeyError names the known splits
     xs = {t: _cached(("tap", split, t), a, device) for t, a in taps.taps[split].items()}
@@ -103,6 +104,8 @@ def _cached(name: tuple[Any, ...], a: np.ndarray, device: torch.device) -> Tenso
     with warnings.catch_warnings():  # the cache's arrays are read-only: the upload only reads them
         warnings.simplefilter("ignore", UserWarning)
         tensor = torch.as_tensor(np.ascontiguousarray(a)).to(device)
+    if tensor.dtype == torch.float16:  # search.tap_dtype: float16 halves the upload; models read float32
+        tensor = tensor.float()
     _ON_DEVICE[key] = (identity, a, tensor)
     return tensor
 

@@ -32,12 +32,12 @@ from fusion_ops.model import FusionHead, build_model, candidate_cost, check_spec
 from search.datasets import Dataset
 from search.training.device import check_device, resolve_device, tap_tensors, to_device
 from search.training.latency import candidate_latency
-from search.training.taps import TapCache
+from search.training.taps import TapCache, TapRows
 from search.training.tasks import Task, get_task
 from spaces.spec import ArchSpec
 from spaces.yaml_errors import ConfigError, at
 
-Split = tuple[dict[str, Tensor], Tensor]  # ({input name: (N, ...)}, labels (N,))
+Split = tuple[dict[str, Any], Tensor]  # ({input name: (N, ...) Tensor or TapRows}, labels (N,))
 Report = Callable[[int, float], Any]  # (epoch, val_accuracy) at each evaluation; returning True stops training
 EVAL_BATCH = 4096
 SCHEDULES = ("cosine", "constant")
@@ -312,6 +312,7 @@ def _one_epoch(model: nn.Module, opt: torch.optim.Optimizer, params: list[nn.Par
     """One pass over the shuffled data (cut short at the step budget); the reason to stop ('' when fine)."""
     cfg = run.cfg
     if batch_size < len(order):
+        order = order[: (run.budget - run.step) * batch_size]  # rows past the step budget are never read
         xs, y = {k: v[order] for k, v in xs.items()}, y[order]  # one gather per epoch; batches are views
     for i in range(0, len(order), batch_size):
         if run.step >= run.budget:
@@ -371,7 +372,7 @@ def _fit_head(head: FusionHead, spec: ArchSpec, taps: TapCache, cfg: TrainConfig
               device: torch.device | None = None) -> FitResult:
     """Train `head` (already on `device`, default the CPU) on the taps `spec` reads, there."""
     device = device or torch.device("cpu")
-    sub = taps.subset(required_taps(spec))  # only the taps this spec reads become tensors
+    sub = taps.subset(required_taps(spec))  # only the taps this spec reads (row by row on the CPU)
     pool = pooled_taps(spec) - head.flat
     train, val = (_pooled(tap_tensors(sub, s, device), pool) for s in ("train", "val"))
     return fit(head, train, val, cfg, report=report, task=task_of(taps))
@@ -399,7 +400,7 @@ def pooled_taps(spec: ArchSpec) -> set[str]:
 
 def _pooled(split: Split, pool: set[str]) -> Split:
     xs, y = split
-    out = {k: (masked_mean(v, _real(xs, k, v)) if k in pool and v.dim() == 3 else v) for k, v in xs.items()}
+    out = {k: (_mean_tokens(v, _real(xs, k, v)) if k in pool and v.dim() == 3 else v) for k, v in xs.items()}
     return {k: v for k, v in out.items() if k.removesuffix(LENGTHS_SUFFIX) not in pool or k in pool}, y
 
 
@@ -407,6 +408,14 @@ def _real(xs: Mapping[str, Tensor], tap: str, x: Tensor) -> Tensor | None:
     """`(N, T)` bool of the real tokens of padded tap `tap` (None: not padded)."""
     n = xs.get(lengths_key(tap))
     return None if n is None else torch.arange(x.shape[1], device=x.device) < n.reshape(-1, 1)
+
+
+def _mean_tokens(x: Tensor | TapRows, real: Tensor | None) -> Tensor:
+    """`masked_mean` of token tap `x` `(N, T, d) -> (N, d)`; cached rows are read in batches."""
+    if isinstance(x, Tensor) or not len(x):
+        return masked_mean(x[0:len(x)], real)
+    return torch.cat([masked_mean(x[i : i + EVAL_BATCH], None if real is None else real[i : i + EVAL_BATCH])
+                      for i in range(0, len(x), EVAL_BATCH)])
 
 
 def evaluate_candidate(

@@ -1,0 +1,32 @@
+"""The large-data benchmark's smoke test runs a real search on a disk tap cache, prints its
+table and writes nothing (nor leaves its temporary folder behind)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_large_smoke_test_prints_the_table_and_leaves_results_alone():
+    results = ROOT / "experiments" / "RESULTS.md"
+    before = results.read_bytes() if results.exists() else None
+    left_before = set(Path(tempfile.gettempdir()).glob("bench_large-*"))
+    run = subprocess.run([sys.executable, "experiments/bench_large.py", "--smoke-test"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert re.search(r"tap cache: 6 taps, [0-9.]+ MiB float32 in /\S+/taps/[0-9a-f]{16} \([0-9.]+ s\)", out)
+    assert "planted xor: 4,000 samples (3,000 train, 500 val incl. the holdout, 500 test)" in out
+    assert "2 finished ok" in out
+    for measure in ("tap cache build", "first candidate finished, after the tap cache was ready",
+                    "driver peak RSS (ru_maxrss)", "worker 1 peak RSS (VmHWM) / private (RssAnon) / PSS",
+                    "worker 2 peak RSS"):
+        row = next((ln for ln in out.splitlines() if ln.startswith(f"| {measure}")), None)
+        assert row is not None, measure
+        assert re.search(r"\| [0-9.]+ (s|GiB)", row), row  # a measured number in the value column
+    assert (results.read_bytes() if results.exists() else None) == before
+    assert set(Path(tempfile.gettempdir()).glob("bench_large-*")) == left_before
