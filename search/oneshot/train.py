@@ -63,8 +63,9 @@ def train_supernet(net: Supernet, space: SearchSpace, taps: TapCache, cfg: Train
     xs, y = taps.tensors("train")
     n = len(y)
     batch, budget = batch_size_for(n, cfg), step_budget(space, steps_per_choice)
-    params = list(net.parameters())
-    opt = _adam(params, cfg)
+    # one Adam per module: a step touches only the modules on its path (the same updates as one
+    # Adam over all of them, which skips parameters without a gradient, at a fraction of the cost)
+    opts: dict[int, torch.optim.Optimizer] = {}  # made when a module first trains
     paths = fair_paths(space, random.Random(seed))
     shuffle = torch.Generator().manual_seed(seed)
     counts: dict[CellKey, int] = dict.fromkeys(net.cell_keys, 0)
@@ -84,19 +85,29 @@ def train_supernet(net: Supernet, space: SearchSpace, taps: TapCache, cfg: Train
             else:
                 xb, yb = xs, y
             loss = torch.stack([task.loss(out, yb) for out in net.prefix_outputs(path.chain, path.heads, xb)]).mean()
-            aux = auxiliary_loss(torch.nn.ModuleList(net.cell(k) for k in path.cells), cfg.aux_weight)
+            cells = [net.cell(k) for k in path.cells]
+            active = [*cells, *(net.head(k) for k in dict.fromkeys(k for ks in path.heads.values() for k in ks))]
+            aux = auxiliary_loss(torch.nn.ModuleList(cells), cfg.aux_weight)
             if aux is not None:
                 loss = loss + aux
-            if not math.isfinite(float(loss)):
+            value = float(loss.detach())
+            if not math.isfinite(value):
                 continue  # one path that cannot train must not poison the shared weights
-            opt.zero_grad(set_to_none=True)
+            for m in active:
+                if id(m) not in opts and any(True for _ in m.parameters()):
+                    opts[id(m)] = _adam(list(m.parameters()), cfg)
+            steppers = [opts[id(m)] for m in active if id(m) in opts]
+            for opt in steppers:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], cfg.grad_clip)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, budget, cfg)
-            opt.step()
-            losses.append(float(loss))
+                torch.nn.utils.clip_grad_norm_([p for m in active for p in m.parameters() if p.grad is not None],
+                                               cfg.grad_clip)
+            for opt in steppers:
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, budget, cfg)
+                opt.step()
+            losses.append(value)
             for k in path.cells:
                 counts[k] += 1
             for k in {k for keys in path.heads.values() for k in keys}:
@@ -123,7 +134,8 @@ class Scorer:
     def __call__(self, spec: ArchSpec) -> float:
         keys, head = path_keys(spec)
         with torch_threads(self.threads):
-            self.net.eval()
+            if self.net.training:
+                self.net.eval()
             if keys[0] not in self._first:
                 self._first[keys[0]] = self.net.cell(keys[0])(self.xs, None)
             h = self._first[keys[0]]

@@ -21,6 +21,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,12 @@ class OneShotStrategy(Strategy):
         self.predictions: list[dict[str, Any]] = []
         self.info: dict[str, Any] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy leaves the context's in-process cache behind (a memo, not the strategy's state)."""
+        state = dict(self.__dict__)
+        state["context"] = replace(self.context, cache=None, say=None)
+        return state
+
     # ---- the contract ---------------------------------------------------------------------
     def _propose(self) -> ArchSpec:
         if self._queue is None:
@@ -92,8 +99,6 @@ class OneShotStrategy(Strategy):
     # ---- the supernet -----------------------------------------------------------------------
     def train_config(self) -> Any:
         """The run's `train:` with the supernet's batch size (if set)."""
-        from dataclasses import replace
-
         cfg = self.context.train
         return replace(cfg, batch_size=self.options["batch_size"], full_batch=0) if self.options["batch_size"] else cfg
 
