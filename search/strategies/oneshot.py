@@ -123,7 +123,8 @@ class OneShotStrategy(Strategy):
 
         ctx, key = self.context, self.fingerprint()
         if ctx.cache is not None and key in ctx.cache:
-            return ctx.cache[key]
+            net, info = ctx.cache[key]
+            return net, {**info, "cached": True}
         net = build_supernet(self.space, ctx.taps, self.seed)
         saved = self._saved(key)
         if saved is not None:
