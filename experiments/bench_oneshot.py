@@ -164,6 +164,7 @@ def bench_full(args: argparse.Namespace) -> list[str]:
              "(`reference_point`, as a run sets it).", "",
              "| strategy | candidates trained | wall s | HV of its front | best val accuracy |", "|---|---|---|---|---|"]
     lines += [f"| {n} | {r['n']} | {r['wall']:.0f} | {r['hv']:.4f} | {r['best']:.3f} |" for n, r in out.items()]
+    say("\n".join(lines))
     return [*lines, ""]
 
 
