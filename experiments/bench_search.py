@@ -49,7 +49,7 @@ from search import pareto  # noqa: E402
 from search.config import Config, config_from_dict  # noqa: E402
 from search.engine.run import Prepared, cost_function, prepare  # noqa: E402
 from search.runstore.store import atomic_write, to_jsonable  # noqa: E402
-from search.strategies import list_strategies, make_strategy  # noqa: E402
+from search.strategies import StrategyContext, list_strategies, make_strategy  # noqa: E402
 from search.training.pretrain import cache_key  # noqa: E402
 from search.training.train import evaluate_candidate  # noqa: E402
 from spaces import ArchSpec, SearchSpace  # noqa: E402
@@ -152,9 +152,10 @@ def references(table: Table) -> dict[str, np.ndarray]:
 
 # ---- 2. strategies on the table ----------------------------------------------------------
 def drive(name: str, space: SearchSpace, table: Table, budget: int, seed: int,
-          cost: Callable[[ArchSpec], tuple[int, int]] | None) -> list[str]:
-    """Ask `budget` specs of strategy `name` one at a time, telling each its table row; the arch ids asked."""
-    strategy = make_strategy(name, space, seed=seed, budget=budget, cost_fn=cost)
+          cost: Callable[[ArchSpec], tuple[int, int]] | None, context: StrategyContext | None = None) -> list[str]:
+    """Ask `budget` specs of strategy `name` one at a time, telling each its table row; the arch ids asked.
+    `context`: the run's data, for a strategy that trains something itself (oneshot)."""
+    strategy = make_strategy(name, space, seed=seed, budget=budget, cost_fn=cost, context=context)
     asked = []
     for _ in range(budget):
         if strategy.done:
@@ -186,6 +187,7 @@ def strategy_rows(config: Config, prepared: Prepared, table: Table, budgets: lis
     refs = references(table)
     exhaustive_hv = {k: pareto.hypervolume(points(table.values()), ref) for k, ref in refs.items()}
     cost = cost_function(prepared)
+    context = StrategyContext(prepared.taps, config.train, cache={})  # one supernet per seed, whatever the budget
     lines = ["| strategy | budget | HV / exhaustive HV (default ref) | HV / exhaustive HV (nadir ref) "
              "| best-accuracy spec found | best val accuracy found | strategy s per search |", "|---|---|---|---|---|---|---|"]
     say("\n".join(lines))
@@ -194,7 +196,8 @@ def strategy_rows(config: Config, prepared: Prepared, table: Table, budgets: lis
             runs = []
             start = time.perf_counter()
             for seed in seeds:
-                runs.append(score(drive(name, config.space, table, budget, seed, cost), table, refs, exhaustive_hv))
+                runs.append(score(drive(name, config.space, table, budget, seed, cost, context), table, refs,
+                                  exhaustive_hv))
             seconds = (time.perf_counter() - start) / len(seeds)
             found = sum(int(r["best_found"]) for r in runs)
             lines.append(f"| {name} | {budget} | {mean_std([r['default'] for r in runs])} | "

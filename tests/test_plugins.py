@@ -216,4 +216,4 @@ def test_fusion_nas_ops_lists_every_registry(capsys):
     assert main(["ops"]) == 0
     out = capsys.readouterr().out
     assert "backbones: cnn2d, conv1d, gru, mlp, python" in out and "datasets: av_digits" in out
-    assert "strategies: grid, mfas, nsga2, random" in out
+    assert "strategies: grid, mfas, nsga2, oneshot, random" in out

@@ -24,13 +24,15 @@ from search.strategies import (
     spec_to_params,
     suggest_spec,
 )
-from search.strategies._base import parse_objectives
+from search.strategies._base import StrategyContext, parse_objectives
 from search.strategies._pools import CellTable, one_cell_pool
 from search.strategies._sampling import hypervolume_gains, sample_k, sampling_probabilities, temperature
 from search.strategies.surrogate import Surrogate
+from search.training.train import TrainConfig
 from spaces.args import Arg
 from spaces.space import SearchSpace
 from spaces.spec import ArchSpec
+from tests.test_oneshot import fake_taps
 
 CATALOGUE = {
     "attention": (Arg("dim", "int", 64, low=1, high=512),),
@@ -53,7 +55,9 @@ SMALL = SearchSpace.from_dict(
 QUALITY = {"concat": 0.5, "attention": 0.55, "low_rank": 0.7, "tensor": 0.9}  # accuracy is mostly the op
 WEIGHT = {"concat": 1, "attention": 3, "low_rank": 4, "tensor": 12}
 REF = [0.0, 7.0, 8.0]
-FAST = {"mfas": {"batch_size": 5, "surrogate_steps": 60, "max_candidates": 96}, "nsga2": {"population_size": 8}}
+FAST = {"mfas": {"batch_size": 5, "surrogate_steps": 60, "max_candidates": 96}, "nsga2": {"population_size": 8},
+        "oneshot": {"context": StrategyContext(fake_taps(), TrainConfig(batch_size=32, full_batch=0), cache={}),
+                    "steps_per_choice": 1, "population": 16, "generations": 2}}
 
 
 def jitter(spec: ArchSpec) -> float:
@@ -100,12 +104,12 @@ def front_volume(specs: list[ArchSpec]) -> float:
 
 
 # ---- every strategy ------------------------------------------------------------------
-SEARCHING = ["random", "mfas", "nsga2"]  # grid refuses MEDIUM (128 million specs)
+SEARCHING = ["random", "mfas", "nsga2", "oneshot"]  # grid refuses MEDIUM (128 million specs)
 
 
 def test_the_table_lists_every_strategy_and_unknown_names_list_them() -> None:
-    assert sorted(STRATEGIES) == ["grid", "mfas", "nsga2", "random"]
-    with pytest.raises(ValueError, match="unknown search strategy 'bayes'; known: grid, mfas, nsga2, random"):
+    assert sorted(STRATEGIES) == ["grid", "mfas", "nsga2", "oneshot", "random"]
+    with pytest.raises(ValueError, match="unknown search strategy 'bayes'; known: grid, mfas, nsga2, oneshot, random"):
         make_strategy("bayes", MEDIUM, seed=0)
 
 

@@ -231,7 +231,7 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
     and `warn`: see `search.engine.tune.run_search`. A resume rebuilds the strategy from the run's seed
     and replays `trials.jsonl` into it."""
     from search.engine.tune import run_search
-    from search.strategies import make_strategy
+    from search.strategies import StrategyContext, make_strategy
 
     prepared = prepare(config, say, dataset)
     s = config.search
@@ -243,8 +243,9 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
     if store.reference is None:
         store.write_json("reference.json", {"reference": reference_point(config.space, cost, s.seed, objs=objs),
                                             "objectives": objectives.describe(objs)["minimised"]})
+    context = StrategyContext(prepared.taps, config.train, store.run_dir, say)  # for strategies that train (oneshot)
     strategy = make_strategy(s.strategy, config.space, seed=s.seed, budget=s.num_samples, cost_fn=cost,
-                             objectives=objs, **s.options)
+                             objectives=objs, context=context, **s.options)
     share_import_paths()
     return run_search(
         evaluate=evaluate_trial, shared=trial_context(prepared), strategy=strategy,

@@ -266,8 +266,8 @@ def _summary_html(title: str, s: Mapping[str, Any]) -> str:
 
 def render_html(title: str, points: Sequence[Point], hist: Mapping[str, list], summary: Mapping[str, Any],
                 config_text: str, figs: Mapping[str, go.Figure] | None = None, *,
-                baselines: Sequence[BaselinePoint] = (), comparison_line: str = "") -> str:
-    """The whole page as one string."""
+                baselines: Sequence[BaselinePoint] = (), comparison_line: str = "", extra: str = "") -> str:
+    """The whole page as one string; `extra`: a strategy's own section (HTML), after the baselines."""
     figs = figs if figs is not None else figures(points, hist, baselines)
     summary_json = json.dumps(summary).replace("</", "<\\/")  # "</script>" must not end the block
     div = {name: pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{name}",
@@ -288,6 +288,7 @@ def render_html(title: str, points: Sequence[Point], hist: Mapping[str, list], s
 <h2>Stages and operators</h2>{div['breakdown']}
 <h2>The Pareto front</h2><p class="note">Click a column to sort.</p>{front_table_html(points, names[0])}
 {baselines_html(baselines, comparison_line)}
+{extra}
 <h2>Configuration</h2><pre id="config">{html.escape(config_text)}</pre>
 <script type="application/json" id="report-summary">{summary_json}</script>
 <script>{SORT_JS}</script>

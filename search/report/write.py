@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 from search.baselines import compare, summary_line
 from search.objectives import Objective
 from search.report import data
+from search.report.oneshot import oneshot_html, predicted_vs_trained
 from search.runstore.store import RunStore, atomic_write, candidate_records, front_from_trials
 
 IMAGE_FORMATS = ("png", "svg")
@@ -69,9 +70,11 @@ def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs
     d = drawn(store, fill_costs=fill_costs, say=say)
     figs = page.figures(d.points, d.history, d.baselines, d.objectives)
     title = f"fusion-nas report: {store.config().get('name', store.run_dir.parent.name)} / {store.run_id}"
+    oneshot = predicted_vs_trained(store.run_dir, store.trials(), d.objectives[0])  # None unless strategy oneshot
     html = page.render_html(title, d.points, d.history, data.summary(d.points, d.front),
                             store.config_path.read_text(encoding="utf-8"), figs, baselines=d.baselines,
-                            comparison_line=summary_line(d.comparison) if d.stored else "")
+                            comparison_line=summary_line(d.comparison) if d.stored else "",
+                            extra=oneshot_html(oneshot, d.objectives[0]))
     path = store.run_dir / "report.html"
     atomic_write(path, html)
     page.write_images(figs, store.run_dir, formats)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from search.strategies._base import CostFn, Result, SpaceExhausted, Strategy
+from search.strategies._base import CostFn, Result, SpaceExhausted, Strategy, StrategyContext
 from search.strategies.grid import GridStrategy
 from search.strategies.mfas import MFASStrategy
 from search.strategies.nsga2 import NSGA2Strategy, spec_from_params, spec_to_params, suggest_spec
+from search.strategies.oneshot import OneShotStrategy
 from search.strategies.random import RandomStrategy
 from spaces.registry import Registry
 from spaces.space import SearchSpace
@@ -25,10 +26,12 @@ __all__ = [
     "GridStrategy",
     "MFASStrategy",
     "NSGA2Strategy",
+    "OneShotStrategy",
     "RandomStrategy",
     "Result",
     "SpaceExhausted",
     "Strategy",
+    "StrategyContext",
     "list_strategies",
     "make_strategy",
     "spec_from_params",
@@ -37,7 +40,7 @@ __all__ = [
 ]
 
 STRATEGIES: Registry[type[Strategy]] = Registry("search strategy", "strategies")
-for _cls in (RandomStrategy, GridStrategy, MFASStrategy, NSGA2Strategy):
+for _cls in (RandomStrategy, GridStrategy, MFASStrategy, NSGA2Strategy, OneShotStrategy):
     STRATEGIES.add(_cls.name, _cls)
 
 
@@ -57,10 +60,12 @@ def make_strategy(
 ) -> Strategy:
     """The strategy registered as `name`; extra keywords go to its constructor. `objectives`
     is left out for a (plugin) strategy whose constructor does not take it: such a strategy
-    works with the classic accuracy, params, FLOPs it is told."""
+    works with the classic accuracy, params, FLOPs it is told. `context` (a `StrategyContext`: the
+    run's data) likewise reaches only a strategy that takes it."""
     cls = STRATEGIES.get(name)
-    if "objectives" in kw and not _takes(cls, "objectives"):
-        kw.pop("objectives")
+    for optional in ("objectives", "context"):
+        if optional in kw and not _takes(cls, optional):
+            kw.pop(optional)
     return cls(space, seed=seed, budget=budget, cost_fn=cost_fn, **kw)
 
 

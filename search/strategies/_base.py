@@ -12,7 +12,9 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from search import objectives as _objectives
 from spaces.space import SearchSpace
@@ -24,6 +26,22 @@ ENUMERATE_LIMIT = 100_000  # the spaces small enough to list what is left when d
 
 class SpaceExhausted(RuntimeError):
     """Raised by `ask()` on a strategy that is `done` (e.g. a grid that has listed every spec)."""
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """The run's data, for a strategy that trains something itself (the one-shot supernet):
+    `taps` (a `search.training.taps.TapCache`; only its train and val splits may be read),
+    `train` (the run's `TrainConfig`), the run directory to keep files in (None: keep none),
+    `say` for progress lines, and `cache`, a dict a caller may share between strategies of one
+    process (benchmarks) so that equal work is done once. `make_strategy` passes it only to
+    strategies whose constructor takes `context`."""
+
+    taps: Any
+    train: Any
+    run_dir: Path | None = None
+    say: Callable[[str], None] | None = None
+    cache: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
