@@ -159,10 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     space = prepared.config.space
     head = machine_line()
     print(head, flush=True)
+    load = os.getloadavg()[0]
     lines = [head, "", f"av_digits space: {space.size():,} specs; {args.specs} specs per pass.", "",
              *per_spec(prepared, args.specs), "",
              f"One mfas batch (`max_candidates` {args.max_candidates}), before and after:", "",
-             *mfas_table(prepared, args.batches, args.max_candidates)]
+             *mfas_table(prepared, args.batches, args.max_candidates), "",
+             f"Load average (1 min) at the start and the end: {load:.1f}, {os.getloadavg()[0]:.1f} "
+             "(the machine is shared: other work inflates both columns)."]
     if not (args.smoke_test or args.no_write):
         command = " ".join([".venv/bin/python", "experiments/bench_costing.py", *(argv if argv is not None else sys.argv[1:])])
         write_block("bench_costing", "Costing candidates", lines, command)

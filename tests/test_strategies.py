@@ -288,7 +288,9 @@ def test_mfas_finds_a_better_front_than_random() -> None:
     volumes, best = {}, {}
     for name in ("mfas", "random"):
         runs = [run(strategy(name, seed=seed), 40) for seed in range(4)]
-        volumes[name] = np.mean([front_volume(r) for r in runs])
+        # the median run: one run's volume drops by ~1.5 when it misses the cheapest specs,
+        # which decides a mean of 4 either way (over seeds 0-39, mfas 13.87 +- 0.06, random 13.69 +- 0.09)
+        volumes[name] = np.median([front_volume(r) for r in runs])
         best[name] = np.mean([max(map(accuracy, r)) for r in runs])
     assert volumes["mfas"] > volumes["random"]
     assert best["mfas"] >= best["random"] and best["mfas"] > 0.93  # tensor, the best op, was found
