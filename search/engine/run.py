@@ -254,7 +254,7 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
         max_concurrent=s.max_concurrent or None, address=s.address or None,
         scheduler=None if s.scheduler == "none" else s.scheduler, resume=resume,
         progress=progress, max_epochs=config.train.epochs, confirm=s.confirm, base_seed=config.train.seed,
-        interrupts=interrupts, warn=warn, storage=s.storage,
+        interrupts=interrupts, warn=warn, storage=s.storage, pack=s.pack,
     )
 
 
