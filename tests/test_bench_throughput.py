@@ -1,0 +1,53 @@
+"""The throughput benchmark: its table's arithmetic on made-up timings, and its smoke test end to end."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_throughput", ROOT / "experiments" / "bench_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_row_divides_wall_by_the_candidate_seconds_per_slot():
+    bench = load_bench()
+    base = bench.Timing("(a)", wall=120.0, first=3.0, prepared=1.0, records=[{"seconds": 1.5}] * 64)
+    packed = bench.Timing("(c)", wall=60.0, first=9.5, prepared=2.0, slots=2, load=(1.0, 2.5),
+                          records=[{"seconds": 1.5, "trial_id": f"t{i // 8}_{i % 8}", "pack": 8} for i in range(64)])
+    cells = [c.strip() for c in packed.row(base).strip("|").split("|")]
+    # 64 candidates; wall 60; Σ 96; 2 slots; 60 / (96 / 2) = 1.25; 64 / 60 s * 3600 = 3840 an hour; 120 / 60 = 2x
+    assert cells == ["(c)", "64", "60.0", "96.0", "2", "1.25", "3840", "9.5", "2.0", "2.00x", "1.0 / 2.5"]
+    assert bench.packs(packed) == "8 Tune trials, pack sizes [8, 8, 8, 8, 8, 8, 8, 8]"
+    assert bench._median([3.0, 1.0, 2.0, 10.0]) == pytest.approx(2.5)
+
+
+def test_bench_throughput_smoke_test_prints_three_runs_and_leaves_results_alone():
+    results = ROOT / "experiments" / "RESULTS.md"
+    before = results.read_bytes()
+    run = subprocess.run([sys.executable, "experiments/bench_throughput.py", "--smoke-test"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert "the same 6 specs in all three: yes" in out
+    rows = re.findall(r"^\| (\([abc]\)) [^|]+ \| 6 \| ([\d.]+) \| ([\d.]+) \| (\d) \| ([\d.]+) \| (\d+) \| ([\d.]+) \|",
+                      out, flags=re.M)
+    assert [r[0] for r in rows[-3:]] == ["(a)", "(b)", "(c)"]
+    for _, wall, sigma, slots, ratio, per_hour, first in rows[-3:]:
+        assert float(ratio) == pytest.approx(float(wall) / (float(sigma) / int(slots)), abs=0.02)
+        assert int(per_hour) == pytest.approx(6 / float(wall) * 3600, abs=1)
+        assert 0 < float(first) <= float(wall)
+    assert "(b) 6 Tune trials, pack sizes [1, 1, 1, 1, 1, 1]" in out
+    packed = re.search(r"\(c\) (\d) Tune trials, pack sizes \[([\d, ]+)\]", out)
+    assert packed and int(packed.group(1)) < 6 and sum(map(int, packed.group(2).split(", "))) == 6
+    assert results.read_bytes() == before
