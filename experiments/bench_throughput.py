@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ class Timing:
     prepared: float = float("nan")  # seconds from the start to the tap cache being ready
     records: list[dict[str, Any]] = field(default_factory=list)
     slots: int = 1
+    started_at: float = 0.0  # the call's start, as a Unix time (records carry `finished_at`)
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after
 
     @property
@@ -78,6 +80,16 @@ class Timing:
         return (f"| {self.name} | {n} | {self.wall:.1f} | {self.sigma:.1f} | {self.slots} | "
                 f"{self.wall / (self.sigma / self.slots):.2f} | {n / self.wall * 3600:.0f} | {self.first:.1f} | "
                 f"{self.prepared:.1f} | {base.wall / self.wall:.2f}x | {self.load[0]:.1f} / {self.load[1]:.1f} |")
+
+    def where(self) -> tuple[float, float, float]:
+        """Where the wall time not spent training goes, from the records: seconds from the start to
+        the first candidate's start (prepare, Ray's start, workers, warm-up), slot-seconds between
+        the first start and the last finish that trained nothing (Tune's per-trial cost, idle
+        slots at the end), and seconds from the last finish to the end (Ray's stop)."""
+        ends = [datetime.fromisoformat(r["finished_at"]).timestamp() for r in self.records]
+        starts = [e - float(r["seconds"]) for e, r in zip(ends, self.records, strict=True)]
+        first, last = min(starts), max(ends)
+        return first - self.started_at, self.slots * (last - first) - self.sigma, self.started_at + self.wall - last
 
 
 def _clock(t: Timing, start: float) -> tuple[Say, Callable[..., None]]:
@@ -94,7 +106,7 @@ def _clock(t: Timing, start: float) -> tuple[Say, Callable[..., None]]:
 
 
 def in_process(config: Config) -> Timing:
-    t = Timing("(a) in-process, one after another", load=(os.getloadavg()[0], 0.0))
+    t = Timing("(a) in-process, one after another", load=(os.getloadavg()[0], 0.0), started_at=time.time())
     start = time.perf_counter()
     say, progress = _clock(t, start)
     prepared = prepare(config, say)
@@ -114,7 +126,7 @@ def on_ray(config: Config, name: str) -> Timing:
     t = Timing(name, load=(os.getloadavg()[0], 0.0))
     t.slots = (config.search.max_concurrent or os.cpu_count() or 1) // config.search.cpus_per_trial
     store = start_run(config)
-    start = time.perf_counter()
+    t.started_at, start = time.time(), time.perf_counter()
     say, progress = _clock(t, start)
     t.records = search(config, store, say=say, progress=progress)
     t.wall = time.perf_counter() - start
@@ -127,6 +139,8 @@ def packs(t: Timing) -> str:
     sizes: dict[str, int] = {}
     for r in t.records:
         sizes.setdefault(str(r["trial_id"]).split("_")[0], int(r.get("pack", 1)))
+    if all(s == 1 for s in sizes.values()):
+        return f"{len(sizes)} Tune trials of one candidate"
     return f"{len(sizes)} Tune trials, pack sizes {list(sizes.values())}"
 
 
@@ -140,6 +154,9 @@ def report(timings: list[Timing], same: bool, n: int) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *[t.row(a) for t in timings], "",
         "Ray runs: " + "; ".join(f"{t.name.split()[0]} {packs(t)}" for t in timings[1:]) + ".",
+        "Where the time outside training goes (s before the first candidate starts; slot-seconds "
+        "between the first start and the last finish that trained nothing; s after the last finish): "
+        + "; ".join(f"{t.name.split()[0]} " + ", ".join(f"{v:.1f}" for v in t.where()) for t in timings) + ".",
         "Candidate seconds (median, max): " + "; ".join(
             f"{t.name.split()[0]} {_median([float(r['seconds']) for r in t.records]):.2f}, "
             f"{max(float(r['seconds']) for r in t.records):.2f}" for t in timings) + ".",

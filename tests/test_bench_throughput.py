@@ -5,6 +5,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -20,15 +21,23 @@ def load_bench():
     return module
 
 
-def test_a_row_divides_wall_by_the_candidate_seconds_per_slot():
+def test_a_row_divides_wall_by_the_candidate_seconds_per_slot_and_says_where_the_rest_goes():
     bench = load_bench()
     base = bench.Timing("(a)", wall=120.0, first=3.0, prepared=1.0, records=[{"seconds": 1.5}] * 64)
-    packed = bench.Timing("(c)", wall=60.0, first=9.5, prepared=2.0, slots=2, load=(1.0, 2.5),
-                          records=[{"seconds": 1.5, "trial_id": f"t{i // 8}_{i % 8}", "pack": 8} for i in range(64)])
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    # two slots, packs of 8: candidates 2j and 2j+1 train side by side for 1.5 s, ending 10 + 2j s in
+    records = [{"seconds": 1.5, "trial_id": f"t{i // 8}_{i % 8}", "pack": 8,
+                "finished_at": (start + timedelta(seconds=10 + 2 * (i // 2))).isoformat()} for i in range(64)]
+    packed = bench.Timing("(c)", wall=80.0, first=10.0, prepared=2.0, slots=2, load=(1.0, 2.5),
+                          started_at=start.timestamp(), records=records)
     cells = [c.strip() for c in packed.row(base).strip("|").split("|")]
-    # 64 candidates; wall 60; Σ 96; 2 slots; 60 / (96 / 2) = 1.25; 64 / 60 s * 3600 = 3840 an hour; 120 / 60 = 2x
-    assert cells == ["(c)", "64", "60.0", "96.0", "2", "1.25", "3840", "9.5", "2.0", "2.00x", "1.0 / 2.5"]
+    # 64 candidates; wall 80; Σ 96; 2 slots: 80 / (96 / 2) = 1.67; 64 / 80 s * 3600 = 2880 an hour; 120 / 80 = 1.5x
+    assert cells == ["(c)", "64", "80.0", "96.0", "2", "1.67", "2880", "10.0", "2.0", "1.50x", "1.0 / 2.5"]
     assert bench.packs(packed) == "8 Tune trials, pack sizes [8, 8, 8, 8, 8, 8, 8, 8]"
+    # the first start at 8.5 s; the last finish at 72 s: 2 x 63.5 slot-seconds, 96 of them training; 8 s to the end
+    assert packed.where() == pytest.approx((8.5, 2 * 63.5 - 96, 8.0))
+    assert bench.packs(bench.Timing("(b)", records=[{"trial_id": "a"}, {"trial_id": "b"}])) == \
+        "2 Tune trials of one candidate"
     assert bench._median([3.0, 1.0, 2.0, 10.0]) == pytest.approx(2.5)
 
 
@@ -47,7 +56,10 @@ def test_bench_throughput_smoke_test_prints_three_runs_and_leaves_results_alone(
         assert float(ratio) == pytest.approx(float(wall) / (float(sigma) / int(slots)), abs=0.02)
         assert int(per_hour) == pytest.approx(6 / float(wall) * 3600, abs=1)
         assert 0 < float(first) <= float(wall)
-    assert "(b) 6 Tune trials, pack sizes [1, 1, 1, 1, 1, 1]" in out
+    assert "(b) 6 Tune trials of one candidate" in out
+    where = re.search(r"s after the last finish\): \(a\) ([\d.]+), (-?[\d.]+), ([\d.]+); \(b\) ([\d.]+), "
+                      r"(-?[\d.]+), ([\d.]+); \(c\) ([\d.]+), (-?[\d.]+), ([\d.]+)\.", out)
+    assert where and all(float(v) >= -0.05 for v in where.groups()), out[-2000:]
     packed = re.search(r"\(c\) (\d) Tune trials, pack sizes \[([\d, ]+)\]", out)
     assert packed and int(packed.group(1)) < 6 and sum(map(int, packed.group(2).split(", "))) == 6
     assert results.read_bytes() == before

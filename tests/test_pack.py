@@ -197,6 +197,25 @@ def test_a_dead_worker_errs_its_running_candidate_and_hands_back_the_rest():
     assert strat.n_asked == 4 and s.suggest("C") == StrategySearcher.FINISHED
 
 
+def test_confirmation_seeds_are_packed_too_and_never_told():
+    from tests.test_tune import ListStrategy
+
+    specs = [late("tensor", 16), late("concat", 8)]  # both on the front: more accurate vs cheaper
+    strat = ListStrategy(specs)
+    s = StrategySearcher(strat, max_trials=2, confirm=1, base_seed=0, pack=AUTO, slots=1)
+    assert [m["spec"] for m in s.suggest("A")["pack"]] == [sp.to_dict() for sp in specs]
+    assert s.suggest("B") is None  # the front may still change
+    s.on_trial_result("A", result(specs[0], 0, False))
+    s.on_trial_complete("A", result(specs[1], 1, True))
+    seeds = s.suggest("C")["pack"]
+    assert [(m["spec"], m["seed"], m["confirm"]) for m in seeds] == [(sp.to_dict(), 1, True) for sp in specs]
+    assert s.suggest("D") is None  # both seeds in flight
+    s.on_trial_result("C", result(specs[0], 0, False))
+    s.on_trial_complete("C", result(specs[1], 1, True))
+    assert s.suggest("E") == StrategySearcher.FINISHED
+    assert len(strat.told) == 2  # the seeds are never told to the strategy
+
+
 # ---- searches on Ray -------------------------------------------------------------------------
 @pytest.mark.usefixtures("ray_local")
 def test_a_packed_search_keeps_one_record_per_candidate_told_and_shown_as_each_ends(tmp_path):
