@@ -95,7 +95,7 @@ class Timing:
 def _clock(t: Timing, start: float) -> tuple[Say, Callable[..., None]]:
     """A `say` that notes when the tap cache is ready, and a progress hook that notes the first candidate."""
     def say(line: str) -> None:
-        if line.startswith("tap cache:") and t.prepared != t.prepared:
+        if line.startswith("tap cache:") and " MiB" in line and t.prepared != t.prepared:  # its last line
             t.prepared = time.perf_counter() - start
 
     def progress(*_: Any) -> None:
