@@ -20,7 +20,7 @@ def test_bench_oneshot_smoke_test_prints_tau_and_the_tables():
     assert len(taus) == 2 and all(t == "nan" or -1.0 <= float(t) <= 1.0 for t in taus)
     rows = re.findall(r"^\| (oneshot|mfas|nsga2|random) \| (4|8) \| ([\d.]+) ± [\d.]+ \| [\d.]+ ± [\d.]+ \| "
                       r"[\d.]+ ± [\d.]+ \| ([\d.]+) \|$", out, flags=re.M)
-    assert len(rows) == 2 * 4 * 2 and all(0.0 < float(r[2]) <= 1.0 and float(r[3]) > 0 for r in rows)
+    assert len(rows) == 2 * 4 * 2 and all(0.0 < float(r[2]) <= 1.0 and float(r[3]) >= 0 for r in rows)  # a tiny search may print 0.0 s
     full = re.findall(r"^\| (oneshot|mfas) \| (\d+) \| (\d+) \| ([\d.]+) \| ", out, flags=re.M)
     assert [r[0] for r in full] == ["oneshot", "mfas"] and full[0][1] == "2" and int(full[1][1]) >= 1
     assert (results.read_bytes() if results.exists() else None) == before
