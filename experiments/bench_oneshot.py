@@ -103,7 +103,7 @@ def bench_dataset(title: str, file: str, args: argparse.Namespace) -> list[str]:
                     trained.append(strategy.info["supernet"])
             rows.append(f"| {name} | {budget} | {mean_std([r['default'] for r in runs])} | "
                         f"{mean_std([r['nadir'] for r in runs])} | {mean_std([r['best_accuracy'] for r in runs])} | "
-                        f"{statistics.mean(walls):.1f} |")
+                        f"{statistics.mean(walls):.2f} |")
             say(rows[-1])
     t = trained[0]
     lines += [f"Kendall tau-b (inherited-weight vs stand-alone val accuracy, all {len(specs)} specs), per seed "
@@ -134,7 +134,7 @@ def bench_full(args: argparse.Namespace) -> list[str]:
     cost = cost_function(prepared)
     ref = reference_point(config.space, cost, config.search.seed)
     context = StrategyContext(prepared.taps, config.train, say=say)
-    options = {"steps_per_choice": args.full_steps}
+    options = {"steps_per_choice": args.full_steps, "batch_size": args.full_batch, "lr": args.full_lr}
     out: dict[str, dict[str, Any]] = {}
     limit = None
     for name in ("oneshot", "mfas"):
@@ -156,8 +156,9 @@ def bench_full(args: argparse.Namespace) -> list[str]:
         say(f"  {name}: {len(records)} candidates in {wall:.0f} s, HV {out[name]['hv']:.4f}")
     o = out["oneshot"]["extra"]
     lines = [f"### Full default space of av_digits (`experiments/configs/av_digits.yaml`, {config.space.size()} specs)",
-             "", f"oneshot: supernet {o['supernet']['steps']} steps ({args.full_steps} per choice) in "
-             f"{o['supernet']['seconds']:.0f} s, {o['ranking']['scored']} sub-networks scored by "
+             "", f"oneshot: supernet {o['supernet']['steps']} steps ({args.full_steps} per choice, mini-batches of "
+             f"{args.full_batch}, lr {args.full_lr:g}) in {o['supernet']['seconds']:.0f} s, its mean loss (first / last 50 "
+             f"steps) {o['supernet']['first_loss']:.3f} -> {o['supernet']['last_loss']:.3f}; {o['ranking']['scored']} sub-networks scored by "
              f"{o['ranking']['mode']} in {o['ranking']['seconds']:.0f} s, then {args.full_budget} candidates trained; "
              f"mfas trained candidates for the same wall time. One seed, one thread, in-process "
              f"`evaluate_candidate` (the run's recipe); HV reference {np.round(ref, 3).tolist()} "
@@ -175,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--steps-per-choice", type=int, default=0, help="oneshot's option (0: its default)")
     parser.add_argument("--full-budget", type=int, default=16, help="oneshot's trained candidates on the full space")
-    parser.add_argument("--full-steps", type=int, default=10, help="oneshot's steps per choice on the full space")
+    parser.add_argument("--full-steps", type=int, default=40, help="oneshot's steps per choice on the full space")
+    parser.add_argument("--full-batch", type=int, default=128, help="oneshot's supernet mini-batch on the full space")
+    parser.add_argument("--full-lr", type=float, default=3e-3, help="oneshot's supernet lr on the full space")
     parser.add_argument("--no-full", action="store_true", help="skip the full-space comparison")
     parser.add_argument("--cache-dir", default=None, help="backbone cache (default: the configs' own)")
     parser.add_argument("--table-dir", default=str(Path(tempfile.gettempdir()) / "fusion-nas-bench-search"),
