@@ -224,6 +224,8 @@ def test_after_its_front_share_it_asks_neighbours_of_the_real_front():
         told.append(spec)
         later.append(spec)
     assert later != [queued.ask() for _ in range(6)]  # not simply the rest of the predicted queue
+    assert [p["arch_id"] for p in s.local] == [a.arch_id for a in later]  # kept for the report
+    assert [p["predicted"] for p in s.local] == [Scorer(s.supernet()[0], TAPS, "accuracy")(a) for a in later]
 
 
 def test_the_neighbour_asked_is_the_one_adding_most_hypervolume_by_the_supernet_delta():
@@ -308,8 +310,10 @@ def test_a_oneshot_search_runs_and_resumes_end_to_end(tmp_path):
     from search.runstore.store import RunStore
     from tests.test_report import CONFIG
 
+    # one trial at a time: the last asks (next to the real front) then see the same results in both runs
     config = {**CONFIG, "search": {"strategy": "oneshot", "num_samples": 4, "confirm": 0, "baselines": "none",
-                                   "runs_dir": str(tmp_path / "runs"), "options": {"steps_per_choice": 2}}}
+                                   "max_concurrent": 1, "runs_dir": str(tmp_path / "runs"),
+                                   "options": {"steps_per_choice": 2}}}
     path = tmp_path / "oneshot.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["search", str(path)]) == 0

@@ -95,6 +95,7 @@ class OneShotStrategy(Strategy):
         self._rng = random.Random(seed)
         self._queue: deque[ArchSpec] | None = None
         self.predictions: list[dict[str, Any]] = []
+        self.local: list[dict[str, Any]] = []  # the asks next to the real front, as asked
         self.info: dict[str, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -131,8 +132,11 @@ class OneShotStrategy(Strategy):
                               self._rng, tries=self.options["tries"], skip=skip)
             if spec is None:
                 continue
-            spec = self.space.with_sampled_train(spec, self._rng)
+            arch, spec = spec, self.space.with_sampled_train(spec, self._rng)
             if self.is_new(spec):
+                self.local.append({"arch_id": arch.arch_id, "spec": arch.to_dict(), "arch": arch.describe(),
+                                   "predicted": self._predict(arch), "ask": len(self._asked)})
+                self._write()
                 return spec
         return None
 
@@ -325,7 +329,7 @@ class OneShotStrategy(Strategy):
         from search.runstore.store import atomic_write, to_jsonable
 
         data = {"strategy": self.name, "seed": self.seed, **self.info,
-                "objectives": [o.name for o in self._objs()], "predictions": self.predictions}
+                "objectives": [o.name for o in self._objs()], "predictions": self.predictions, "local": self.local}
         atomic_write(Path(run_dir) / FILE, json.dumps(to_jsonable(data)))
 
 
