@@ -326,3 +326,23 @@ def test_a_oneshot_search_runs_and_resumes_end_to_end(tmp_path):
     resumed = store.trials()
     assert sorted(t["candidate_id"] for t in resumed) == sorted(t["candidate_id"] for t in trials)
     assert "predicted vs stand-alone" in (store.run_dir / "report.html").read_text()
+
+
+def test_the_report_shows_the_asks_next_to_the_real_front_without_a_queue_place(tmp_path):
+    from search.objectives import get
+    from search.report.oneshot import oneshot_html, predicted_vs_trained
+
+    a, b, c = SPECS[1], SPECS[3], SPECS[4]
+    entry = {"arch_id": None, "arch": None, "predicted": 0.0, "order": 0}
+    (tmp_path / "oneshot.json").write_text(json.dumps({
+        "predictions": [{**entry, "arch_id": a.arch_id, "arch": a.describe(), "predicted": 0.7, "order": 0},
+                        {**entry, "arch_id": c.arch_id, "arch": c.describe(), "predicted": 0.6, "order": 1}],
+        "local": [{"arch_id": c.arch_id, "arch": c.describe(), "predicted": 0.6, "ask": 2},
+                  {"arch_id": b.arch_id, "arch": b.describe(), "predicted": 0.9, "ask": 1}]}))
+    trials = [{"trial_id": f"t{i}", "arch_id": s.arch_id, "spec": s.to_dict(), "status": "ok",
+               "metrics": {"val_accuracy": v}} for i, (s, v) in enumerate(((a, 0.8), (b, 0.85), (c, 0.5)))]
+    data = predicted_vs_trained(tmp_path, trials, get(["accuracy"])[0])
+    assert [(r["arch"], r["order"], r["predicted"], r["trained"]) for r in data["rows"]] == [
+        (a.describe(), 0, 0.7, 0.8), (b.describe(), None, 0.9, 0.85), (c.describe(), None, 0.6, 0.5)]
+    assert data["tau"] == pytest.approx(1.0)  # 0.7 < 0.9 and 0.6 lowest: the same order as 0.8, 0.85, 0.5
+    assert oneshot_html(data, get(["accuracy"])[0]).count("<td>near front</td>") == 2
