@@ -89,6 +89,21 @@ def _check_cell(cell: CellSpec, n_taps: Mapping[str, int], where: str) -> None:
             raise ValueError(f"{where}.taps: {tap!r} is past the last tap {m}@{n_taps[m] - 1}")
 
 
+def prev_widths(spec: ArchSpec) -> list[int | None]:
+    """Per cell, the width of the previous cell's output it is fed (`_prev`), or None: in a
+    hybrid chain every cell after the first is fed the previous one's output."""
+    return [spec.cells[i - 1].width if spec.stage == "hybrid" and i > 0 else None for i in range(len(spec.cells))]
+
+
+def head_mlp(in_width: int, hidden: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """The head after the cells: `Linear + ReLU` per hidden width (the trunk), then the classifier."""
+    dims = (in_width, *hidden)
+    layers: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(dims[-1], num_classes))
+
+
 class FusionCell(nn.Module):
     """`act(op({m: taps["m@d"]}))`, chained: `act(op({m: taps["m@d"], _prev: prev}))`; `(B, width)`.
 
@@ -146,16 +161,9 @@ class FusionHead(nn.Module):
         self.tap_shapes: dict[str, tuple[int, ...]] = {t: tuple(tap_shapes[t]) for t in required_taps(spec)}
         flat = flat_taps(self.tap_shapes) if flat is None else flat
         self.flat: frozenset[str] = frozenset(t for t in self.tap_shapes if t in flat)
-        self.cells = nn.ModuleList()
-        for i, cell in enumerate(spec.cells):
-            # hybrid: each cell after the first is also fed the previous cell's output
-            prev_width = spec.cells[i - 1].width if spec.stage == "hybrid" and i > 0 else None
-            self.cells.append(FusionCell(cell, self.tap_shapes, prev_width, self.flat))
-        dims = (spec.cells[-1].width, *spec.head)
-        layers: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:], strict=True):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-        self.head = nn.Sequential(*layers, nn.Linear(dims[-1], num_classes))
+        self.cells = nn.ModuleList(FusionCell(cell, self.tap_shapes, prev, self.flat)
+                                   for cell, prev in zip(spec.cells, prev_widths(spec), strict=True))
+        self.head = head_mlp(spec.cells[-1].width, spec.head, num_classes)
         self.num_classes = num_classes
         self.drop = nn.Dropout(dropout)
         self.arch_id = spec.arch_id

@@ -21,6 +21,7 @@ from fusion_ops import fusion_args, list_fusions
 from search import objectives
 from search.baselines import PANELS as BASELINE_PANELS
 from search.datasets import DataError, list_datasets, load_dataset
+from search.engine.packing import AUTO, Pack, check_pack
 from search.runstore.store import check_run_name
 from search.strategies import list_strategies
 from search.training import tap_files
@@ -82,6 +83,7 @@ class SearchSettings:
     # a GPU) or a whole number; train.device says what a trial given one trains on
     gpus_per_trial: float = 0.0
     max_concurrent: int = 0  # 0: as many as the CPUs allow
+    pack: Pack = AUTO  # candidates one Ray trial trains one after another (search.engine.packing)
     scheduler: str = "none"
     address: str = ""  # "" = embedded local Ray; else an existing cluster's address
     # where Ray Tune keeps its experiment state and logs: "" = the run directory's ray/; on
@@ -124,6 +126,10 @@ class SearchSettings:
         for key, low in (("num_samples", 1), ("cpus_per_trial", 1), ("max_concurrent", 0), ("seed", 0),
                          ("confirm", 0), ("max_params", 1), ("max_flops", 1)):
             _int(getattr(out, key), low, f"{where}.{key}")
+        check_pack(out.pack, f"{where}.pack")
+        if out.scheduler != "none" and out.pack not in (AUTO, 1):
+            raise ConfigError(f"{where}.pack: {out.scheduler} stops single trials by epoch, so packs stay 1 "
+                              f"under a scheduler; set pack: auto or 1 (got {out.pack!r})")
         if isinstance(out.holdout, bool) or not isinstance(out.holdout, (int, float)) or not 0 <= out.holdout <= 0.5:
             raise ConfigError(f"{where}.holdout: expected a fraction of the val split in [0, 0.5], got {out.holdout!r}")
         object.__setattr__(out, "holdout", float(out.holdout))

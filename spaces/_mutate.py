@@ -4,6 +4,11 @@ Each move returns a different, valid spec, or None when it cannot apply (e.g. on
 one width is offered). `mutate` tries the moves in random order, so every applicable
 kind of change is equally likely whatever the number of places it could apply to.
 A space that searches training settings adds one more kind: change one setting.
+
+Twins (see `SearchSpace.canonical`): every neighbour is canonical and another model than
+`spec`'s. A one-cell spec without a trunk is also a one-cell chain, so when the space
+searches hybrid chains it moves as one (another depth of a tap, a cell added); a move to
+another stage that would only rename the same model is not a move.
 """
 from __future__ import annotations
 
@@ -29,25 +34,41 @@ def _with_cell(spec: ArchSpec, i: int, cell: CellSpec) -> ArchSpec:
     return replace(spec, cells=spec.cells[:i] + (cell,) + spec.cells[i + 1 :])
 
 
+def _chain(space: SearchSpace, spec: ArchSpec) -> ArchSpec | None:
+    """`spec` as a hybrid chain of this space (a one-cell spec without a trunk is one), or None."""
+    return space.as_chain(spec) if "hybrid" in space.stages else None
+
+
 def change_stage(space: SearchSpace, spec: ArchSpec, rng: random.Random) -> ArchSpec | None:
-    """Move to another stage, keeping the first cell's operator, width and activation."""
-    if len(space.stages) < 2:
+    """Move to another stage, keeping the first cell's operator, width and activation, and
+    becoming another model (a stage that would only rename this one is not offered)."""
+    here = space.canonical(spec)
+    options: dict[str, list[ArchSpec]] = {}
+    for stage in space.stages:
+        if stage == spec.stage:
+            continue
+        first = spec.cells[0]
+        fixed = space.stage_depths(stage)
+        if fixed is not None:  # early/late taps are offered depths, so a hybrid keeps them as they are
+            first = replace(first, taps=tuple(make_tap(m, d) for m, d in fixed.items()))
+        specs = [space.canonical(ArchSpec(stage, (first,), head, spec.train)) for head in space.heads(stage)]
+        specs = [s for s in specs if s.stage == stage and s != here]
+        if specs:
+            options[stage] = specs
+    if not options:
         return None
-    stage = _other(rng, space.stages, spec.stage)
-    first = spec.cells[0]
-    fixed = space.stage_depths(stage)
-    if fixed is not None:  # early/late taps are offered depths, so a hybrid keeps them as they are
-        first = replace(first, taps=tuple(make_tap(m, d) for m, d in fixed.items()))
-    head = rng.choice(space.trunks) if stage == "early" else ()
-    return ArchSpec(stage, (first,), head, spec.train)
+    return rng.choice(options[rng.choice(list(options))])
 
 
 def change_depth(space: SearchSpace, spec: ArchSpec, rng: random.Random) -> ArchSpec | None:
-    """Move one tap of one hybrid cell to another offered depth."""
+    """Move one tap of one hybrid cell (a one-cell spec without a trunk: its cell) to another
+    offered depth."""
     offered = space.depth_map
     sites = [(i, m) for i in range(len(spec.cells)) for m in space.modalities if len(offered[m]) > 1]
-    if spec.stage != "hybrid" or not sites:
+    chain = _chain(space, spec)
+    if chain is None or not sites:
         return None
+    spec = chain
     i, m = rng.choice(sites)
     depths = spec.cells[i].depths
     depths[m] = _other(rng, offered[m], depths[m])
@@ -93,9 +114,12 @@ def _change_field(field: str, options: Callable[[SearchSpace], tuple[Any, ...]])
 
 
 def add_cell(space: SearchSpace, spec: ArchSpec, rng: random.Random) -> ArchSpec | None:
-    """Insert a random cell anywhere in a hybrid chain that is not yet at `max_cells`."""
-    if spec.stage != "hybrid" or len(spec.cells) >= space.max_cells:
+    """Insert a random cell anywhere in a hybrid chain (a one-cell spec without a trunk is
+    one) that is not yet at `max_cells`."""
+    chain = _chain(space, spec)
+    if chain is None or len(chain.cells) >= space.max_cells:
         return None
+    spec = chain
     i = rng.randint(0, len(spec.cells))
     return replace(spec, cells=spec.cells[:i] + (space.random_cell(rng, "hybrid"),) + spec.cells[i:])
 
@@ -140,13 +164,15 @@ MOVES: tuple[Move, ...] = (
 
 
 def mutate(space: SearchSpace, spec: ArchSpec, rng: random.Random) -> ArchSpec:
-    """A valid spec of `space` that differs from `spec` (which must be valid) in one choice."""
+    """A valid canonical spec of `space`, another model than `spec`'s (which must be valid),
+    that differs from it in one choice."""
     space.validate(spec)
+    here = space.canonical(spec)
     moves = list(MOVES) + ([change_train] if space.train else [])  # unchanged shuffle without settings
     rng.shuffle(moves)
     for move in moves:
         new = move(space, spec, rng)
-        if new is not None:
+        if new is not None and (new := space.canonical(new)) != here:
             return new
     # every choice has one option: the space is this one spec
     raise ValueError(f"cannot mutate: the space has only one spec (size() = {space.size()}), {spec.describe()}")

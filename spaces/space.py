@@ -11,6 +11,16 @@ from `trunks` as `head`; `late` is one cell on the highest (last) taps, head `()
 Every cell lists all its operator's declared arguments (an argument not searched
 has its default), so equal architectures always have equal `arch_id`s.
 
+Twins: a one-cell spec without a trunk is the same model whatever its stage (the
+stage only decides which taps a cell may read and whether cells chain; one cell has
+nothing to chain): an early spec with trunk `[]` builds the same `FusionHead` as the
+one-cell hybrid on the lowest taps, and a late spec the same as the one-cell hybrid on
+the last taps. The space gives each such model one spec, `canonical(spec)`: late, else
+early, else hybrid, the first stage the space searches that can hold it. `size`,
+`enumerate`, `sample`, `sample_uniform` and `mutate` give canonical specs only; the
+non-canonical twin still validates (runs recorded before the fold still load) and is
+encoded as its canonical form.
+
 Training settings (`train`, see `spaces.train_space`): when the space searches some,
 every spec it produces carries one value of each; `size()` and `enumerate()` count a
 range as its `grid` points. A space that searches none gives specs with `train == ()`.
@@ -30,11 +40,13 @@ import numpy as np
 from spaces import _mutate, _validate, encode
 from spaces._space_config import OpChoice, parse_space
 from spaces.args import Arg
-from spaces.spec import ArchSpec, CellSpec, make_tap
+from spaces.spec import STAGES, ArchSpec, CellSpec, make_tap
 from spaces.train_space import TrainChoice
 from spaces.yaml_errors import ConfigError, in_file, read_yaml
 
 __all__ = ["ConfigError", "OpChoice", "SearchSpace", "TrainChoice"]
+
+FOLD_ORDER = ("late", "early", "hybrid")  # which stage names a bare one-cell model, first the space has
 
 
 def _weighted_index(rng: random.Random, weights: Sequence[int]) -> int:
@@ -125,28 +137,89 @@ class SearchSpace:
         pick = {"early": min, "late": max}.get(stage)
         return None if pick is None else {m: pick(ds) for m, ds in self.depths}
 
+    # ---- twins --------------------------------------------------------------------
+    def bare_stage(self, depths: Mapping[str, int]) -> str | None:
+        """The stage whose spec names the one-cell, trunk-free model on taps at `depths`
+        (`{modality: depth}`): late, else early (with trunk `[]`), else hybrid, the first this
+        space searches whose taps allow it; None if none does."""
+        for stage in FOLD_ORDER:
+            if stage not in self.stages or (stage == "early" and () not in self.trunks):
+                continue
+            fixed = self.stage_depths(stage)
+            if fixed is None or fixed == dict(depths):
+                return stage
+        return None
+
+    def canonical(self, spec: ArchSpec) -> ArchSpec:
+        """The spec this space uses for `spec`'s model: a one-cell spec without a trunk gets
+        the stage `bare_stage` names (training settings kept); any other spec is its own."""
+        if len(spec.cells) != 1 or spec.head or spec.stage not in STAGES:
+            return spec
+        stage = self.bare_stage(spec.cells[0].depths)
+        return spec if stage is None or stage == spec.stage else ArchSpec(stage, spec.cells, (), spec.train)
+
+    def is_canonical(self, spec: ArchSpec) -> bool:
+        """Whether `spec` is the spec this space uses for its model (see `canonical`)."""
+        return self.canonical(spec) == spec
+
+    def as_chain(self, spec: ArchSpec) -> ArchSpec | None:
+        """`spec` as a hybrid chain (a twin, for a one-cell spec without a trunk; the spec
+        itself if hybrid), or None for a spec with a trunk: what a chain grows from."""
+        if spec.stage == "hybrid":
+            return spec
+        if len(spec.cells) != 1 or spec.head:
+            return None
+        return ArchSpec("hybrid", spec.cells, (), spec.train)
+
+    def folded_taps(self) -> frozenset[tuple[str, ...]]:
+        """The tap tuples (sorted by modality) whose one-cell hybrid is an early or late spec
+        here: the one-cell hybrids `enumerate` and `sample` leave out."""
+        if "hybrid" not in self.stages:
+            return frozenset()
+        fixed = [self.stage_depths(s) for s in ("early", "late")]
+        return frozenset(tuple(make_tap(m, d) for m, d in f.items())
+                         for f in fixed if f is not None and self.bare_stage(f) != "hybrid")
+
+    def heads(self, stage: str) -> tuple[tuple[int, ...], ...]:
+        """The heads of `stage`'s canonical specs: early, the trunks (less `[]` when the bare
+        early model is a late spec here); late and hybrid, `()` only."""
+        if stage != "early":
+            return ((),)
+        fixed = self.stage_depths("early")
+        assert fixed is not None
+        bare = self.bare_stage(fixed) in (None, "early")
+        return tuple(t for t in self.trunks if t or bare)
+
     # ---- counting -----------------------------------------------------------------
     def _cell_count(self, stage: str) -> int:
         """Number of distinct cells legal in `stage`."""
         taps = 1 if self.stage_depths(stage) else math.prod(len(ds) for _, ds in self.depths)
         return sum(o.size for o in self.ops) * len(self.widths) * len(self.activations) * taps
 
+    def _chain_count(self, n: int) -> int:
+        """Number of canonical hybrid chains of `n` cells (one-cell twins of early/late left out)."""
+        per_cell = self._cell_count("hybrid")
+        if n > 1:
+            return per_cell**n
+        per_taps = per_cell // math.prod(len(ds) for _, ds in self.depths)
+        return per_cell - per_taps * len(self.folded_taps())
+
     def stage_size(self, stage: str) -> int:
-        """Number of distinct specs of `stage` (0 if the space does not search it), each
-        architecture counted once per point of the training settings' grid."""
+        """Number of distinct canonical specs of `stage` (0 if the space does not search it),
+        each architecture counted once per point of the training settings' grid."""
         if stage not in self.stages:
             return 0
         if stage == "hybrid":
-            per_cell = self._cell_count(stage)
-            return sum(per_cell**n for n in range(1, self.max_cells + 1)) * self.train_size()
-        return self._cell_count(stage) * (len(self.trunks) if stage == "early" else 1) * self.train_size()
+            return sum(self._chain_count(n) for n in range(1, self.max_cells + 1)) * self.train_size()
+        return self._cell_count(stage) * len(self.heads(stage)) * self.train_size()
 
     def train_size(self) -> int:
         """Number of points of the training settings' grid (1 when none is searched)."""
         return math.prod(len(c.grid) for c in self.train)
 
     def size(self) -> int:
-        """Exact number of distinct specs in the space (closed form, no enumeration)."""
+        """Exact number of distinct canonical specs in the space (closed form, no enumeration):
+        each distinct model once per point of the training settings' grid."""
         return sum(self.stage_size(s) for s in self.stages)
 
     # ---- sampling -----------------------------------------------------------------
@@ -166,26 +239,33 @@ class SearchSpace:
 
     def _sample_stage(self, stage: str, rng: random.Random, uniform: bool) -> ArchSpec:
         if stage != "hybrid":
-            head = rng.choice(self.trunks) if stage == "early" else ()
+            head = rng.choice(self.heads(stage)) if stage == "early" else ()
             return ArchSpec(stage, (self.random_cell(rng, stage, uniform=uniform),), head)
-        lengths = range(1, self.max_cells + 1)
+        lengths = [n for n in range(1, self.max_cells + 1) if self._chain_count(n)]
         if uniform:
-            per_cell = self._cell_count(stage)
-            n = lengths[_weighted_index(rng, [per_cell**k for k in lengths])]
+            n = lengths[_weighted_index(rng, [self._chain_count(k) for k in lengths])]
         else:
             n = rng.choice(lengths)
-        return ArchSpec("hybrid", tuple(self.random_cell(rng, "hybrid", uniform=uniform) for _ in range(n)))
+        cells = tuple(self.random_cell(rng, "hybrid", uniform=uniform) for _ in range(n))
+        folded = self.folded_taps() if n == 1 else ()
+        while cells[0].taps in folded:  # a twin of an early/late spec: draw the cell again
+            cells = (self.random_cell(rng, "hybrid", uniform=uniform),)
+        return ArchSpec("hybrid", cells)
+
+    def _stages(self) -> list[str]:
+        """The stages with at least one canonical spec (a stage can be all twins of another)."""
+        return [s for s in self.stages if self.stage_size(s)]
 
     def sample(self, rng: random.Random) -> ArchSpec:
-        """A random spec: the stage uniformly, then (hybrid) the chain length uniformly,
-        then each choice uniformly, then the training settings (`sample_train`). Not uniform
-        over specs (stages with few specs are drawn as often as big ones): use
-        `sample_uniform` for that."""
-        return self.with_sampled_train(self._sample_stage(rng.choice(self.stages), rng, uniform=False), rng)
+        """A random canonical spec: the stage uniformly, then (hybrid) the chain length
+        uniformly, then each choice uniformly (a one-cell hybrid on folded taps is drawn
+        again), then the training settings (`sample_train`). Not uniform over specs (stages
+        with few specs are drawn as often as big ones): use `sample_uniform` for that."""
+        return self.with_sampled_train(self._sample_stage(rng.choice(self._stages()), rng, uniform=False), rng)
 
     def sample_uniform(self, rng: random.Random) -> ArchSpec:
-        """A spec drawn uniformly over all `size()` architectures of the space, with training
-        settings from `sample_train`."""
+        """A spec drawn uniformly over all `size()` canonical architectures of the space, with
+        training settings from `sample_train`."""
         stage = self.stages[_weighted_index(rng, [self.stage_size(s) for s in self.stages])]
         return self.with_sampled_train(self._sample_stage(stage, rng, uniform=True), rng)
 
@@ -232,17 +312,20 @@ class SearchSpace:
         for stage in self.stages:
             if stage == "hybrid":
                 cells = list(self._cells("hybrid"))
-                for n in range(1, self.max_cells + 1):
+                folded = self.folded_taps()
+                yield from (ArchSpec("hybrid", (c,)) for c in cells if c.taps not in folded)
+                for n in range(2, self.max_cells + 1):
                     for chain in itertools.product(cells, repeat=n):
                         yield ArchSpec("hybrid", chain)
             else:
-                heads = self.trunks if stage == "early" else ((),)
+                heads = self.heads(stage)
                 for cell in self._cells(stage):
                     for head in heads:
                         yield ArchSpec(stage, (cell,), head)
 
     def enumerate(self, limit: int = 100_000) -> Iterator[ArchSpec]:
-        """Every spec of the space once; refuses (ValueError) a space of more than `limit` specs."""
+        """Every canonical spec of the space once; refuses (ValueError) a space of more than
+        `limit` specs."""
         n = self.size()
         if n > limit:
             raise ValueError(
@@ -252,7 +335,8 @@ class SearchSpace:
 
     # ---- checking, neighbours, features ------------------------------------------
     def validate(self, spec: ArchSpec) -> None:
-        """Raise ValueError saying what is wrong if `spec` is not in this space."""
+        """Raise ValueError saying what is wrong if `spec` is not in this space (a
+        non-canonical twin of one of its specs is in it: see `canonical`)."""
         _validate.validate_spec(self, spec)
 
     def contains(self, spec: ArchSpec) -> bool:
@@ -264,7 +348,8 @@ class SearchSpace:
         return True
 
     def mutate(self, spec: ArchSpec, rng: random.Random) -> ArchSpec:
-        """A valid neighbour that differs from `spec` in one choice (see `spaces._mutate`)."""
+        """A valid canonical neighbour, another model than `spec`'s, that differs from it in
+        one choice (see `spaces._mutate`)."""
         return _mutate.mutate(self, spec, rng)
 
     def mutate_train(self, spec: ArchSpec, rng: random.Random) -> ArchSpec:
@@ -283,5 +368,6 @@ class SearchSpace:
         return encode.feature_names(self)
 
     def encode(self, spec: ArchSpec) -> np.ndarray:
-        """A fixed-length float vector describing `spec`, for surrogate models."""
-        return encode.encode(self, spec)
+        """A fixed-length float vector describing `spec`, for surrogate models (twins: that of
+        the canonical spec, so a surrogate sees one model as one point)."""
+        return encode.encode(self, self.canonical(spec))

@@ -46,7 +46,8 @@ MEDIUM = SearchSpace.from_dict(
      "widths": [16, 32, 64], "trunks": [[], [64]]},
     catalogue=CATALOGUE, depths=DEPTHS,
 )
-# 21 specs: early 3 cells x 2 trunks, late 3, one-cell hybrid 3 x 4 tap pairs
+# 15 specs: early 3 cells x 2 trunks, late 3, one-cell hybrid 3 x 2 tap pairs (the one-cell hybrids
+# on the other 2 pairs, the lowest and the last taps, are the early (trunk []) and late specs)
 SMALL = SearchSpace.from_dict(
     {"ops": {"concat": {}, "tensor": {"proj_dim": [4, 8]}}, "widths": [16], "activations": ["relu"],
      "max_cells": 1, "trunks": [[], [8]], "depths": {"image": [0, 3], "audio": [0, 2]}},
@@ -127,7 +128,7 @@ def test_asks_are_valid_new_and_repeat_for_a_seed(name: str) -> None:
 def test_a_small_space_is_asked_whole_before_any_repeat(name: str) -> None:
     s = strategy(name, SMALL, budget=SMALL.size())
     asked = run(s, SMALL.size(), nan_every=4)
-    assert sorted(a.arch_id for a in asked) == sorted(x.arch_id for x in SMALL.enumerate()) and SMALL.size() == 21
+    assert sorted(a.arch_id for a in asked) == sorted(x.arch_id for x in SMALL.enumerate()) and SMALL.size() == 15
     if name == "grid":
         assert s.done
         with pytest.raises(SpaceExhausted):
@@ -164,7 +165,7 @@ def test_a_pickled_strategy_carries_on_as_the_original(name: str) -> None:
     """The Ray adapter snapshots its strategy with pickle, pending trials included."""
     s = strategy(name, SMALL if name == "grid" else MEDIUM)
     pending = [s.ask() for _ in range(3)]
-    run(s, 5 if name == "grid" else 12)
+    run(s, 4 if name == "grid" else 12)
     copy = pickle.loads(pickle.dumps(s))
     for x in (s, copy):
         for spec in pending:
@@ -210,7 +211,7 @@ def test_grid_asks_exactly_the_space_in_a_seeded_order() -> None:
 
 
 def test_grid_refuses_a_big_space_naming_the_alternatives() -> None:
-    with pytest.raises(ValueError, match=r"128278710 specs, more than the grid limit .* random, mfas or nsga2"):
+    with pytest.raises(ValueError, match=r"128278626 specs, more than the grid limit .* random, mfas or nsga2"):
         strategy("grid")
 
 
@@ -267,7 +268,9 @@ def test_the_one_cell_pool_builds_every_one_cell_spec_from_its_index() -> None:
     pool = one_cell_pool(SMALL)  # SMALL has max_cells 1: its one-cell specs are the whole space
     assert len(pool) == SMALL.size() and {pool[i] for i in range(len(pool))} == set(SMALL.enumerate())
     medium = one_cell_pool(MEDIUM)
-    assert len(medium) == MEDIUM.stage_size("early") + MEDIUM.stage_size("late") + len(CellTable(MEDIUM, "hybrid"))
+    hybrid = CellTable(MEDIUM, "hybrid", MEDIUM.folded_taps())  # not on early's or late's taps: twins
+    assert len(hybrid) == len(CellTable(MEDIUM, "hybrid")) - 2 * len(CellTable(MEDIUM, "late"))
+    assert len(medium) == MEDIUM.stage_size("early") + MEDIUM.stage_size("late") + len(hybrid)
     for spec in medium.draw(random.Random(0), 50):
         MEDIUM.validate(spec)
 
@@ -289,7 +292,9 @@ def test_mfas_finds_a_better_front_than_random() -> None:
     volumes, best = {}, {}
     for name in ("mfas", "random"):
         runs = [run(strategy(name, seed=seed), 40) for seed in range(4)]
-        volumes[name] = np.mean([front_volume(r) for r in runs])
+        # the median run: one run's volume drops by ~1.5 when it misses the cheapest specs,
+        # which decides a mean of 4 either way (over seeds 0-39, mfas 13.87 +- 0.06, random 13.69 +- 0.09)
+        volumes[name] = np.median([front_volume(r) for r in runs])
         best[name] = np.mean([max(map(accuracy, r)) for r in runs])
     assert volumes["mfas"] > volumes["random"]
     assert best["mfas"] >= best["random"] and best["mfas"] > 0.93  # tensor, the best op, was found
@@ -350,7 +355,7 @@ def test_nsga2_tells_the_study_values_and_failures() -> None:
 
 # ---- training settings ----------------------------------------------------------------
 LR = {"low": 1.0e-4, "high": 1.0e-1, "log": True}
-TRAINED = SearchSpace.from_dict(  # SMALL's 21 architectures x lr (a range: 3 grid points) x batch size
+TRAINED = SearchSpace.from_dict(  # SMALL's 15 architectures x lr (a range: 3 grid points) x batch size
     {**SMALL.to_dict(), "train": {"lr": LR, "batch_size": [32, 128]}}, catalogue=CATALOGUE, depths=DEPTHS
 )
 
@@ -383,7 +388,7 @@ def test_every_strategy_proposes_valid_varied_training_settings(name: str) -> No
 def test_grid_asks_every_architecture_with_every_point_of_the_settings_grid() -> None:
     s = strategy("grid", TRAINED, budget=None)
     asked = run_trained(s, TRAINED.size())
-    assert s.done and TRAINED.size() == 21 * 3 * 2
+    assert s.done and TRAINED.size() == 15 * 3 * 2
     assert {a.candidate_id for a in asked} == {x.candidate_id for x in TRAINED.enumerate()}
     assert set(collections.Counter(a.arch_id for a in asked).values()) == {6}
     assert {a.train_settings["lr"] for a in asked} == {0.0001, 0.00316, 0.1}

@@ -6,5 +6,6 @@
   `Searcher`, and connecting to Ray (the only modules that import Ray);
 - `inprocess`: the same search without Ray, one trial after another;
 - `confirm`: which front candidates still need their confirmation seeds;
+- `packing`: how many candidates one Ray trial trains (`search.pack`);
 - `interrupt`: Ctrl-C and SIGTERM during a search.
 """

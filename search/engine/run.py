@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from fusion_ops import Backbone, FusionHead, count_flops, count_params, deepest_taps
+from fusion_ops import Backbone, count_flops, count_params, deepest_taps
+from fusion_ops.head_cost import HeadCosts
 from search import objectives
 from search.baselines import seed_trials
 from search.config import Config, config_from_dict
@@ -154,21 +155,21 @@ def cost_function(prepared: Prepared) -> Callable[[ArchSpec], tuple[int, int]]:
     """Exact (params_total, flops_total) of a spec, known before training (for strategies).
 
     Equal to `candidate_cost`'s totals; each backbone cut at each depth (`Backbone.lean`:
-    only the blocks up to the deepest tap read run) is counted once up front, so a spec
-    costs only the build and count of its fusion part (strategies score hundreds).
+    only the blocks up to the deepest tap read run) is counted once up front, and the fusion
+    part is summed from per-cell counts (`fusion_ops.head_cost.HeadCosts`: each distinct
+    cell built and counted once), so a spec costs microseconds once its cells have been seen
+    (mfas costs up to 512 candidates per batch while the workers wait).
     """
     backbone_cost = {(m, d): _backbone_cost(b.lean(d)) for m, b in prepared.backbones.items() for d in b.depths}
+    heads = HeadCosts(prepared.taps.tap_shapes, prepared.taps.num_classes, flat=prepared.taps.flat_taps())
     cache: dict[str, tuple[int, int]] = {}
-    flat = prepared.taps.flat_taps()
 
     def cost(spec: ArchSpec) -> tuple[int, int]:
         if spec.arch_id not in cache:
-            head = FusionHead(spec, prepared.taps.tap_shapes, prepared.taps.num_classes, flat=flat)
+            params, flops = heads(spec)
             runs = deepest_taps(spec).items()
-            cache[spec.arch_id] = (
-                count_params(head) + sum(backbone_cost[md][0] for md in runs),
-                count_flops(head, head.example_taps(1)) + sum(backbone_cost[md][1] for md in runs),
-            )
+            cache[spec.arch_id] = (params + sum(backbone_cost[md][0] for md in runs),
+                                   flops + sum(backbone_cost[md][1] for md in runs))
         return cache[spec.arch_id]
 
     return cost
@@ -253,7 +254,7 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
         max_concurrent=s.max_concurrent or None, address=s.address or None,
         scheduler=None if s.scheduler == "none" else s.scheduler, resume=resume,
         progress=progress, max_epochs=config.train.epochs, confirm=s.confirm, base_seed=config.train.seed,
-        interrupts=interrupts, warn=warn, storage=s.storage,
+        interrupts=interrupts, warn=warn, storage=s.storage, pack=s.pack,
     )
 
 

@@ -1,13 +1,16 @@
 """Ray Tune adapter: run a plain search strategy as a Tune experiment, recording to a RunStore.
 
 - `StrategySearcher` (search/engine/tune_searcher.py) wraps the strategy as a Tune `Searcher`.
-- `run_search` trains each candidate as a function trial (`evaluate(spec, shared)`),
-  appends every finished trial to `trials.jsonl` from the driver the moment it ends,
-  and rewrites `pareto.json`. A candidate that raises is one errored trial.
+- `run_search` trains candidates in function trials (`evaluate(spec, shared)`), a pack of
+  one or more per trial (`search.pack`, `search.engine.packing`), appends every finished
+  candidate to `trials.jsonl` from the driver the moment it ends, and rewrites
+  `pareto.json`. A candidate that raises is one errored record.
 
-A trial's last report carries `_final=True` and the evaluate metrics as JSON (Tune
-adds its own keys and flattens nested dicts, so the JSON keeps them exact). A trial
-that ends without that report was stopped by the scheduler: `early_stopped`.
+Each candidate's report carries its index in the pack (`_candidate`) and its evaluate
+metrics as JSON (Tune adds its own keys and flattens nested dicts, so the JSON keeps them
+exact); the trial's last report carries `_final=True`. A single-candidate trial that ends
+without its report was stopped by the scheduler: `early_stopped`. A worker that dies errs
+the candidate it was training; the pack's later candidates are asked again.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from ray.tune.stopper import Stopper
 from search.baselines import counts_to_budget
 from search.engine.confirm import confirmation_todo
 from search.engine.interrupt import Interrupts
+from search.engine.packing import Pack, replay_lookahead
 from search.engine.ray_cluster import (
     experiment_storage,
     head_gone,
@@ -43,7 +47,16 @@ from search.engine.ray_cluster import (
     lost_node_reason,
     watch_head,
 )
-from search.engine.tune_searcher import FINAL, METRIC, METRICS_JSON, StrategySearcher, result_metrics
+from search.engine.tune_searcher import (
+    CANDIDATE,
+    FINAL,
+    METRIC,
+    METRICS_JSON,
+    StrategySearcher,
+    pack_members,
+    record_id,
+    result_metrics,
+)
 from search.runstore.replay import replay
 from search.runstore.store import RunStore, front_from_trials, to_jsonable, utc_now
 from spaces.spec import ArchSpec
@@ -71,32 +84,64 @@ def _report_epoch(epoch: int, val_accuracy: float) -> bool:
     return False
 
 
+_WARM = False  # set once this worker process has paid its one-off costs (see `warm_up`)
+
+
+def warm_up() -> None:
+    """Pay a worker process's one-off costs before its first candidate, so that they never
+    count in a candidate's seconds: the first `torch.optim.Adam` step imports `torch._dynamo`
+    (~2 s), and the first FLOP count loads its formulas."""
+    global _WARM
+    if _WARM:
+        return
+    from fusion_ops import count_flops
+
+    layer = torch.nn.Linear(4, 2)
+    optimiser = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    layer(torch.zeros(3, 4)).square().mean().backward()
+    optimiser.step()
+    count_flops(layer, torch.zeros(1, 4))
+    _WARM = True
+
+
+def _train_one(evaluate: Callable[..., dict], shared: Any, member: Mapping[str, Any],
+               report: Callable[..., bool] | None) -> dict[str, Any]:
+    """One candidate's metrics (an exception is its `errored` status: it must not end the pack)."""
+    spec = ArchSpec.from_dict(member["spec"])
+    start = time.perf_counter()
+    kwargs: dict[str, Any] = {"report": report} if report is not None else {}
+    if member.get("seed") is not None:  # a confirmation seed
+        kwargs["seed"] = int(member["seed"])
+    try:
+        metrics = dict(evaluate(spec, shared, **kwargs))
+    except Exception as exc:  # one bad candidate must not end the search
+        metrics = {"status": "errored", "reason": f"{type(exc).__name__}: {exc}",
+                   "traceback": traceback.format_exc(limit=-8)}
+    metrics.setdefault("status", "ok")
+    metrics.setdefault("seconds", time.perf_counter() - start)
+    metrics.setdefault("arch_id", spec.arch_id)
+    return to_jsonable(metrics)
+
+
 def make_trainable(evaluate: Callable[..., dict], shared: Any, cpus_per_trial: int = 1,
-                   gpus_per_trial: float = 0.0) -> Any:
-    """The Tune function trainable: `evaluate(spec, shared)` once, its metrics as the final report.
+                   gpus_per_trial: float = 0.0, per_epoch: bool = True) -> Any:
+    """The Tune function trainable: `evaluate(spec, shared)` for each candidate of the trial's pack,
+    one after another, each candidate's metrics reported the moment it ends (`CANDIDATE` = its
+    index; the last report has `FINAL`). `per_epoch`: also hand `evaluate` the per-epoch
+    `report` (for a scheduler; each report is a round trip to the driver).
     `shared` goes to the object store once (`tune.with_parameters`). With `gpus_per_trial` > 0 Ray
     gives each trial that share of a GPU (and sets CUDA_VISIBLE_DEVICES to it)."""
-    with_report = _accepts_report(evaluate)
+    with_report = per_epoch and _accepts_report(evaluate)
 
     def fusion_trial(config: dict[str, Any], shared: Any = None) -> None:
         torch.set_num_threads(cpus_per_trial)  # concurrent trials must not fight over cores
-        spec = ArchSpec.from_dict(config["spec"])
-        start = time.perf_counter()
-        kwargs: dict[str, Any] = {"report": _report_epoch} if with_report else {}
-        if config.get("seed") is not None:  # a confirmation seed
-            kwargs["seed"] = int(config["seed"])
-        try:
-            metrics = dict(evaluate(spec, shared, **kwargs))
-        except Exception as exc:  # one bad candidate must not end the search
-            metrics = {"status": "errored", "reason": f"{type(exc).__name__}: {exc}",
-                       "traceback": traceback.format_exc(limit=-8)}
-        metrics.setdefault("status", "ok")
-        metrics.setdefault("seconds", time.perf_counter() - start)
-        metrics.setdefault("arch_id", spec.arch_id)
-        metrics = to_jsonable(metrics)
-        acc = metrics.get(METRIC)
-        tune.report({METRIC: math.nan if acc is None else float(acc), "status": metrics["status"],
-                     FINAL: True, METRICS_JSON: json.dumps(metrics)})
+        warm_up()
+        members = pack_members(config)
+        for k, member in enumerate(members):
+            metrics = _train_one(evaluate, shared, member, _report_epoch if with_report else None)
+            acc = metrics.get(METRIC)
+            tune.report({METRIC: math.nan if acc is None else float(acc), "status": metrics["status"],
+                         CANDIDATE: k, FINAL: k == len(members) - 1, METRICS_JSON: json.dumps(metrics)})
 
     return tune.with_resources(tune.with_parameters(fusion_trial, shared=shared), trial_resources(cpus_per_trial,
                                                                                                   gpus_per_trial))
@@ -116,8 +161,9 @@ def concurrent_slots(resources: Mapping[str, float], cpus_per_trial: int, gpus_p
 
 
 def trial_record(trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any] | None,
-                 error: str | None = None) -> dict[str, Any]:
-    """The `trials.jsonl` line of a finished trial."""
+                 error: str | None = None, pack: int = 1) -> dict[str, Any]:
+    """The `trials.jsonl` line of a finished candidate (`config`: its own, one of a pack's;
+    `pack`: the size of the pack it was trained in, kept when above 1)."""
     spec = ArchSpec.from_dict(config["spec"])
     result = result or {}
     metrics = None if error is not None else result_metrics(result)
@@ -133,6 +179,8 @@ def trial_record(trial_id: str, config: Mapping[str, Any], result: Mapping[str, 
     record = {"trial_id": trial_id, "spec": spec.to_dict(), "arch_id": spec.arch_id,
               "candidate_id": spec.candidate_id, "seed": config.get("seed", metrics.get("seed")), "metrics": metrics,
               "status": status, "reason": reason, "seconds": seconds, "finished_at": utc_now()}
+    if pack > 1:
+        record["pack"] = pack
     if config.get("confirm"):
         record["confirm"] = True
     return record
@@ -156,38 +204,58 @@ def _error_reason(trial: Any, text: str | None = None) -> str:
 
 
 class StoreCallback(tune.Callback):
-    """Driver side: append each finished trial to the store at once, rewrite pareto.json,
-    report progress. A trial seen again after a resume keeps its first record."""
+    """Driver side: append each finished candidate to the store at once (a trial reports each
+    candidate of its pack as it ends), rewrite pareto.json, report progress. A candidate seen
+    again after a resume keeps its first record."""
 
     def __init__(self, store: RunStore, total: int, interrupts: Interrupts | None = None) -> None:
         self.run_dir, self.total = str(store.run_dir), total
         self._records: dict[str, dict[str, Any]] | None = None
         self._interrupts = interrupts
+        self._done: dict[str, set[int]] = {}  # Tune trial id -> the candidates of its pack recorded
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into Tune's state: no cache
-        return {"run_dir": self.run_dir, "total": self.total, "_records": None, "_interrupts": None}
+        return {"run_dir": self.run_dir, "total": self.total, "_records": None, "_interrupts": None, "_done": {}}
 
     def _store(self) -> RunStore:
         return RunStore(Path(self.run_dir))
 
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        k = result.get(CANDIDATE)
+        if isinstance(k, int):
+            self._record_candidate(trial, k, result)
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self._cut_short(trial):
-            return
-        self._record(trial_record(trial.trial_id, trial.config, trial.last_result))
+        left = self._left(trial)
+        if len(pack_members(trial.config)) == 1 and left and not self._cut_short(trial):
+            self._record_candidate(trial, 0, trial.last_result)  # stopped early by the scheduler
+        # a pack with candidates left was stopped by an interrupt: those are not recorded
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self._cut_short(trial):
+        left = self._left(trial)
+        if left and not self._cut_short(trial):  # the running candidate; those after it are asked again
+            text = _error_text(trial)
+            self._record_candidate(trial, left[0], None, error=_error_reason(trial, text), lost=lost_node(text))
+
+    def _left(self, trial: Any) -> list[int]:
+        done = self._done.get(trial.trial_id, set())
+        return [k for k in range(len(pack_members(trial.config))) if k not in done]
+
+    def _record_candidate(self, trial: Any, k: int, result: Mapping[str, Any] | None, error: str | None = None,
+                          lost: dict[str, str] | None = None) -> None:
+        members = pack_members(trial.config)
+        if k in self._done.setdefault(trial.trial_id, set()) or not 0 <= k < len(members):
             return
-        text = _error_text(trial)
-        record = trial_record(trial.trial_id, trial.config, trial.last_result, error=_error_reason(trial, text))
-        node = lost_node(text)
-        if node is not None:  # not the candidate's fault: it does not count, and a resume runs it again
-            record.update(lost_node=node, reason=lost_node_reason(node, record["reason"]))
+        self._done[trial.trial_id].add(k)
+        record = trial_record(record_id(trial.trial_id, k, len(members)), members[k],
+                              result if error is None else None, error, len(members))
+        if lost is not None:  # not the candidate's fault: it does not count, and a resume runs it again
+            record.update(lost_node=lost, reason=lost_node_reason(lost, record["reason"]))
         self._record(record)
 
     def _cut_short(self, trial: Any) -> bool:
         """A trial stopped (or killed: Ctrl-C reaches the workers too) by an interrupt before its
-        final report is not recorded, so that a resume runs it again."""
+        final report: its unfinished candidates are not recorded, so that a resume runs them again."""
         return (self._interrupts is not None and self._interrupts.requested
                 and not (trial.last_result or {}).get(FINAL))
 
@@ -242,7 +310,8 @@ def _experiment_name(store: RunStore) -> str:
 
 
 class _InterruptStopper(Stopper):
-    """Ends the experiment after an interrupt once the running trials are done, or overdue."""
+    """After an interrupt: ends each running trial at its next finished candidate (the rest of its
+    pack is left to a resume), and the experiment once the running trials are done, or overdue."""
 
     def __init__(self, interrupts: Interrupts, searcher: StrategySearcher) -> None:
         self.interrupts, self.searcher = interrupts, searcher
@@ -251,7 +320,7 @@ class _InterruptStopper(Stopper):
         return {}
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return False
+        return self.interrupts.requested and isinstance(result.get(CANDIDATE), int)
 
     def stop_all(self) -> bool:
         if not self.interrupts.requested:
@@ -267,14 +336,17 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
                progress: Progress | None = None, num_cpus: int | None = None,
                max_epochs: int = 100, confirm: int = 0, base_seed: int = 0,
                interrupts: Interrupts | None = None, warn: Callable[[str], Any] | None = None,
-               storage: str = "") -> list[dict[str, Any]]:
-    """Run `num_samples` trials of `strategy`; returns the store's trial records.
+               storage: str = "", pack: Pack = 1) -> list[dict[str, Any]]:
+    """Run `num_samples` candidates of `strategy`; returns the store's trial records.
 
-    `evaluate(spec, shared)` returns the metrics dict of one candidate; if it takes a
-    `report` argument it gets `report(epoch, val_accuracy)` to call after each epoch, so
-    that `scheduler="asha"` (with `max_t=max_epochs`) can stop it early.
+    `evaluate(spec, shared)` returns the metrics dict of one candidate; under a scheduler,
+    if it takes a `report` argument it gets `report(epoch, val_accuracy)` to call after each
+    epoch, so that `scheduler="asha"` (with `max_t=max_epochs`) can stop it early.
+    `pack` (N or "auto", `search.engine.packing`): how many candidates one Tune trial trains
+    one after another; each is still its own record, told and shown the moment it ends.
+    A scheduler stops single trials, so under one the packs are 1.
     `progress(done, total, best_val_accuracy, front_size, hypervolume)` runs after each
-    trial. `address` joins a running cluster instead of starting Ray here.
+    candidate. `address` joins a running cluster instead of starting Ray here.
 
     `confirm=K` then trains every front candidate with seeds `base_seed + 1 .. + K` (see
     `StrategySearcher`); those trials come on top of `num_samples`.
@@ -294,6 +366,8 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
     `storage`: Tune's `storage_path` (`search.storage`; "" = the run's `ray/`).
     """
     sched = _scheduler(scheduler, max_epochs)
+    if sched is not None:
+        pack = 1
     records = store.trials(warn=warn)
     lost_before = [r for r in records if r.get("lost_node")]
     remaining = num_samples - sum(counts_to_budget(r) for r in records)
@@ -306,17 +380,17 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
     if progress is not None:
         _PROGRESS[str(store.run_dir)] = progress
     try:
-        lookahead = max_concurrent or concurrent_slots(ray.cluster_resources(), cpus_per_trial, gpus_per_trial)
-        rerun = replay(strategy, records, lookahead) if records else []
+        slots = max_concurrent or concurrent_slots(ray.cluster_resources(), cpus_per_trial, gpus_per_trial)
+        rerun = replay(strategy, records, replay_lookahead(records, slots, pack)) if records else []
         searcher = StrategySearcher(strategy, max_trials=num_samples, store=store, confirm=confirm,
-                                    base_seed=base_seed, recorded=records, rerun=rerun)
+                                    base_seed=base_seed, recorded=records, rerun=rerun, pack=pack, slots=slots)
         # an upper bound: the searcher ends the experiment when the front is confirmed
         bound = max(remaining, 0) + confirm * num_samples + 1
         if interrupts is not None:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours: stop, record, hint at --resume
         name = _experiment_name(store)
         tuner = tune.Tuner(
-            make_trainable(evaluate, shared, cpus_per_trial, gpus_per_trial),
+            make_trainable(evaluate, shared, cpus_per_trial, gpus_per_trial, per_epoch=sched is not None),
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=bound, reuse_actors=True,
                                         max_concurrent_trials=max_concurrent,
                                         scheduler=sched,

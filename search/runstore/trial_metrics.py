@@ -15,11 +15,14 @@ log = logging.getLogger(__name__)
 METRIC = "val_accuracy"
 FINAL = "_final"  # set in a trial's last report only
 METRICS_JSON = "_metrics_json"  # the evaluate metrics, exact (Tune adds keys, flattens dicts)
+CANDIDATE = "_candidate"  # in the report of a finished candidate: its index in the trial's pack
 
 
 def result_metrics(result: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The evaluate metrics in a trial's final result (None if it never reported one)."""
-    return json.loads(result[METRICS_JSON]) if result.get(FINAL) else None
+    """The evaluate metrics of the candidate whose end `result` reports (a trial reports each
+    candidate of its pack as it finishes; the last report has `FINAL`); None for any other
+    report (a per-epoch one, or the last of a trial stopped early)."""
+    return json.loads(result[METRICS_JSON]) if METRICS_JSON in result else None
 
 
 def objectives_of(metrics: Mapping[str, Any] | None, objs: Sequence[Objective] | None = None) -> dict[str, float] | None:

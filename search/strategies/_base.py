@@ -5,6 +5,11 @@ where `objectives` maps each of the strategy's objectives (`search.objectives`; 
 classic `{"accuracy", "params", "flops"}`) to its raw value, or is `None` for a failed trial.
 A non-finite metric counts as a failure. The base class keeps track of what was asked and
 told, so that no strategy proposes a spec twice until every spec of the space has been asked.
+
+One model, one spec: `ask` hands out `space.canonical` of what a strategy proposes (the
+built-in ones propose canonical specs already), and `tell` / `adopt` take a non-canonical
+twin (a trial recorded before the space folded twins) as its canonical spec, so a model
+trained once is never proposed again under its other name.
 """
 from __future__ import annotations
 
@@ -122,13 +127,14 @@ class Strategy:
         """The next spec to evaluate; raises SpaceExhausted when `done`."""
         if self.done:
             raise SpaceExhausted(f"{self.name}: nothing left to ask ({len(self._asked)} specs asked)")
-        spec = self._propose()
+        spec = self.space.canonical(self._propose())
         self._asked[spec.candidate_id] = spec
         self._pending[spec.candidate_id] += 1
         return spec
 
     def tell(self, spec: ArchSpec, objectives: Mapping[str, float] | None) -> None:
         """Report the objectives of an asked spec (None, or a NaN metric: the trial failed)."""
+        spec = self.space.canonical(spec)
         aid = spec.candidate_id
         if self._pending[aid] < 1:
             what = "was already told" if aid in self._asked else "was never asked"
@@ -142,6 +148,7 @@ class Strategy:
     def adopt(self, spec: ArchSpec) -> None:
         """Count `spec` as asked, so that it can be told: a recorded trial, replayed on resume,
         that this strategy's own asks did not reach (see `search.runstore.replay`)."""
+        spec = self.space.canonical(spec)
         self._asked[spec.candidate_id] = spec
         self._pending[spec.candidate_id] += 1
         self._adopted(spec)

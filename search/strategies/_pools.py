@@ -4,6 +4,10 @@ A pool is indexed like a sequence but builds each spec on demand, so a search ca
 draw a few hundred candidates out of millions (a chain of parents x every next cell)
 without materialising them.
 
+Pools hold canonical specs only (`SearchSpace.canonical`): the one-cell pool leaves out
+the one-cell hybrids that are early or late specs, and a chain grows from any spec that is
+one (a late spec is a one-cell chain on the last taps).
+
 Training settings: a pool builds architectures; an unfolded chain keeps its parent's
 settings (`position_pool`), and `sampled_train` / `varied_train` give drawn specs fresh
 or nearby settings, so the search explores them as it explores cells.
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 
 from spaces.space import SearchSpace
@@ -20,12 +24,14 @@ from spaces.spec import ArchSpec, CellSpec, make_tap
 
 
 class CellTable:
-    """Every cell legal in `stage`, in a fixed order, built from its index (mixed radix)."""
+    """Every cell legal in `stage` whose taps are not in `skip`, in a fixed order, built from
+    its index (mixed radix)."""
 
-    def __init__(self, space: SearchSpace, stage: str) -> None:
+    def __init__(self, space: SearchSpace, stage: str, skip: Collection[tuple[str, ...]] = ()) -> None:
         fixed = space.stage_depths(stage)
         combos = [tuple(fixed.values())] if fixed else list(itertools.product(*(ds for _, ds in space.depths)))
-        self._taps = [tuple(make_tap(m, d) for m, d in zip(space.modalities, c, strict=True)) for c in combos]
+        taps = [tuple(make_tap(m, d) for m, d in zip(space.modalities, c, strict=True)) for c in combos]
+        self._taps = [t for t in taps if t not in skip]
         self._settings = [(o.name, args) for o in space.ops for args in o.settings()]
         self._widths, self._acts = space.widths, space.activations
 
@@ -65,12 +71,13 @@ class Pool:
 
 
 def one_cell_pool(space: SearchSpace) -> Pool:
-    """MFAS level 0: every one-cell spec of every stage (early with each trunk, late, one-cell hybrid),
-    without training settings (see `sampled_train`)."""
+    """MFAS level 0: every canonical one-cell spec of every stage (early with each trunk, late,
+    one-cell hybrid on taps that are not early's or late's), without training settings (see
+    `sampled_train`)."""
     segments: list[tuple[int, Callable[[int], ArchSpec]]] = []
     for stage in space.stages:
-        table = CellTable(space, stage)
-        heads = space.trunks if stage == "early" else ((),)
+        table = CellTable(space, stage, space.folded_taps() if stage == "hybrid" else ())
+        heads = space.heads(stage)
         segments.append((len(table) * len(heads), partial(_one_cell, stage, table, heads)))
     return Pool(segments)
 
@@ -81,20 +88,23 @@ def _one_cell(stage: str, table: CellTable, heads: tuple[tuple[int, ...], ...], 
 
 
 def position_pool(space: SearchSpace, parents: Sequence[ArchSpec], position: int) -> Pool:
-    """MFAS unfolding at level `position`: each hybrid parent with cell `position` set to every
-    possible cell (appended when the parent has exactly `position` cells), with the parent's
-    training settings."""
-    parents = [p for p in parents if p.stage == "hybrid" and len(p.cells) >= position]
-    if "hybrid" not in space.stages or position >= space.max_cells or not parents:
+    """MFAS unfolding at level `position`: each parent that is a chain (`SearchSpace.as_chain`:
+    a hybrid, or a one-cell spec without a trunk) with cell `position` set to every possible
+    cell (appended when the parent has exactly `position` cells), with the parent's training
+    settings; each result canonical."""
+    chains = [c for p in parents if (c := space.as_chain(p)) is not None and len(c.cells) >= position]
+    if "hybrid" not in space.stages or position >= space.max_cells or not chains:
         return Pool()
     table = CellTable(space, "hybrid")
-    return Pool([(len(parents) * len(table), partial(_unfold, table, parents, position))])
+    return Pool([(len(chains) * len(table), partial(_unfold, space, table, chains, position))])
 
 
-def _unfold(table: CellTable, parents: Sequence[ArchSpec], position: int, i: int) -> ArchSpec:
+def _unfold(space: SearchSpace, table: CellTable, parents: Sequence[ArchSpec], position: int, i: int) -> ArchSpec:
     p, c = divmod(i, len(table))
     cells = parents[p].cells
-    return ArchSpec("hybrid", cells[:position] + (table[c],) + cells[position + 1 :], (), parents[p].train)
+    # only a one-cell result (cell 0 of a one-cell parent re-chosen) can be a twin
+    return space.canonical(ArchSpec("hybrid", cells[:position] + (table[c],) + cells[position + 1 :], (),
+                                    parents[p].train))
 
 
 def sampled_train(space: SearchSpace, specs: list[ArchSpec], rng: random.Random) -> list[ArchSpec]:

@@ -1,11 +1,13 @@
 """MFAS (Pérez-Rúa et al., CVPR 2019) made multi-objective: progressive, surrogate-guided search.
 
 As in MFAS, the search runs rounds over progression levels. Level 0 is every one-cell
-spec (early with each trunk, late, one-cell hybrid); the first batch is a random part of
-it (MFAS trains all of it). Level l >= 1 takes the top-K observed hybrid chains of at
-least l cells and sets their cell l to every possible cell (an append for an l-cell chain,
-MFAS's re-choice of layer l for a longer one); later rounds' level 0 re-chooses the first
-cell of the best chains. A surrogate fitted on the observed accuracies rates the
+spec (early with each trunk, late, one-cell hybrid; each model once, see
+`SearchSpace.canonical`); the first batch is a random part of it (MFAS trains all of it).
+Level l >= 1 takes the top-K observed chains of at least l cells (hybrid specs, and the
+one-cell specs without a trunk: a late spec is the one-cell chain on the last taps) and
+sets their cell l to every possible cell (an append for an l-cell chain, MFAS's re-choice
+of layer l for a longer one); later rounds' level 0 re-chooses the first cell of the best
+chains. A surrogate fitted on the observed accuracies rates the
 candidates, and K of them are drawn with MFAS's cooling temperature.
 
 The multi-objective part: costs known before training (params, FLOPs) are exact
@@ -138,9 +140,15 @@ class MFASStrategy(Strategy):
         cols = {o.name: [r[o.name] for r in rows] for o in self.objectives}
         return _objectives.minimised(cols, self.objectives).reshape(len(rows), len(self.objectives))
 
-    def _top(self, min_cells: int, stages: tuple[str, ...] = ("hybrid",)) -> list[ArchSpec]:
-        """The top-K observed specs of `stages` with at least `min_cells` cells: by front rank, then score."""
-        rows = [row for row in self._successes() if row[0].stage in stages and len(row[0].cells) >= min_cells]
+    def _top(self, min_cells: int, stages: tuple[str, ...] | None = None) -> list[ArchSpec]:
+        """The top-K observed specs with at least `min_cells` cells, by front rank, then score:
+        of `stages`, or (None) the chains (hybrid specs, and the one-cell specs without a
+        trunk, each a one-cell chain: `SearchSpace.as_chain`)."""
+        def keep(spec: ArchSpec) -> bool:
+            ok = self.space.as_chain(spec) is not None if stages is None else spec.stage in stages
+            return ok and len(spec.cells) >= min_cells
+
+        rows = [row for row in self._successes() if keep(row[0])]
         if not rows:
             return []
         ranks = non_dominated_sort(self._matrix([r[2] for r in rows]))

@@ -5,7 +5,9 @@ The strategy drives an Optuna study with `ask`/`tell` and the define-by-run mapp
 `optuna_space.suggest_spec`. A genetic algorithm proposes repeats as the population
 converges; a repeat is not asked again but answered with its twin's result (at once if
 known, else when it arrives), and after `retries` repeats in a row a fresh random spec is
-enqueued instead, so that no spec is asked twice before the space is exhausted.
+enqueued instead, so that no spec is asked twice before the space is exhausted. Optuna's
+parameters can describe a twin of a spec (a one-cell hybrid on the last taps is the late
+spec): it is asked as its canonical spec (`SearchSpace.canonical`), a repeat if that was.
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ class NSGA2Strategy(Strategy):
         with quiet_optuna():
             for _ in range(self.retries):
                 trial = self.study.ask()
-                spec = suggest_spec(trial, self.space)
+                spec = self.space.canonical(suggest_spec(trial, self.space))
                 self._open[spec.candidate_id].append(trial)
                 if self.exhausted or self.is_new(spec):
                     return spec
@@ -98,5 +100,5 @@ class NSGA2Strategy(Strategy):
                     self.study.tell(trial, [float(o.values([result.values[o.name]])[0]) for o in self.objectives])
 
     def spec_of(self, trial: optuna.trial.FrozenTrial) -> ArchSpec:
-        """The spec a trial of this study chose."""
-        return spec_from_params(trial.params, self.space)
+        """The (canonical) spec a trial of this study chose."""
+        return self.space.canonical(spec_from_params(trial.params, self.space))
