@@ -310,9 +310,9 @@ def test_a_oneshot_search_runs_and_resumes_end_to_end(tmp_path):
     from search.runstore.store import RunStore
     from tests.test_report import CONFIG
 
-    # one trial at a time: the last asks (next to the real front) then see the same results in both runs
+    # one candidate at a time (no packs): the last asks (next to the real front) see the same results in both runs
     config = {**CONFIG, "search": {"strategy": "oneshot", "num_samples": 4, "confirm": 0, "baselines": "none",
-                                   "max_concurrent": 1, "runs_dir": str(tmp_path / "runs"),
+                                   "max_concurrent": 1, "pack": 1, "runs_dir": str(tmp_path / "runs"),
                                    "options": {"steps_per_choice": 2}}}
     path = tmp_path / "oneshot.yaml"
     path.write_text(yaml.safe_dump(config))
