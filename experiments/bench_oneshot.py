@@ -7,9 +7,11 @@
    the table, with each search's wall time = the strategy's own seconds (oneshot: supernet
    training included) + the table's training seconds of the specs it asked.
 2. The full default av_digits space (experiments/configs/av_digits.yaml, no exhaustive front):
-   oneshot trains its supernet and `--full-budget` asked candidates for real
+   oneshot trains its supernet (`--full-steps` per choice on mini-batches of `--full-batch` at
+   `--full-lr`) and `--full-budget` asked candidates for real
    (`evaluate_candidate` in-process, one thread); mfas then trains candidates until it has
-   spent the same wall time; both fronts' HV use one reference (the run's `reference_point`).
+   spent the same wall time; both fronts' HV use one reference (the run's `reference_point`);
+   once per `--full-seeds` seed.
 
 Usage: .venv/bin/python experiments/bench_oneshot.py [--smoke-test] [--no-write]
 The full run writes the "One-shot" section of experiments/RESULTS.md.
@@ -103,7 +105,7 @@ def bench_dataset(title: str, file: str, args: argparse.Namespace) -> list[str]:
                     trained.append(strategy.info["supernet"])
             rows.append(f"| {name} | {budget} | {mean_std([r['default'] for r in runs])} | "
                         f"{mean_std([r['nadir'] for r in runs])} | {mean_std([r['best_accuracy'] for r in runs])} | "
-                        f"{statistics.mean(walls):.1f} |")
+                        f"{statistics.mean(walls):.2f} |")
             say(rows[-1])
     t = trained[0]
     lines += [f"Kendall tau-b (inherited-weight vs stand-alone val accuracy, all {len(specs)} specs), per seed "
@@ -134,36 +136,45 @@ def bench_full(args: argparse.Namespace) -> list[str]:
     cost = cost_function(prepared)
     ref = reference_point(config.space, cost, config.search.seed)
     context = StrategyContext(prepared.taps, config.train, say=say)
-    options = {"steps_per_choice": args.full_steps}
-    out: dict[str, dict[str, Any]] = {}
-    limit = None
-    for name in ("oneshot", "mfas"):
-        start = time.perf_counter()
-        strategy = make_strategy(name, config.space, seed=0, budget=args.full_budget, cost_fn=cost, context=context,
-                                 **(options if name == "oneshot" else {}))
-        records: list[dict[str, Any]] = []
-        while (limit is None and len(records) < args.full_budget) or (limit is not None and
-                                                                       time.perf_counter() - start < limit):
-            spec = strategy.ask()
-            m = evaluate_candidate(spec, prepared.taps, config.train, backbones=prepared.backbones)
-            records.append({**m, "arch_id": spec.arch_id})
-            strategy.tell(spec, objectives(m))
-        wall = time.perf_counter() - start
-        limit = limit or wall
-        out[name] = {"n": len(records), "wall": wall, "hv": front_hv(records, ref),
-                     "best": max((r["val_accuracy"] for r in records if r["status"] == "ok"), default=float("nan")),
-                     "extra": strategy.info if name == "oneshot" else {}}
-        say(f"  {name}: {len(records)} candidates in {wall:.0f} s, HV {out[name]['hv']:.4f}")
-    o = out["oneshot"]["extra"]
+    options = {"steps_per_choice": args.full_steps, "batch_size": args.full_batch, "lr": args.full_lr}
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for seed in args.full_seeds:
+        limit = None
+        for name in ("oneshot", "mfas"):
+            start = time.perf_counter()
+            strategy = make_strategy(name, config.space, seed=seed, budget=args.full_budget, cost_fn=cost,
+                                     context=context, **(options if name == "oneshot" else {}))
+            records: list[dict[str, Any]] = []
+            while (limit is None and len(records) < args.full_budget) or (limit is not None and
+                                                                           time.perf_counter() - start < limit):
+                spec = strategy.ask()
+                m = evaluate_candidate(spec, prepared.taps, config.train, backbones=prepared.backbones)
+                records.append({**m, "arch_id": spec.arch_id})
+                strategy.tell(spec, objectives(m))
+            wall = time.perf_counter() - start
+            limit = limit or wall
+            r = out[name, seed] = {"n": len(records), "wall": wall, "hv": front_hv(records, ref),
+                                   "best": max((r["val_accuracy"] for r in records if r["status"] == "ok"),
+                                               default=float("nan")),
+                                   "extra": strategy.info if name == "oneshot" else {}}
+            say(f"  {name} (seed {seed}): {len(records)} candidates in {wall:.0f} s, HV {r['hv']:.4f}")
+    shots = [out["oneshot", seed]["extra"] for seed in args.full_seeds]
+    o = shots[0]
+    per_seed = "; ".join(f"seed {seed}: {x['supernet']['seconds']:.0f} s, loss {x['supernet']['first_loss']:.3f} -> "
+                         f"{x['supernet']['last_loss']:.3f}, {x['ranking']['scored']} sub-networks scored by "
+                         f"{x['ranking']['mode']} in {x['ranking']['seconds']:.0f} s"
+                         for seed, x in zip(args.full_seeds, shots, strict=True))
     lines = [f"### Full default space of av_digits (`experiments/configs/av_digits.yaml`, {config.space.size()} specs)",
-             "", f"oneshot: supernet {o['supernet']['steps']} steps ({args.full_steps} per choice) in "
-             f"{o['supernet']['seconds']:.0f} s, {o['ranking']['scored']} sub-networks scored by "
-             f"{o['ranking']['mode']} in {o['ranking']['seconds']:.0f} s, then {args.full_budget} candidates trained; "
-             f"mfas trained candidates for the same wall time. One seed, one thread, in-process "
-             f"`evaluate_candidate` (the run's recipe); HV reference {np.round(ref, 3).tolist()} "
-             "(`reference_point`, as a run sets it).", "",
-             "| strategy | candidates trained | wall s | HV of its front | best val accuracy |", "|---|---|---|---|---|"]
-    lines += [f"| {n} | {r['n']} | {r['wall']:.0f} | {r['hv']:.4f} | {r['best']:.3f} |" for n, r in out.items()]
+             "", f"oneshot: supernet {o['supernet']['steps']} steps ({args.full_steps} per choice, mini-batches of "
+             f"{args.full_batch}, lr {args.full_lr:g}; its mean loss over the first / last 50 steps); {per_seed}. "
+             f"Then {args.full_budget} candidates trained (the first half from the predicted front, the rest next to "
+             "the real front); mfas trained candidates for the same wall time. Seeds "
+             f"{args.full_seeds}, one thread, in-process `evaluate_candidate` (the run's recipe); HV reference "
+             f"{np.round(ref, 3).tolist()} (`reference_point`, as a run sets it).", "",
+             "| strategy | candidates trained | wall s | HV of its front | best val accuracy | seed |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {r['n']} | {r['wall']:.0f} | {r['hv']:.4f} | {r['best']:.3f} | {seed} |"
+              for (n, seed), r in sorted(out.items(), key=lambda kv: (kv[0][0] != "oneshot", kv[0][1]))]
     say("\n".join(lines))
     return [*lines, ""]
 
@@ -175,7 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--steps-per-choice", type=int, default=0, help="oneshot's option (0: its default)")
     parser.add_argument("--full-budget", type=int, default=16, help="oneshot's trained candidates on the full space")
-    parser.add_argument("--full-steps", type=int, default=10, help="oneshot's steps per choice on the full space")
+    parser.add_argument("--full-steps", type=int, default=40, help="oneshot's steps per choice on the full space")
+    parser.add_argument("--full-batch", type=int, default=128, help="oneshot's supernet mini-batch on the full space")
+    parser.add_argument("--full-lr", type=float, default=3e-3, help="oneshot's supernet lr on the full space")
+    parser.add_argument("--full-seeds", type=int, nargs="*", default=[0, 1], help="seeds of the full-space comparison")
     parser.add_argument("--no-full", action="store_true", help="skip the full-space comparison")
     parser.add_argument("--cache-dir", default=None, help="backbone cache (default: the configs' own)")
     parser.add_argument("--table-dir", default=str(Path(tempfile.gettempdir()) / "fusion-nas-bench-search"),
@@ -186,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         args.runs_dir = str(Path(tmp) / "runs")
         if args.smoke_test:
-            args.budgets, args.seeds, args.full_budget, args.full_steps = [4, 8], [0], 2, 1
+            args.budgets, args.seeds, args.full_budget, args.full_steps, args.full_seeds = [4, 8], [0], 2, 1, [0]
             args.steps_per_choice = args.steps_per_choice or 3
             args.cache_dir, args.table_dir = str(Path(tmp) / "backbones"), str(Path(tmp) / "tables")
         head = f"{machine_line()}; budgets {args.budgets}, seeds {args.seeds}"

@@ -192,6 +192,83 @@ def test_a_large_space_is_searched_by_evolution_within_its_size():
     assert s.info["ranking"]["mode"] == "evolution" and 8 <= s.info["ranking"]["scored"] <= 8 * 4
 
 
+def real_front(told: list[ArchSpec]) -> list[ArchSpec]:
+    """The told specs no other told spec dominates (accuracy up, params and FLOPs down), slowly."""
+    def row(s):
+        t = table(s)
+        return (-t["accuracy"], t["params"], t["flops"])
+    return [s for s in told if not any(all(a <= b for a, b in zip(row(o), row(s), strict=True)) and row(o) != row(s)
+                                       for o in told)]
+
+
+def one_choice_apart(a: ArchSpec, b: ArchSpec) -> bool:
+    """Whether `SearchSpace.mutate` turns `b` into `a` for some seed (every single change is drawn in 3000)."""
+    return any(SPACE.mutate(b, random.Random(k)) == a for k in range(3000))
+
+
+def test_after_its_front_share_it_asks_neighbours_of_the_real_front():
+    s, queued = strategy(front_share=0.5), strategy(front_share=1.0)
+    told = []
+    for _ in range(6):  # budget 12: the first half from the predicted fronts, as front_share 1 asks them
+        spec = s.ask()
+        assert spec == queued.ask()
+        s.tell(spec, table(spec))
+        queued.tell(spec, table(spec))
+        told.append(spec)
+    later = []
+    for _ in range(6):
+        spec = s.ask()
+        front = real_front(told)
+        assert spec not in told and any(one_choice_apart(spec, f) for f in front), spec.describe()
+        s.tell(spec, table(spec))
+        told.append(spec)
+        later.append(spec)
+    assert later != [queued.ask() for _ in range(6)]  # not simply the rest of the predicted queue
+    assert [p["arch_id"] for p in s.local] == [a.arch_id for a in later]  # kept for the report
+    assert [p["predicted"] for p in s.local] == [Scorer(s.supernet()[0], TAPS, "accuracy")(a) for a in later]
+
+
+def test_the_neighbour_asked_is_the_one_adding_most_hypervolume_by_the_supernet_delta():
+    from search.oneshot.local import next_local
+    from search.pareto import hypervolume
+
+    a = ArchSpec("hybrid", (cell(("audio@0", "image@0"), "concat", 4),))
+    preds = {}
+
+    def predict(spec):  # a made-up surrogate: tensor is predicted 0.3 better than anything else
+        return preds.setdefault(spec.arch_id, 0.2 + 0.3 * ("tensor" in spec.ops))
+
+    def points(specs, values):
+        return np.array([[-v, cost(x)[0], cost(x)[1]] for x, v in zip(specs, values, strict=True)], dtype=float)
+
+    spec = next_local(SPACE, [(a, 0.6)], predict, points, random.Random(0), tries=200, skip={a.arch_id})
+    assert one_choice_apart(spec, a)
+    # the slow way: every neighbour's estimate is 0.6 + predict(n) - predict(a); the pick adds the most HV
+    near = {SPACE.mutate(a, random.Random(k)) for k in range(3000)} - {a}
+    ref = points([a, *near], [0.6] + [0.6 + predict(n) - predict(a) for n in near]).max(0) + 1.0
+    gain = {n: hypervolume(points([a, n], [0.6, 0.6 + predict(n) - predict(a)]), ref)
+            - hypervolume(points([a], [0.6]), ref) for n in near}
+    assert gain[spec] == pytest.approx(max(gain.values()))
+    assert "tensor" in spec.ops
+
+
+def test_the_evolution_keeps_finding_new_sub_networks():
+    s = strategy(exhaustive=10, population=8, generations=6)
+    s.ask()
+    assert s.info["ranking"]["scored"] >= 8 * 7 * 0.75  # a converged population walks on instead of repeating
+
+
+def test_the_supernet_lr_option_reaches_its_training_and_a_bad_one_is_refused():
+    s = strategy(lr=1e-3, batch_size=16)
+    cfg = s.train_config()
+    assert (cfg.lr, cfg.batch_size, cfg.full_batch) == (1e-3, 16, 0)
+    assert s.fingerprint() != strategy(lr=2e-3, batch_size=16).fingerprint()
+    with pytest.raises(ValueError, match="oneshot: front_share must be a number > 0 and <= 1.0, got 1.5"):
+        strategy(front_share=1.5)
+    with pytest.raises(ValueError, match="oneshot: lr must be a number > 0, got 0"):
+        strategy(lr=0)
+
+
 def test_without_the_runs_data_it_says_what_it_needs():
     with pytest.raises(ValueError, match="oneshot: needs the run's tap cache"):
         make_strategy("oneshot", SPACE, seed=0, cost_fn=cost)
@@ -219,7 +296,8 @@ def test_the_predictions_and_weights_are_kept_and_a_resume_loads_them(tmp_path):
     resumed = strategy(run_dir=tmp_path)
     assert replay(resumed, records[:4] + records[5:], lookahead=2) == [ArchSpec.from_dict(records[4]["spec"])]
     assert resumed.info["supernet"].get("loaded") is True  # not trained again
-    assert [resumed.ask() for _ in range(4)] == later
+    resumed.tell(ArchSpec.from_dict(records[4]["spec"]), table(ArchSpec.from_dict(records[4]["spec"])))  # rerun
+    assert [resumed.ask() for _ in range(4)] == later  # the later asks follow the real front: the same results
 
     (tmp_path / "oneshot.json").write_text(json.dumps({**saved, "supernet": {**saved["supernet"], "fingerprint": "x"}}))
     again = strategy(run_dir=tmp_path)
@@ -232,8 +310,10 @@ def test_a_oneshot_search_runs_and_resumes_end_to_end(tmp_path):
     from search.runstore.store import RunStore
     from tests.test_report import CONFIG
 
+    # one candidate at a time (no packs): the last asks (next to the real front) see the same results in both runs
     config = {**CONFIG, "search": {"strategy": "oneshot", "num_samples": 4, "confirm": 0, "baselines": "none",
-                                   "runs_dir": str(tmp_path / "runs"), "options": {"steps_per_choice": 2}}}
+                                   "max_concurrent": 1, "pack": 1, "runs_dir": str(tmp_path / "runs"),
+                                   "options": {"steps_per_choice": 2}}}
     path = tmp_path / "oneshot.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["search", str(path)]) == 0
@@ -246,3 +326,23 @@ def test_a_oneshot_search_runs_and_resumes_end_to_end(tmp_path):
     resumed = store.trials()
     assert sorted(t["candidate_id"] for t in resumed) == sorted(t["candidate_id"] for t in trials)
     assert "predicted vs stand-alone" in (store.run_dir / "report.html").read_text()
+
+
+def test_the_report_shows_the_asks_next_to_the_real_front_without_a_queue_place(tmp_path):
+    from search.objectives import get
+    from search.report.oneshot import oneshot_html, predicted_vs_trained
+
+    a, b, c = SPECS[1], SPECS[3], SPECS[4]
+    entry = {"arch_id": None, "arch": None, "predicted": 0.0, "order": 0}
+    (tmp_path / "oneshot.json").write_text(json.dumps({
+        "predictions": [{**entry, "arch_id": a.arch_id, "arch": a.describe(), "predicted": 0.7, "order": 0},
+                        {**entry, "arch_id": c.arch_id, "arch": c.describe(), "predicted": 0.6, "order": 1}],
+        "local": [{"arch_id": c.arch_id, "arch": c.describe(), "predicted": 0.6, "ask": 2},
+                  {"arch_id": b.arch_id, "arch": b.describe(), "predicted": 0.9, "ask": 1}]}))
+    trials = [{"trial_id": f"t{i}", "arch_id": s.arch_id, "spec": s.to_dict(), "status": "ok",
+               "metrics": {"val_accuracy": v}} for i, (s, v) in enumerate(((a, 0.8), (b, 0.85), (c, 0.5)))]
+    data = predicted_vs_trained(tmp_path, trials, get(["accuracy"])[0])
+    assert [(r["arch"], r["order"], r["predicted"], r["trained"]) for r in data["rows"]] == [
+        (a.describe(), 0, 0.7, 0.8), (b.describe(), None, 0.9, 0.85), (c.describe(), None, 0.6, 0.5)]
+    assert data["tau"] == pytest.approx(1.0)  # 0.7 < 0.9 and 0.6 lowest: the same order as 0.8, 0.85, 0.5
+    assert oneshot_html(data, get(["accuracy"])[0]).count("<td>near front</td>") == 2

@@ -10,7 +10,10 @@ those an NSGA-II evolution visits) is scored with inherited weights on val and c
 exactly (`cost_fn`), and the asks are the predicted fronts, best first: front by front
 (non-dominated sorting), and within a front greedily by the hypervolume each adds to what
 is already queued. Each ask is an ordinary stand-alone trial; `tell` records the real
-result. The predictions go to `RUN/oneshot.json` (the report shows them against the trials).
+result. With a budget, after its first `front_share` part the asks move next to the real
+(stand-alone) front instead: its one-choice neighbours, estimated by the supernet relative to
+their parents' real results (`search.oneshot.local`). The predictions go to
+`RUN/oneshot.json` (the report shows them against the trials).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from spaces.space import SearchSpace
 from spaces.spec import ArchSpec
 
 FILE, WEIGHTS = "oneshot.json", "supernet.safetensors"
+REWALK = 10  # evolution: further mutations of a child the search has already scored
 GREEDY_MAX = 200  # a predicted front larger than this is queued by predicted metric, not greedy hypervolume
 
 
@@ -43,7 +47,10 @@ class OneShotStrategy(Strategy):
     """Supernet-ranked search (see the module docstring). Options: `steps_per_choice` (fairness
     rounds; default 3/4 of one candidate's step budget), `batch_size` (default: the run's rule),
     `exhaustive` (score every architecture of a space up to this size), `population` and
-    `generations` (the evolution on larger spaces), `queue` (predicted candidates kept)."""
+    `generations` (the evolution on larger spaces), `queue` (predicted candidates kept),
+    `lr` (the supernet's learning rate; default the recipe's), `front_share` (the part of the
+    budget asked from the predicted fronts before the real front's neighbours; 1: never),
+    `tries` (mutations drawn per real-front spec for its neighbours)."""
 
     name = "oneshot"
 
@@ -62,6 +69,9 @@ class OneShotStrategy(Strategy):
         population: int = 64,
         generations: int = 30,
         queue: int = 300,
+        lr: float | None = None,
+        front_share: float = 0.5,
+        tries: int = 20,
     ) -> None:
         super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn, objectives=objectives)
         if context is None:
@@ -69,37 +79,84 @@ class OneShotStrategy(Strategy):
                              "(context=StrategyContext(taps, train)); `fusion-nas search` passes them")
         for name, value in (("steps_per_choice", steps_per_choice or 1), ("batch_size", batch_size or 1),
                             ("exhaustive", exhaustive), ("population", population), ("generations", generations + 1),
-                            ("queue", queue)):
+                            ("queue", queue), ("tries", tries)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"oneshot: {name} must be a positive integer, got {value!r}")
+        for name, value, top in (("front_share", front_share, 1.0), ("lr", 1.0 if lr is None else lr, None)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= (top or np.inf):
+                raise ValueError(f"oneshot: {name} must be a number > 0{f' and <= {top}' if top else ''}, got {value!r}")
         self.context = context
         self.options = {"steps_per_choice": steps_per_choice, "batch_size": batch_size, "exhaustive": exhaustive,
-                        "population": population, "generations": generations, "queue": queue}
+                        "population": population, "generations": generations, "queue": queue, "lr": lr,
+                        "front_share": front_share, "tries": tries}
+        self._scored: dict[str, float] = {}  # arch_id -> inherited-weight metric, of every spec scored
+        self._scorer: Any = None
+        self._cost_memo: dict[str, dict[str, float]] = {}
         self._rng = random.Random(seed)
         self._queue: deque[ArchSpec] | None = None
         self.predictions: list[dict[str, Any]] = []
+        self.local: list[dict[str, Any]] = []  # the asks next to the real front, as asked
         self.info: dict[str, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """A copy leaves the context's in-process cache behind (a memo, not the strategy's state)."""
         state = dict(self.__dict__)
         state["context"] = replace(self.context, cache=None, say=None)
+        state["_scorer"] = None
         return state
 
     # ---- the contract ---------------------------------------------------------------------
     def _propose(self) -> ArchSpec:
         if self._queue is None:
             self._queue = deque(self._rank())
+        if self.budget is not None and len(self._asked) >= math.ceil(self.options["front_share"] * self.budget):
+            spec = self._local()
+            if spec is not None:
+                return spec
         while self._queue:
             spec = self.space.with_sampled_train(self._queue.popleft(), self._rng)
             if self.exhausted or self.is_new(spec):
                 return spec
         return self._fresh_random(self._rng, self.space.sample)  # the predicted candidates are all asked
 
+    def _local(self) -> ArchSpec | None:
+        """The next neighbour of the real front (`search.oneshot.local`), or None."""
+        from search.oneshot.local import next_local
+
+        metric = self.objectives[0].name
+        told = {s.arch_id: (s, r.values[metric]) for s, r in self.history if r is not None}  # s: valid, settings too
+        told = dict(sorted(told.items()))  # what was told decides the asks, not in which order (resume)
+        skip = {s.arch_id for s in self._asked.values()}
+        for _ in range(3):  # a fresh draw of neighbours if every one drawn was asked already
+            spec = next_local(self.space, list(told.values()), self._predict, lambda s, v: self._matrix(s, v)[0],
+                              self._rng, tries=self.options["tries"], skip=skip)
+            if spec is None:
+                continue
+            arch, spec = spec, self.space.with_sampled_train(spec, self._rng)
+            if self.is_new(spec):
+                self.local.append({"arch_id": arch.arch_id, "spec": arch.to_dict(), "arch": arch.describe(),
+                                   "predicted": self._predict(arch), "ask": len(self._asked)})
+                self._write()
+                return spec
+        return None
+
+    def _predict(self, spec: ArchSpec) -> float:
+        """`spec`'s inherited-weight metric (scored now if the ranking did not)."""
+        if spec.arch_id not in self._scored:
+            if self._scorer is None:
+                from search.oneshot.train import Scorer
+
+                self._scorer = Scorer(self.supernet()[0], self.context.taps, metric=self.objectives[0].name,
+                                      threads=self.context.train.threads)
+            self._scored[spec.arch_id] = self._scorer(spec)
+        return self._scored[spec.arch_id]
+
     # ---- the supernet -----------------------------------------------------------------------
     def train_config(self) -> Any:
         """The run's `train:` with the supernet's batch size (if set)."""
         cfg = self.context.train
+        if self.options["lr"]:
+            cfg = replace(cfg, lr=float(self.options["lr"]))
         return replace(cfg, batch_size=self.options["batch_size"], full_batch=0) if self.options["batch_size"] else cfg
 
     def steps_per_choice(self) -> int:
@@ -171,7 +228,8 @@ class OneShotStrategy(Strategy):
 
         net, info = self.supernet()
         start = time.perf_counter()
-        scorer = Scorer(net, self.context.taps, metric=self.objectives[0].name, threads=self.context.train.threads)
+        scorer = self._scorer = Scorer(net, self.context.taps, metric=self.objectives[0].name,
+                                       threads=self.context.train.threads)
         archs = self.space.size() // max(1, self.space.train_size())
         if archs <= self.options["exhaustive"]:
             specs = list({s.arch_id: s.architecture for s in self.space.enumerate(archs * self.space.train_size())}
@@ -183,6 +241,7 @@ class OneShotStrategy(Strategy):
             mode = "evolution"
         specs = [s for s, _ in scored.values()]
         values = [v for _, v in scored.values()]
+        self._scored.update({s.arch_id: v for s, v in scored.values()})
         order, ranks, rows = self._order(specs, values)
         seconds = time.perf_counter() - start
         self.info = {"supernet": info, "ranking": {"mode": mode, "scored": len(specs), "seconds": seconds}}
@@ -200,7 +259,11 @@ class OneShotStrategy(Strategy):
         return [self.objectives[0], *(o for o in self.objectives[1:] if o.known_before and self.cost_fn is not None)]
 
     def _costs(self, spec: ArchSpec) -> dict[str, float]:
-        return _objectives.costs_of(self.cost_fn(spec)) if self.cost_fn is not None else {}
+        if self.cost_fn is None:
+            return {}
+        if spec.arch_id not in self._cost_memo:
+            self._cost_memo[spec.arch_id] = _objectives.costs_of(self.cost_fn(spec))
+        return self._cost_memo[spec.arch_id]
 
     def _matrix(self, specs: Sequence[ArchSpec], values: Sequence[float]) -> tuple[np.ndarray, list[dict[str, float]]]:
         objs = self._objs()
@@ -227,7 +290,9 @@ class OneShotStrategy(Strategy):
         return order, ranks, rows
 
     def _evolve(self, scorer: Any) -> dict[str, tuple[ArchSpec, float]]:
-        """NSGA-II over architectures (mutation by `SearchSpace.mutate`), every visited one kept."""
+        """NSGA-II over architectures (mutation by `SearchSpace.mutate`), every visited one kept. A
+        child already scored mutates again (up to `REWALK` times), so a converging population
+        still visits new sub-networks instead of re-drawing its own members."""
         rng = random.Random(self.seed)
         seen: dict[str, tuple[ArchSpec, float]] = {}
 
@@ -245,8 +310,12 @@ class OneShotStrategy(Strategy):
             children = []
             for _ in range(size):
                 a, b = rng.choice(pop), rng.choice(pop)
-                parent = seen[min(a, b, key=lambda x: better[x])][0]
-                children.append(visit(self.space.mutate(parent, rng)))
+                child = self.space.mutate(seen[min(a, b, key=lambda x: better[x])][0], rng).architecture
+                for _ in range(REWALK):  # a repeat walks on, so the population keeps finding new sub-networks
+                    if child.arch_id not in seen:
+                        break
+                    child = self.space.mutate(child, rng).architecture
+                children.append(visit(child))
             merged = list(dict.fromkeys(pop + children))
             rank, crowd = _rank_crowding(self._matrix([seen[a][0] for a in merged], [seen[a][1] for a in merged])[0])
             keep = sorted(range(len(merged)), key=lambda i: (rank[i], -crowd[i], merged[i]))[:size]
@@ -260,7 +329,7 @@ class OneShotStrategy(Strategy):
         from search.runstore.store import atomic_write, to_jsonable
 
         data = {"strategy": self.name, "seed": self.seed, **self.info,
-                "objectives": [o.name for o in self._objs()], "predictions": self.predictions}
+                "objectives": [o.name for o in self._objs()], "predictions": self.predictions, "local": self.local}
         atomic_write(Path(run_dir) / FILE, json.dumps(to_jsonable(data)))
 
 
