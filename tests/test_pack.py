@@ -71,13 +71,15 @@ def test_auto_fills_the_target_seconds_within_the_fair_share():
     t = packing.TARGET_S
     # unknown seconds: a small first pack
     assert pack_size(AUTO, 64, 2, None) == packing.FIRST
-    assert pack_size(AUTO, 3, 2, None) == 2  # the fair share ceil(3 / 2)
+    assert pack_size(AUTO, 3, 2, None) == 1  # half the fair share, ceil(3 / 4)
+    assert pack_size(AUTO, 13, 2, None) == 4  # the first pack, within ceil(13 / 4)
     # short candidates: enough for TARGET_S, unless the fair share of what is left is smaller
     assert pack_size(AUTO, 1000, 2, t / 10) == 10
     assert pack_size(AUTO, 1000, 2, t / 9.5) == 10  # ceil: a pack reaches the target
-    assert pack_size(AUTO, 13, 2, t / 10) == 7
-    assert pack_size(AUTO, 13, 4, t / 10) == 4
+    assert pack_size(AUTO, 13, 2, t / 10) == 4  # ceil(13 / (2 * 2))
+    assert pack_size(AUTO, 13, 4, t / 10) == 2
     assert pack_size(AUTO, 10**6, 1, 1e-9) == packing.CAP
+    assert pack_size(AUTO, 8, 1, t / 10) == 8  # one slot: no share to halve
     # long candidates stay single
     assert pack_size(AUTO, 1000, 2, t) == 1 and pack_size(AUTO, 1000, 2, 10 * t) == 1
     assert pack_size(AUTO, 1, 8, 0.01) == 1 and pack_size(AUTO, 0, 2, 0.01) == 0
@@ -87,13 +89,13 @@ def test_auto_fills_the_target_seconds_within_the_fair_share():
 def test_auto_packs_keep_workers_busy_to_the_end_of_the_budget():
     """Simulated: 2 workers take auto packs of equal candidates until the budget is handed out;
     they finish within one candidate's time of each other, and each pack meets the target or
-    the fair share."""
+    half the fair share."""
     for n, seconds in ((64, 0.5), (64, 3.0), (500, 0.2), (7, 0.1)):
         free, left, sizes = [0.0, 0.0], n, []
         while left:
             w = free.index(min(free))
             size = pack_size(AUTO, left, 2, seconds)
-            assert size * seconds >= packing.TARGET_S or size == min(math.ceil(left / 2), packing.CAP)
+            assert size * seconds >= packing.TARGET_S or size == min(math.ceil(left / 4), packing.CAP)
             free[w] += size * seconds
             left -= size
             sizes.append(size)
@@ -247,7 +249,7 @@ def test_auto_packs_grow_from_measured_seconds_within_the_fair_share(tmp_path):
     store = RunStore.create(tmp_path, "a", {})
     out = run_search(evaluate=evaluate_ok, shared=BONUS, strategy=strategy(budget=12), num_samples=12,
                      store=store, pack=AUTO, max_concurrent=1)
-    # first FIRST (seconds unknown), then the whole fair share of the 8 left to one slot
+    # first FIRST (seconds unknown), then all 8 left to the one slot (no other slot to balance)
     assert [r.get("pack") for r in out] == [packing.FIRST] * 4 + [8] * 8
     assert sorted(r["candidate_id"] for r in out) == sorted(first_asks(12)) and no_repeats(out)
 

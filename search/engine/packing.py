@@ -3,8 +3,9 @@
 Candidates on the tap cache take 0.1-1 s, while Tune costs about a CPU-slot second a trial
 (experiments/RESULTS.md, "Ray overhead"): a trial that trains a pack of candidates pays that
 once. `auto` sizes each pack from the measured seconds per candidate so that a trial lasts
-`TARGET_S`, and never hands one worker more than its fair share of what is left (the budget
-still to hand out over the concurrent slots), so that no worker idles at the end of the budget.
+`TARGET_S`, and never hands one worker more than half its fair share of what is left (the
+budget still to hand out over twice the concurrent slots: "factoring", which balances candidates
+of unequal length better than whole shares do), so that no worker idles at the end of the budget.
 Long candidates get packs of 1. No Ray, no torch: the searcher and the tests use it alike.
 """
 from __future__ import annotations
@@ -29,8 +30,10 @@ def pack_size(pack: Pack, remaining: int, slots: int, mean_s: float | None) -> i
     """How many candidates the next trial gets, out of `remaining` still to hand out.
 
     `pack` N: N (at most `remaining`). `auto`: enough for `TARGET_S` at `mean_s` seconds a
-    candidate (`FIRST` while unknown), at most `CAP` and at most the fair share
-    `ceil(remaining / slots)`; always at least 1 (0 only when nothing remains).
+    candidate (`FIRST` while unknown), at most `CAP` and, with several slots, at most half
+    the fair share, `ceil(remaining / (2 * slots))`; always at least 1 (0 only when nothing remains).
+    (Whole shares left one slot idle for 21 slot-seconds of a 109 s search on av_digits, whose
+    candidates take 0.2-24 s: a share sized by count can hold the longest candidates.)
     """
     if remaining <= 0:
         return 0
@@ -40,7 +43,7 @@ def pack_size(pack: Pack, remaining: int, slots: int, mean_s: float | None) -> i
         want = FIRST
     else:
         want = math.ceil(TARGET_S / max(mean_s, 1e-3))
-    share = math.ceil(remaining / max(1, slots))
+    share = remaining if slots <= 1 else math.ceil(remaining / (2 * slots))  # one slot: nobody to wait for
     return max(1, min(want, CAP, share, remaining))
 
 
