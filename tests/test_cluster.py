@@ -5,7 +5,7 @@ trial, and the form of `search.storage`.
 `ray.cluster_utils.Cluster` is not used: its driver hangs for minutes retrying the GCS at the
 machine's interface address (DESIGN.md, "Two nodes on one machine"). Drivers run in
 subprocesses, since token auth is read when Ray is imported. Every process a node starts
-carries an environment marker of that node, so the test stops exactly those (never `ray stop`).
+carries an environment marker of that node, so the test stops exactly those by pid, and nothing else on the machine.
 """
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ def test_a_bad_storage_is_one_line_naming_the_file_and_key(tmp_path, value: Any,
 
 def test_no_node_outside_ray_and_a_lost_node_reason_names_it() -> None:
     assert this_node() is None  # a plain call (the in-process engine, tests) names no node
-    line = lost_node_reason({"id": "ab" * 28, "ip": "10.1.2.3"}, "ActorUnavailableError: gone\nmore")
-    assert line.startswith("node 10.1.2.3 (abababab) was lost while the trial ran on it; a resume runs it again")
+    line = lost_node_reason({"id": "ab" * 28, "ip": "127.0.0.1"}, "ActorUnavailableError: gone\nmore")
+    assert line.startswith("node 127.0.0.1 (abababab) was lost while the trial ran on it; a resume runs it again")
     assert "ActorUnavailableError: gone" in line and "\n" not in line and "more" not in line
 
 
@@ -72,7 +72,7 @@ def test_a_trial_lost_with_its_node_is_not_counted_and_a_replay_runs_it_again() 
     specs = [asks.ask() for _ in range(4)]
     records = [{"trial_id": f"t{i}", "spec": s.to_dict(), "status": "ok", "metrics": fake_metrics(s, {"bonus": 0})}
                for i, s in enumerate(specs)]
-    records[0] = {**records[0], "status": "errored", "metrics": {}, "lost_node": {"id": "ab" * 28, "ip": "10.0.0.7"}}
+    records[0] = {**records[0], "status": "errored", "metrics": {}, "lost_node": {"id": "ab" * 28, "ip": "127.0.0.1"}}
     assert [counts_to_budget(r) for r in records] == [False, True, True, True]
     fresh = RandomStrategy(seed=3)
     rerun = replay(fresh, records, lookahead=1)  # one trial at a time: the lost one waits, the rest match
