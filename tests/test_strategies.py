@@ -29,18 +29,10 @@ from search.strategies._pools import CellTable, one_cell_pool
 from search.strategies._sampling import hypervolume_gains, sample_k, sampling_probabilities, temperature
 from search.strategies.surrogate import Surrogate
 from search.training.train import TrainConfig
-from spaces.args import Arg
 from spaces.space import SearchSpace
 from spaces.spec import ArchSpec
-from tests.test_oneshot import fake_taps
+from tests.test_oneshot import CATALOGUE, DEPTHS, fake_taps
 
-CATALOGUE = {
-    "attention": (Arg("dim", "int", 64, low=1, high=512),),
-    "concat": (),
-    "low_rank": (Arg("rank", "int", 4, low=1, high=64),),
-    "tensor": (Arg("proj_dim", "int", 8, low=1, high=64),),
-}
-DEPTHS = {"image": [0, 1, 2, 3], "audio": [0, 1, 2]}
 MEDIUM = SearchSpace.from_dict(
     {"ops": {"attention": {}, "concat": {}, "low_rank": {"rank": [2, 4, 8]}, "tensor": {"proj_dim": [4, 8]}},
      "widths": [16, 32, 64], "trunks": [[], [64]]},
