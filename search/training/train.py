@@ -448,9 +448,10 @@ def evaluate_candidate(
     scores: dict[str, float] = {}
     if result.status == "ok":
         sub = taps.subset(required_taps(spec))
-        scores = task_metrics(task, head, scored_splits(sub, device))
+        splits = scored_splits(sub, device)  # read once: the task's metrics and the accuracy below share them
+        scores = task_metrics(task, head, splits)
         if task.name == "classification":  # as always: fit's best val accuracy, test accuracy
-            scores.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(head, tap_tensors(sub, "test", device)))
+            scores.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(head, splits["test"]))
     return _metrics(spec, head, result, scores, backbones, taps.num_classes, start, train_cfg, task)
 
 
@@ -467,11 +468,12 @@ def _metrics(spec: ArchSpec, head: FusionHead, result: FitResult, scores: Mappin
     out = _failed(spec, result.reason, start, cfg.seed, task.name)
     ok = result.status == "ok"
     with torch.enable_grad():  # count_flops must run with grad on (see fusion_ops.cost)
-        counted = _on_cpu(head)  # counts are the CPU's, wherever it trained (FLOP formulas differ by kernel)
-        cost = {"params_fusion": count_params(counted), "flops_fusion": count_flops(counted, counted.example_taps(1))}
-        if backbones is not None:
+        if backbones is not None:  # the whole model's costs, the fusion part's among them
             with torch.random.fork_rng(devices=[]):  # costing builds (and initialises) a throwaway model
                 cost = candidate_cost(spec, backbones, num_classes)
+        else:
+            counted = _on_cpu(head)  # counts are the CPU's, wherever it trained (FLOP formulas differ by kernel)
+            cost = {"params_fusion": count_params(counted), "flops_fusion": count_flops(counted, counted.example_taps(1))}
     out.update(scores if ok else {})
     out.update(
         status=result.status,
