@@ -153,6 +153,30 @@ def test_a_run_of_failures_then_successes_is_survived(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", [*SEARCHING, "grid"])
+@pytest.mark.parametrize("told", [7, 12])
+def test_the_asks_a_strategy_has_fixed_are_the_same_asked_ahead_or_after_results(name: str, told: int) -> None:
+    """`fixed_asks`: a searcher may ask that many ahead (search.engine.balance). Asked at once,
+    or one at a time with each told before the next, they must be the same specs."""
+    space = SMALL if name == "grid" else MEDIUM
+    ahead, later = strategy(name, space), strategy(name, space)
+    for s in (ahead, later):
+        run(s, told)  # some history (mfas: within its first batch at 7, a later batch at 12)
+        s.ask()
+    assert ahead.fixed_asks == later.fixed_asks
+    k = min(ahead.fixed_asks, 40 - told - 1)
+    if name == "nsga2":
+        assert k == 0  # Optuna's sampler may learn from every result
+    else:
+        assert k > 0
+    planned = [ahead.ask() for _ in range(k)]
+    one_by_one = []
+    for _ in range(k):
+        one_by_one.append(spec := later.ask())
+        later.tell(spec, objectives(spec))
+    assert planned == one_by_one
+
+
+@pytest.mark.parametrize("name", [*SEARCHING, "grid"])
 def test_a_pickled_strategy_carries_on_as_the_original(name: str) -> None:
     """The Ray adapter snapshots its strategy with pickle, pending trials included."""
     s = strategy(name, SMALL if name == "grid" else MEDIUM)

@@ -35,6 +35,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
 
 from search.baselines import counts_to_budget
+from search.engine.balance import PLAN, fixed_asks
 from search.engine.confirm import confirmation_todo
 from search.engine.interrupt import Interrupts
 from search.engine.packing import Pack, replay_lookahead
@@ -299,6 +300,22 @@ def _scheduler(scheduler: str | TrialScheduler | None, max_epochs: int) -> Trial
     raise ValueError(f"unknown scheduler {scheduler!r}; known: asha (or none)")
 
 
+@contextlib.contextmanager
+def _pending_trials(slots: int) -> Any:
+    """Let Tune start `slots` trials at once (`TUNE_MAX_PENDING_TRIALS_PG`, unless the user set it).
+    With a custom searcher Tune keeps one trial pending: the second worker started only once the
+    first was running, 2.4 s later on 2 cores. `StrategySearcher` keeps at most `slots` + 1 live."""
+    key = "TUNE_MAX_PENDING_TRIALS_PG"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = str(max(slots, 1))
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
 def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # Tune's default spells out the whole config
 
@@ -381,9 +398,11 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
         _PROGRESS[str(store.run_dir)] = progress
     try:
         slots = max_concurrent or concurrent_slots(ray.cluster_resources(), cpus_per_trial, gpus_per_trial)
-        rerun = replay(strategy, records, replay_lookahead(records, slots, pack)) if records else []
+        ahead = min(PLAN, fixed_asks(strategy))  # the searcher asks that far ahead too
+        rerun = replay(strategy, records, replay_lookahead(records, slots, pack) + ahead) if records else []
         searcher = StrategySearcher(strategy, max_trials=num_samples, store=store, confirm=confirm,
-                                    base_seed=base_seed, recorded=records, rerun=rerun, pack=pack, slots=slots)
+                                    base_seed=base_seed, recorded=records, rerun=rerun, pack=pack, slots=slots,
+                                    max_live=slots + 1)  # Tune may start `slots` at once: see _pending_trials
         # an upper bound: the searcher ends the experiment when the front is confirmed
         bound = max(remaining, 0) + confirm * num_samples + 1
         if interrupts is not None:
@@ -401,7 +420,7 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
                 stop=None if interrupts is None else _InterruptStopper(interrupts, searcher),
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
         )
-        with interrupts.soft() if interrupts is not None else contextlib.nullcontext():
+        with interrupts.soft() if interrupts is not None else contextlib.nullcontext(), _pending_trials(slots):
             try:
                 tuner.fit()
             except TuneError as exc:  # every finished trial is already in trials.jsonl

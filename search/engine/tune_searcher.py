@@ -16,8 +16,9 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from search.baselines import counts_to_budget
+from search.engine.balance import PLAN, Durations, fixed_asks, promote
 from search.engine.confirm import confirmation_todo
-from search.engine.packing import Pack, RollingSeconds, pack_size
+from search.engine.packing import TARGET_S, Pack, RollingSeconds, pack_size
 from search.runstore.store import RunStore
 from search.runstore.trial_metrics import (
     CANDIDATE,
@@ -71,9 +72,16 @@ class StrategySearcher(Searcher):
     pack goes with what it has). `strategy.tell` gets `objectives_of` each candidate's metrics
     as soon as its report arrives: None for a candidate that failed, errored or was stopped
     early. A trial whose worker died errs its running candidate; the pack's candidates that
-    never started go back to be asked again (`rerun`). `max_trials` caps the strategy's
+    never started go back to be handed out again. `max_trials` caps the strategy's
     candidates, counting the `recorded` ones (the run's records so far, already replayed into
     the strategy); `rerun` specs (asked in the replay, never recorded) are run before new asks.
+
+    The end of the budget is balanced (`search.engine.balance`): the specs a strategy has fixed
+    already (`fixed_asks`) are asked ahead into a plan (at most `PLAN`), handed out in ask order,
+    except that a pack starts with the longest planned one (predicted from the candidates
+    finished so far) once the rest would no longer balance it; alone, when it fills half a pack.
+    `max_live` (None: no cap) caps the trials suggested and not complete: `run_search` lets Tune
+    start a trial per slot at once and keeps `slots` + 1 live, the running ones and the next.
 
     Confirmation (`confirm=K`): once the strategy's trials are all asked, the searcher
     proposes the seeds `base_seed + 1 .. + K` of every candidate on the front (decided on
@@ -86,19 +94,22 @@ class StrategySearcher(Searcher):
 
     def __init__(self, strategy: Any, *, max_trials: int | None = None, store: RunStore | None = None,
                  confirm: int = 0, base_seed: int = 0, recorded: Iterable[Mapping[str, Any]] = (),
-                 rerun: Sequence[ArchSpec] = (), pack: Pack = 1, slots: int = 1) -> None:
+                 rerun: Sequence[ArchSpec] = (), pack: Pack = 1, slots: int = 1,
+                 max_live: int | None = None) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.strategy, self.max_trials = strategy, max_trials
         self.confirm, self.base_seed = confirm, base_seed
-        self.pack, self.slots = pack, slots
+        self.pack, self.slots, self.max_live = pack, slots, max_live
         self._run_dir = None if store is None else str(store.run_dir)
         self._n_recorded = sum(counts_to_budget(r) for r in recorded)
-        self._rerun = list(rerun)
+        room = len(rerun) if max_trials is None else max(0, max_trials - self._n_recorded)
+        self._plan = list(rerun)[:room]  # asked, not handed out yet: the replay's leftovers, then asks ahead
         self._live: dict[str, dict[int, Member]] = {}  # trial id -> its pack's candidates not yet finished
         self._configs: dict[str, dict[str, Any]] = {}  # trial id -> its config, while live
-        self._n_main = 0  # the strategy's candidates handed out here (and not handed back)
+        self._n_main = len(self._plan)  # the strategy's candidates taken here: planned or handed out
         self._finished: dict[str, dict[str, Any]] = {}  # record id -> record, until the store has it
         self.seconds = RollingSeconds()
+        self.durations = Durations()
         self.stopping = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -115,6 +126,9 @@ class StrategySearcher(Searcher):
         if self.stopping:
             return None
         if trial_id not in self._live:
+            if self.max_live is not None and len(self._live) >= self.max_live:  # slots busy, the next waiting
+                done = self.confirm <= 0 and not self._plan and (self._left() <= 0 or self.strategy.done)
+                return Searcher.FINISHED if done else None
             members = self._strategy_pack()
             if not isinstance(members, list):
                 return members  # None: it waits for results; or FINISHED
@@ -122,20 +136,41 @@ class StrategySearcher(Searcher):
             self._configs[trial_id] = pack_config(members)
         return self._configs[trial_id]
 
+    def _left(self) -> int:
+        """The strategy's candidates still to take (10**9 without a cap)."""
+        return 10**9 if self.max_trials is None else self.max_trials - self._n_recorded - self._n_main
+
+    def _ask(self) -> ArchSpec | None:
+        """The strategy's next spec (counted), or None: done, the budget taken, or it waits for results."""
+        if self._left() <= 0 or self.strategy.done or (spec := self.strategy.ask()) is None:
+            return None
+        self._n_main += 1
+        return spec
+
+    def _plan_ahead(self) -> None:
+        """Ask ahead what the strategy has fixed already, within the budget and `PLAN`."""
+        while len(self._plan) < PLAN and fixed_asks(self.strategy) > 0 and (spec := self._ask()) is not None:
+            self._plan.append(spec)
+
     def _strategy_pack(self) -> list[Member] | str | None:
         """The next pack of the strategy's candidates, or of confirmation seeds once those are asked."""
-        left = None if self.max_trials is None else self.max_trials - self._n_recorded - self._n_main
-        if (left is not None and left <= 0) or (not self._rerun and self.strategy.done):
+        self._plan_ahead()
+        if not self._plan and (self._left() <= 0 or self.strategy.done):
             return self._confirmation_pack()
-        size = pack_size(self.pack, left if left is not None else 10**9, self.slots, self.seconds.mean)
+        size = pack_size(self.pack, len(self._plan) + max(self._left(), 0), self.slots, self.seconds.mean)
         members: list[Member] = []
         while len(members) < size:
-            if self._rerun:
-                spec = self._rerun.pop(0)
-            elif self.strategy.done or (spec := self.strategy.ask()) is None:
+            if self._plan:
+                first = promote([self.durations.predict(s) for s in self._plan], self.slots) if not members else None
+                spec = self._plan.pop(first or 0)
+                members.append(Member(spec))
+                if first is not None and (self.durations.predict(spec) or 0.0) >= TARGET_S / 2:
+                    break  # a long one that fills half a pack goes alone
+            elif (spec := self._ask()) is not None:
+                members.append(Member(spec))
+                self._plan_ahead()  # an ask may fix more (a strategy's next batch)
+            else:
                 break  # done, or it waits for results before proposing more
-            members.append(Member(spec))
-        self._n_main += len(members)
         if not members and self.strategy.done:
             return self._confirmation_pack()
         return members or None
@@ -173,6 +208,7 @@ class StrategySearcher(Searcher):
             return
         metrics = result_metrics(result)
         self.seconds.add((metrics or {}).get("seconds"))
+        self.durations.add(members[k].spec, (metrics or {}).get("seconds"))
         self._finish(record_id(trial_id, k, len(pack_members(self._configs[trial_id]))), members.pop(k), metrics)
 
     def _finish(self, rid: str, member: Member, metrics: dict[str, Any] | None, status: str | None = None) -> None:
@@ -194,9 +230,7 @@ class StrategySearcher(Searcher):
         size, ks = len(pack_members(config)), sorted(members)
         if error:  # the running candidate errs; those that never started go back to be asked again
             self._finish(record_id(trial_id, ks[0], size), members[ks[0]], None, "errored")
-            back = [members[k].spec for k in ks[1:] if members[k].seed is None]
-            self._rerun[:0] = back
-            self._n_main -= len(back)
+            self._plan[:0] = [members[k].spec for k in ks[1:] if members[k].seed is None]
         elif size == 1:  # its last result decides (none with metrics: stopped early by the scheduler)
             self._finish(trial_id, members[ks[0]], result_metrics(result or {}))
         # else a pack stopped by an interrupt: what did not finish is neither told nor recorded

@@ -123,6 +123,13 @@ class Strategy:
         """True once the strategy has nothing left to propose (only finite strategies)."""
         return False
 
+    @property
+    def fixed_asks(self) -> int:
+        """How many of the next asks are fixed already: asked now or after results still to come,
+        they give the same specs (a searcher may ask those ahead, and train them in another order).
+        0 by default: every ask may learn from the latest results."""
+        return 0
+
     def ask(self) -> ArchSpec:
         """The next spec to evaluate; raises SpaceExhausted when `done`."""
         if self.done:

@@ -46,6 +46,10 @@ class GridStrategy(Strategy):
     def done(self) -> bool:
         return self._next >= len(self._order)
 
+    @property
+    def fixed_asks(self) -> int:
+        return len(self._order) - self._next
+
     def _propose(self) -> ArchSpec:
         spec = self._order[self._next]
         self._next += 1

@@ -88,6 +88,11 @@ class MFASStrategy(Strategy):
         self.batches: list[dict[str, float]] = []  # one record per batch built: round, level, size, temperature
 
     # ---- the queue --------------------------------------------------------------------
+    @property
+    def fixed_asks(self) -> int:
+        """The new specs left in the batch being asked (the next batch learns from the results)."""
+        return len(self._queue) if self.exhausted else len({s.candidate_id for s in self._queue if self.is_new(s)})
+
     def _propose(self) -> ArchSpec:
         if not self._queue:
             self._queue.extend(self._next_batch())

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import random
+import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -106,6 +107,16 @@ class OneShotStrategy(Strategy):
         return state
 
     # ---- the contract ---------------------------------------------------------------------
+    @property
+    def fixed_asks(self) -> int:
+        """The asks left before the neighbour phase (which follows the real front), once the
+        supernet has ranked the space (at the first ask); without a budget, every ask."""
+        if self._queue is None:
+            return 0
+        if self.budget is None:
+            return sys.maxsize
+        return max(0, math.ceil(self.options["front_share"] * self.budget) - len(self._asked))
+
     def _propose(self) -> ArchSpec:
         if self._queue is None:
             self._queue = deque(self._rank())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Sequence
 
 from search.objectives import Objective
@@ -33,6 +34,10 @@ class RandomStrategy(Strategy):
         super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn, objectives=objectives)
         self._rng = random.Random(seed)
         self._draw = space.sample_uniform if uniform else space.sample
+
+    @property
+    def fixed_asks(self) -> int:
+        return sys.maxsize  # its draws never look at results
 
     def _propose(self) -> ArchSpec:
         return self._fresh_random(self._rng, self._draw)
