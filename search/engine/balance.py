@@ -1,16 +1,16 @@
 """Balancing the end of a budget: predicted candidate seconds, and the longest started early.
 
-Candidates differ in length by 50x (on av_digits 0.4-24 s: an attention bottleneck trains 20x
-longer than a concat of the same FLOPs). When a long one is asked last, one worker trains it
-alone while the others have nothing left (experiments/RESULTS.md, "Throughput": a 23 s candidate
-asked 61st of 64 held one of two slots alone for 7 s). So the searcher asks ahead the candidates a
+Candidates differ in length by 60x (on av_digits 0.4-24 s; a one-cell attention bottleneck
+of 64k FLOPs trains 7.8 s, a concat of 82k FLOPs 1.3 s). When a long one is asked last, one
+worker trains it alone while the others have nothing left (experiments/RESULTS.md,
+"Throughput": a 23 s candidate asked 61st of 64 held one of two slots alone for 7 s). So the searcher asks ahead the candidates a
 strategy has fixed already (`fixed_asks`: asking them now or later gives the same specs), and
 before each pack it starts the longest of them early, once what is left beside it would no longer
 balance it (`promote`): longest-first at the tail, ask order everywhere else.
 
 `Durations` predicts a candidate's seconds from those finished so far: a least-squares fit of
-seconds on how many cells of each operator the spec has and its training settings. Its seconds
-are only compared with each other, so a poor fit costs balance, never correctness.
+seconds on how many cells of each operator the spec has and its training settings. It only
+orders and groups candidates: a poor fit costs balance, never correctness.
 No Ray, no torch: the searcher and the tests use it alike.
 """
 from __future__ import annotations
