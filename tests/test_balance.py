@@ -24,10 +24,10 @@ from tests.test_tune import SPACE, fake_metrics
 SECONDS = {"tensor": 6.0, "low_rank": 1.0, "concat": 0.3}  # a planted cost per cell, plus 0.2 a candidate
 
 
-def spec_of(*ops: str, lr: float | None = None) -> ArchSpec:
+def spec_of(*ops: str, **train: float) -> ArchSpec:
     args = {"tensor": (("proj_dim", 8),), "low_rank": (("rank", 4),)}
     cells = tuple(CellSpec(("a@1", "b@1"), op, 8, "relu", args.get(op, ())) for op in ops)
-    return ArchSpec("hybrid" if len(ops) > 1 else "late", cells, train=(("lr", lr),) if lr else ())
+    return ArchSpec("hybrid" if len(ops) > 1 else "late", cells, train=tuple(sorted(train.items())))
 
 
 def planted(spec: ArchSpec) -> float:
@@ -35,8 +35,9 @@ def planted(spec: ArchSpec) -> float:
 
 
 # ---- the predictor ----------------------------------------------------------------------
-def test_features_are_the_cells_operators_and_the_training_settings():
-    assert features(spec_of("tensor", "concat", lr=0.01)) == ["op:tensor", "op:concat", "train:lr=0.01"]
+def test_features_count_the_cells_operators_and_take_the_training_settings_values():
+    assert features(spec_of("tensor", "concat", "tensor", lr=0.01, batch_size=64)) == {
+        "op:tensor": 2.0, "op:concat": 1.0, "train:batch_size": 64.0, "train:lr": 0.01}
 
 
 def test_durations_learn_additive_seconds_per_operator_and_predict_an_unseen_chain():
@@ -61,7 +62,20 @@ def test_an_operator_never_seen_is_predicted_the_longest_seen():
     for s in (spec_of("concat"), spec_of("concat", "concat"), spec_of("low_rank")):
         d.add(s, planted(s))
     assert d.predict(spec_of("tensor")) == planted(spec_of("low_rank"))  # the longest so far: start it early
-    assert d.predict(spec_of("concat", lr=0.1)) == planted(spec_of("low_rank"))  # an unseen setting too
+    assert d.predict(spec_of("concat", lr=0.1)) == pytest.approx(planted(spec_of("concat")))  # a setting: ignored
+
+
+def test_a_numeric_setting_that_moves_the_seconds_is_learnt_from_its_value():
+    def seconds(spec: ArchSpec) -> float:  # a step's time grows with the batch: 1 ms a sample per cell
+        return 0.2 + 0.001 * dict(spec.train)["batch_size"] * len(spec.cells)
+
+    d = Durations()
+    for ops, batch in ((("concat",), 64), (("concat",), 256), (("concat", "concat"), 128), (("concat",), 32)):
+        d.add(spec_of(*ops, batch_size=batch), seconds(spec_of(*ops, batch_size=batch)))
+    one, two = d.predict(spec_of("concat", batch_size=512)), d.predict(spec_of("concat", "concat", batch_size=512))
+    assert one is not None and two is not None and one < two  # more cells, longer
+    small, big = d.predict(spec_of("concat", batch_size=16)), d.predict(spec_of("concat", batch_size=1024))
+    assert small is not None and big is not None and big > small + 0.5  # a bigger batch, longer
 
 
 def test_promote_starts_the_longest_once_the_rest_cannot_balance_it():

@@ -9,7 +9,7 @@ before each pack it starts the longest of them early, once what is left beside i
 balance it (`promote`): longest-first at the tail, ask order everywhere else.
 
 `Durations` predicts a candidate's seconds from those finished so far: a least-squares fit of
-seconds on how many cells of each operator the spec has and its training settings. It only
+seconds on how many cells of each operator the spec has and its training settings' values. It only
 orders and groups candidates: a poor fit costs balance, never correctness.
 No Ray, no torch: the searcher and the tests use it alike.
 """
@@ -34,16 +34,23 @@ def fixed_asks(strategy: Any) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
 
 
-def features(spec: ArchSpec) -> list[str]:
-    """What a spec's seconds are fitted on: one name per cell's operator, and each training setting."""
-    return [f"op:{c.op}" for c in spec.cells] + [f"train:{k}={v}" for k, v in spec.train_settings.items()]
+def features(spec: ArchSpec) -> dict[str, float]:
+    """What a spec's seconds are fitted on: how many cells have each operator (`op:<name>`), and
+    each training setting's value (`train:<name>`: a batch size or a step count moves the
+    seconds; a setting that does not gets no weight)."""
+    out: dict[str, float] = {}
+    for cell in spec.cells:
+        out[f"op:{cell.op}"] = out.get(f"op:{cell.op}", 0.0) + 1.0
+    for name, value in spec.train_settings.items():
+        out[f"train:{name}"] = float(value)
+    return out
 
 
 class Durations:
     """Seconds of candidates, learnt from those finished: `add(spec, seconds)`, `predict(spec)`."""
 
     def __init__(self) -> None:
-        self._rows: list[list[str]] = []
+        self._rows: list[dict[str, float]] = []
         self._seconds: list[float] = []
         self._fit: tuple[dict[str, int], np.ndarray] | None = None
 
@@ -59,32 +66,36 @@ class Durations:
 
     def predict(self, spec: ArchSpec) -> float | None:
         """Predicted seconds (> 0), or None before `MIN_FIT` candidates have finished. A spec with
-        an operator or setting never seen gets the largest seconds seen: better early than last."""
+        an operator never seen gets the largest seconds seen: better early than last. A setting
+        never seen counts for nothing."""
         if len(self) < MIN_FIT:
             return None
         index, weights = self._fitted()
-        names = features(spec)
-        if any(n not in index for n in names):
+        row = features(spec)
+        if any(n.startswith("op:") and n not in index for n in row):
             return max(self._seconds)
+        return max(float(self._vector(row, index) @ weights), 1e-3)
+
+    @staticmethod
+    def _vector(row: dict[str, float], index: dict[str, int]) -> np.ndarray:
         x = np.zeros(len(index) + 1)
         x[-1] = 1.0
-        for n in names:
-            x[index[n]] += 1.0
-        return max(float(x @ weights), 1e-3)
+        for n, v in row.items():
+            if n in index:
+                x[index[n]] = v
+        return x
 
     def _fitted(self) -> tuple[dict[str, int], np.ndarray]:
         if self._fit is None:
             index = {n: i for i, n in enumerate(sorted({n for row in self._rows for n in row}))}
-            a = np.zeros((len(self._rows), len(index) + 1))
-            a[:, -1] = 1.0
-            for r, row in enumerate(self._rows):
-                for n in row:
-                    a[r, index[n]] += 1.0
+            a = np.stack([self._vector(row, index) for row in self._rows])
             b = np.asarray(self._seconds)
             # least squares (the least-norm fit where features move together, e.g. one cell
-            # each), then no negative seconds per feature: a cell never saves time
+            # each), then no negative seconds per operator: a cell never saves time
             w = np.linalg.lstsq(a, b, rcond=None)[0]
-            self._fit = index, np.maximum(w, 0.0)
+            ops = [i for n, i in index.items() if n.startswith("op:")]
+            w[ops] = np.maximum(w[ops], 0.0)
+            self._fit = index, w
         return self._fit
 
 
