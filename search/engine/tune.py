@@ -304,7 +304,7 @@ def _scheduler(scheduler: str | TrialScheduler | None, max_epochs: int) -> Trial
 def _pending_trials(slots: int) -> Any:
     """Let Tune start `slots` trials at once (`TUNE_MAX_PENDING_TRIALS_PG`, unless the user set it).
     With a custom searcher Tune keeps one trial pending: the second worker started only once the
-    first was running, 2.4 s later on 2 cores. `StrategySearcher` keeps at most `slots` + 1 live."""
+    first was running, 2.4-2.7 s later on 2 cores. `StrategySearcher` keeps at most `slots` + 1 live."""
     key = "TUNE_MAX_PENDING_TRIALS_PG"
     if key in os.environ:
         yield

@@ -127,8 +127,7 @@ class StrategySearcher(Searcher):
             return None
         if trial_id not in self._live:
             if self.max_live is not None and len(self._live) >= self.max_live:  # slots busy, the next waiting
-                done = self.confirm <= 0 and not self._plan and (self._left() <= 0 or self.strategy.done)
-                return Searcher.FINISHED if done else None
+                return Searcher.FINISHED if self.confirm <= 0 and self._handed_out() else None
             members = self._strategy_pack()
             if not isinstance(members, list):
                 return members  # None: it waits for results; or FINISHED
@@ -140,6 +139,10 @@ class StrategySearcher(Searcher):
         """The strategy's candidates still to take (10**9 without a cap)."""
         return 10**9 if self.max_trials is None else self.max_trials - self._n_recorded - self._n_main
 
+    def _handed_out(self) -> bool:
+        """Nothing of the strategy's left to hand out: no plan, and the budget taken or the strategy done."""
+        return not self._plan and (self._left() <= 0 or self.strategy.done)
+
     def _ask(self) -> ArchSpec | None:
         """The strategy's next spec (counted), or None: done, the budget taken, or it waits for results."""
         if self._left() <= 0 or self.strategy.done or (spec := self.strategy.ask()) is None:
@@ -149,22 +152,24 @@ class StrategySearcher(Searcher):
 
     def _plan_ahead(self) -> None:
         """Ask ahead what the strategy has fixed already, within the budget and `PLAN`."""
-        while len(self._plan) < PLAN and fixed_asks(self.strategy) > 0 and (spec := self._ask()) is not None:
+        for _ in range(min(PLAN - len(self._plan), fixed_asks(self.strategy))):  # read once: each ask uses one
+            if (spec := self._ask()) is None:
+                break
             self._plan.append(spec)
 
     def _strategy_pack(self) -> list[Member] | str | None:
         """The next pack of the strategy's candidates, or of confirmation seeds once those are asked."""
         self._plan_ahead()
-        if not self._plan and (self._left() <= 0 or self.strategy.done):
+        if self._handed_out():
             return self._confirmation_pack()
         size = pack_size(self.pack, len(self._plan) + max(self._left(), 0), self.slots, self.seconds.mean)
         members: list[Member] = []
         while len(members) < size:
             if self._plan:
-                first = promote([self.durations.predict(s) for s in self._plan], self.slots) if not members else None
-                spec = self._plan.pop(first or 0)
-                members.append(Member(spec))
-                if first is not None and (self.durations.predict(spec) or 0.0) >= TARGET_S / 2:
+                predicted = [self.durations.predict(s) for s in self._plan] if not members else []
+                first = promote(predicted, self.slots)
+                members.append(Member(self._plan.pop(first or 0)))
+                if first is not None and (predicted[first] or 0.0) >= TARGET_S / 2:
                     break  # a long one that fills half a pack goes alone
             elif (spec := self._ask()) is not None:
                 members.append(Member(spec))
