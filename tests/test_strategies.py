@@ -6,7 +6,6 @@ import collections
 import hashlib
 import logging
 import math
-import pickle
 import random
 from pathlib import Path
 
@@ -174,19 +173,6 @@ def test_the_asks_a_strategy_has_fixed_are_the_same_asked_ahead_or_after_results
         one_by_one.append(spec := later.ask())
         later.tell(spec, objectives(spec))
     assert planned == one_by_one
-
-
-@pytest.mark.parametrize("name", [*SEARCHING, "grid"])
-def test_a_pickled_strategy_carries_on_as_the_original(name: str) -> None:
-    """The Ray adapter snapshots its strategy with pickle, pending trials included."""
-    s = strategy(name, SMALL if name == "grid" else MEDIUM)
-    pending = [s.ask() for _ in range(3)]
-    run(s, 4 if name == "grid" else 12)
-    copy = pickle.loads(pickle.dumps(s))
-    for x in (s, copy):
-        for spec in pending:
-            x.tell(spec, objectives(spec))
-    assert run(copy, 8) == run(s, 8)
 
 
 def test_tell_refuses_a_spec_not_asked_or_told_twice_and_bad_objectives() -> None:

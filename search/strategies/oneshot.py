@@ -99,13 +99,6 @@ class OneShotStrategy(Strategy):
         self.local: list[dict[str, Any]] = []  # the asks next to the real front, as asked
         self.info: dict[str, Any] = {}
 
-    def __getstate__(self) -> dict[str, Any]:
-        """A copy leaves the context's in-process cache behind (a memo, not the strategy's state)."""
-        state = dict(self.__dict__)
-        state["context"] = replace(self.context, cache=None, say=None)
-        state["_scorer"] = None
-        return state
-
     # ---- the contract ---------------------------------------------------------------------
     @property
     def fixed_asks(self) -> int:
