@@ -45,6 +45,8 @@ RECIPES = {
     "mini-batch": dataclasses.replace(NEW, full_batch=0),
     "no warm-up/clip": dataclasses.replace(NEW, warmup=0.0, grad_clip=0.0),
     "max_steps 800": dataclasses.replace(NEW, max_steps=800, min_steps=400),
+    "adamw": dataclasses.replace(NEW, optimizer="adamw"),  # decoupled decay at the same weight_decay
+    "adamw wd 0.1": dataclasses.replace(NEW, optimizer="adamw", weight_decay=0.1),
 }
 
 

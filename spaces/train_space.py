@@ -92,7 +92,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("batch_size", "int", 1, doc="samples per optimiser step"),
         Setting("dropout", "float", 0.0, 1.0, high_open=True, doc="dropout rate in the fusion cells and head"),
         Setting("lr", "float", 0.0, low_open=True, doc="peak learning rate"),
-        Setting("weight_decay", "float", 0.0, doc="decoupled weight decay"),
+        Setting("weight_decay", "float", 0.0, doc="weight decay, applied as train.optimizer says (adam: coupled L2; adamw: decoupled)"),
     )
 }
 

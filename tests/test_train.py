@@ -72,8 +72,8 @@ PLANTED_TRAIN = TrainConfig()  # the defaults (3,200 train samples: mini-batches
 def test_train_config_defaults_round_trip_and_errors():
     cfg = TrainConfig.from_dict(None)
     assert cfg == TrainConfig() and cfg.to_dict()["threads"] == 1
-    doc = {"epochs": 1000, "batch_size": 128, "lr": 1.0e-2, "weight_decay": 1.0e-2, "patience": 5, "threads": 1, "seed": 0,
-           "aux_weight": None, "max_steps": 400, "min_steps": 200, "eval_every": 20, "full_batch": 2048,
+    doc = {"epochs": 1000, "batch_size": 128, "lr": 1.0e-2, "weight_decay": 1.0e-2, "optimizer": "adam", "patience": 5,
+           "threads": 1, "seed": 0, "aux_weight": None, "max_steps": 400, "min_steps": 200, "eval_every": 20, "full_batch": 2048,
            "schedule": "cosine", "warmup": 0.05, "grad_clip": 1.0, "dropout": 0.0, "device": "auto"}
     assert TrainConfig.from_dict(doc).to_dict() == doc
     old = {"epochs": 40, "batch_size": 128, "lr": 3.0e-3, "weight_decay": 1.0e-4, "patience": 6}  # still loads
@@ -87,7 +87,7 @@ def test_train_config_defaults_round_trip_and_errors():
         ({"batch_size": 0}, "train.batch_size: expected an integer >= 1, got 0"),
         ({"seed": -1}, "train.seed: expected an integer >= 0, got -1"),
         ({"patience": 2.5}, "train.patience: expected an integer >= 1, got 2.5"),
-        ({"epoch": 3}, "train.epoch: unknown key; known: epochs, batch_size, lr, weight_decay, patience, threads, seed, "
+        ({"epoch": 3}, "train.epoch: unknown key; known: epochs, batch_size, lr, weight_decay, optimizer, patience, threads, seed, "
                        "aux_weight, max_steps, min_steps, eval_every, full_batch, schedule, warmup, grad_clip, dropout, "
                        "device"),
         ("fast", "train: expected a mapping, got 'fast'"),
