@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.bench_run import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,10 +57,7 @@ def test_without_cuda_the_table_says_the_gpu_rows_were_not_measured():
 def test_bench_gpu_smoke_test_trains_on_the_cpu_and_through_ray_and_leaves_results_alone():
     results = ROOT / "experiments" / "RESULTS.md"
     before = results.read_bytes()
-    run = subprocess.run([sys.executable, "experiments/bench_gpu.py", "--smoke-test"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout
+    out = run_bench("bench_gpu", "--smoke-test")
     assert "smoke test: the CPU only" in out
     assert re.search(r"^\| prepare: pretraining from scratch \+ tap cache \| cpu \| - \| \d+\.\d \| - \| - \|$",
                      out, flags=re.M)

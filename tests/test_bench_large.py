@@ -3,10 +3,10 @@ table and writes nothing (nor leaves its temporary folder behind)."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from tests.bench_run import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,10 +15,7 @@ def test_bench_large_smoke_test_prints_the_table_and_leaves_results_alone():
     results = ROOT / "experiments" / "RESULTS.md"
     before = results.read_bytes() if results.exists() else None
     left_before = set(Path(tempfile.gettempdir()).glob("bench_large-*"))
-    run = subprocess.run([sys.executable, "experiments/bench_large.py", "--smoke-test"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout
+    out = run_bench("bench_large", "--smoke-test")
     assert re.search(r"tap cache: 6 taps, [0-9.]+ MiB float32 in /\S+/taps/[0-9a-f]{16} \([0-9.]+ s\)", out)
     assert "planted xor: 4,000 samples (3,000 train, 500 val incl. the holdout, 500 test)" in out
     assert "2 finished ok" in out

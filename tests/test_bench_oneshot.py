@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.bench_run import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -12,10 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_oneshot_smoke_test_prints_tau_and_the_tables():
     results = ROOT / "experiments" / "RESULTS.md"
     before = results.read_bytes() if results.exists() else None
-    run = subprocess.run([sys.executable, "experiments/bench_oneshot.py", "--smoke-test"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout
+    out = run_bench("bench_oneshot", "--smoke-test")
     taus = re.findall(r"Kendall tau-b .* per seed \[0\]: (-?[\d.]+|nan); mean", out)
     assert len(taus) == 2 and all(t == "nan" or -1.0 <= float(t) <= 1.0 for t in taus)
     rows = re.findall(r"^\| (oneshot|mfas|nsga2|random) \| (4|8) \| ([\d.]+) ± [\d.]+ \| [\d.]+ ± [\d.]+ \| "

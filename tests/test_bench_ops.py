@@ -3,11 +3,10 @@ and writes nothing."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from fusion_ops import list_fusions
+from tests.bench_run import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,10 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_ops_smoke_test_prints_a_row_per_operator_and_dataset_and_leaves_results_alone():
     results = ROOT / "experiments" / "RESULTS.md"
     before = results.read_bytes() if results.exists() else None
-    run = subprocess.run([sys.executable, "experiments/bench_ops.py", "--smoke-test"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout
+    out = run_bench("bench_ops", "--smoke-test")
     assert "inference path only" in out
     tables = out.split("### ")[1:]
     assert [t.splitlines()[0] for t in tables] == ["av_digits", "planted xor", "planted xor, sequences"]

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.bench_run import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,12 +30,10 @@ def test_table_reports_means_and_gaps_in_points():
 def test_bench_quality_smoke_test_prints_the_table_and_leaves_results_alone():
     results = ROOT / "experiments" / "RESULTS.md"
     before = results.read_bytes()
-    run = subprocess.run([sys.executable, "experiments/bench_quality.py", "--smoke-test", "--jobs", "1"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    row = next(ln for ln in run.stdout.splitlines() if ln.startswith("| planted xor |"))
+    out = run_bench("bench_quality", "--smoke-test", "--jobs", "1")
+    row = next(ln for ln in out.splitlines() if ln.startswith("| planted xor |"))
     numbers = [float(x) for x in re.findall(r"\d\.\d{3}", row)]
     assert len(numbers) == 6 and all(0.0 <= x <= 1.0 for x in numbers)  # 2 budgets: search ± std; baseline, oracle
-    assert "budget 2, seed 0" in run.stdout and "budget 4, seed 0" in run.stdout  # budget 2: the same search, stopped
-    assert "(3 seeds," in run.stdout  # the search's best point was confirmed: 1 + search.confirm seeds
+    assert "budget 2, seed 0" in out and "budget 4, seed 0" in out  # budget 2: the same search, stopped
+    assert "(3 seeds," in out  # the search's best point was confirmed: 1 + search.confirm seeds
     assert results.read_bytes() == before

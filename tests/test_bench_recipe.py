@@ -1,9 +1,9 @@
 """The recipe benchmark's smoke test runs, prints its table and writes nothing."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.bench_run import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -11,12 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_recipe_smoke_test_prints_the_table_and_leaves_results_alone():
     results = ROOT / "experiments" / "RESULTS.md"
     before = results.read_bytes() if results.exists() else None
-    run = subprocess.run(
-        [sys.executable, "experiments/bench_recipe.py", "--smoke-test"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout
+    out = run_bench("bench_recipe", "--smoke-test")
     assert "| task | spec | old | new |" in out
     rows = [line for line in out.splitlines() if line.startswith("| planted xor (d 32, 800 train) | early tensor | ")]
     assert len(rows) == 1 and all(0.0 <= float(c) <= 1.0 for c in rows[0].strip(" |").split(" | ")[2:])

@@ -4,8 +4,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from fusion_ops import fusion_args
 from search.strategies import list_strategies
 from spaces import SearchSpace
+from tests.bench_run import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,10 +80,7 @@ def test_mfas_and_nsga2_ask_distinct_specs_from_the_table():
 def test_bench_search_smoke_test_prints_the_tables_and_leaves_results_alone():
     results = ROOT / "experiments" / "RESULTS.md"
     before = results.read_bytes() if results.exists() else None
-    run = subprocess.run([sys.executable, "experiments/bench_search.py", "--smoke-test"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout
+    out = run_bench("bench_search", "--smoke-test")
     for title in ("planted xor", "av_digits"):
         assert f"### {title} (`experiments/configs/bench_" in out
     header = ("| strategy | budget | HV / exhaustive HV (default ref) | HV / exhaustive HV (nadir ref) "

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+
+from tests.bench_run import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,10 +45,7 @@ def test_a_row_divides_wall_by_the_candidate_seconds_per_slot_and_says_where_the
 def test_bench_throughput_smoke_test_prints_three_runs_and_leaves_results_alone():
     results = ROOT / "experiments" / "RESULTS.md"
     before = results.read_bytes()
-    run = subprocess.run([sys.executable, "experiments/bench_throughput.py", "--smoke-test"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout
+    out = run_bench("bench_throughput", "--smoke-test")
     assert "the same 6 specs in all three: yes" in out
     rows = re.findall(r"^\| (\([abc]\)) [^|]+ \| 6 \| ([\d.]+) \| ([\d.]+) \| (\d) \| ([\d.]+) \| (\d+) \| ([\d.]+) \|",
                       out, flags=re.M)

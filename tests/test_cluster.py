@@ -165,7 +165,9 @@ def test_a_search_runs_across_two_nodes_and_each_trial_names_its_node(tmp_path, 
 def evaluate_held(spec: ArchSpec, shared: Any) -> dict[str, Any]:
     """A quick fake candidate; on the marked node, once `hold` exists, it says so and never ends."""
     if os.environ.get(NODE_VAR) == shared["hold_on"] and Path(shared["hold"]).exists():
-        Path(shared["held"]).write_text(json.dumps({"node": this_node(), "arch_id": spec.arch_id}))
+        part = Path(shared["held"] + ".part")  # written whole, then renamed: the test reads it as soon as it exists
+        part.write_text(json.dumps({"node": this_node(), "arch_id": spec.arch_id}))
+        part.replace(shared["held"])
         time.sleep(600)
     time.sleep(shared["sleep"])
     return {**fake_metrics(spec, shared), "node": this_node()}

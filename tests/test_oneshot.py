@@ -305,6 +305,7 @@ def test_the_predictions_and_weights_are_kept_and_a_resume_loads_them(tmp_path):
     assert not again.info["supernet"].get("loaded")  # weights of another supernet are never loaded
 
 
+@pytest.mark.usefixtures("ray_local")  # the search and its resume share one embedded Ray
 def test_a_oneshot_search_runs_and_resumes_end_to_end(tmp_path):
     from search.cli import main
     from search.runstore.store import RunStore

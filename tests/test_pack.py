@@ -25,7 +25,7 @@ from search.runstore.store import RunStore, front_from_trials
 from search.strategies import make_strategy
 from spaces import ConfigError
 from spaces.spec import ArchSpec
-from tests.test_tune import (  # noqa: F401  (ray_local is a fixture)
+from tests.test_tune import (
     ROOT,
     SPACE,
     _cluster_pids,
@@ -36,7 +36,6 @@ from tests.test_tune import (  # noqa: F401  (ray_local is a fixture)
     evaluate_slowly,
     fake_metrics,
     late,
-    ray_local,
 )
 
 BONUS = {"bonus": 0.01, "sleep": 0.0}

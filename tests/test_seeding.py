@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from fusion_ops import fusion_args
@@ -60,6 +61,7 @@ def config(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("ray_local")  # the search and its resume share one embedded Ray
 def test_a_run_records_the_late_concat_baseline_as_a_candidate_and_resume_keeps_it_once(tmp_path, capsys,
                                                                                         monkeypatch):
     monkeypatch.chdir(tmp_path)

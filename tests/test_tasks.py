@@ -99,6 +99,7 @@ CASES = {  # task -> (data, its default metric, search keys)
 }
 
 
+@pytest.mark.usefixtures("ray_local")  # the module's searches share one embedded Ray
 @pytest.mark.parametrize("task", list(CASES))
 def test_each_task_end_to_end_through_the_cli(task, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -160,6 +161,7 @@ def test_a_bad_task_metric_or_objective_is_one_line_and_exit_2(tmp_path, capsys,
     assert len(err.splitlines()) == 1 and message in err, err
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_latency_is_a_fourth_objective(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = config(tmp_path, {**PLANTED, "task": "additive"}, objectives=["params", "flops", "latency"])

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import ray  # noqa: E402
 import yaml
 
 from search.engine.tune import run_search  # noqa: E402
@@ -112,22 +111,6 @@ def evaluate_crashes_on_tensor(spec: ArchSpec, shared: Any) -> dict[str, Any]:
 def evaluate_slowly(spec: ArchSpec, shared: Any) -> dict[str, Any]:
     time.sleep(shared["sleep"])
     return fake_metrics(spec, shared)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """One small embedded Ray for the module; workers import `tests` through PYTHONPATH.
-    The environment is put back afterwards (ray.init also sets RAY_AUTH_MODE)."""
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_AUTH_MODE")}
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, saved["PYTHONPATH"]) if p)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def lines(store: RunStore) -> list[dict]:
