@@ -205,7 +205,8 @@ def planted_config(tmp_path: Path, **search) -> Path:
         "space": {"stages": ["late"], "ops": {"concat": {}, "tensor": {"proj_dim": [4]}}, "widths": [8],
                   "activations": ["relu"], "max_cells": 1},
         "train": {"epochs": 5, "patience": 3},
-        "search": {"strategy": "random", "num_samples": 3, "runs_dir": str(tmp_path / "runs"), **search},
+        "search": {"strategy": "random", "num_samples": 3, "runs_dir": str(tmp_path / "runs"), "max_concurrent": 1,
+                   **search},
     }
     path = tmp_path / "bl.yaml"
     path.write_text(yaml.safe_dump(cfg))

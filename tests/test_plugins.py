@@ -102,7 +102,7 @@ def config(tmp: Path, **changes) -> Path:
                   "widths": [8], "activations": ["relu"], "max_cells": 1, "depths": {"m1": [1, 2], "m2": [1]}},
         "train": {"max_steps": 20, "min_steps": 0, "eval_every": 10},
         "search": {"strategy": "plugin_first", "options": {"tag": "from-config"}, "num_samples": 3,
-                   "runs_dir": str(tmp / "runs"), "confirm": 0, "baselines": "none"},
+                   "runs_dir": str(tmp / "runs"), "confirm": 0, "baselines": "none", "max_concurrent": 1},
     }
     for key, value in changes.items():
         section, _, sub = key.partition("__")

@@ -17,7 +17,7 @@ def xor_config(tmp_path: Path) -> Path:
     hidden head, so only an operator that multiplies modalities can beat chance."""
     cfg = {
         "name": "xor",
-        "data": {"kind": "planted", "task": "xor", "n_train": 2000, "n_test": 1000, "d": 16, "seed": 0},
+        "data": {"kind": "planted", "task": "xor", "n_train": 1000, "n_test": 1000, "d": 16, "seed": 0},
         "backbones": {"cache_dir": str(tmp_path / "cache"), "pretrain": {"epochs": 5, "patience": 2},
                       "modalities": {"m1": {"kind": "mlp", "widths": [16]}, "m2": {"kind": "mlp", "widths": [16]}}},
         "space": {"stages": ["late", "hybrid"],
@@ -27,7 +27,7 @@ def xor_config(tmp_path: Path) -> Path:
         "train": {"max_steps": 300},  # the default recipe, a little shorter
         # 20 models: 5 late, and 5 one-cell hybrids on each of the 3 other tap pairs (those on
         # the last taps are the late specs: spaces give each model one spec)
-        "search": {"strategy": "grid", "num_samples": 20, "runs_dir": str(tmp_path / "runs")},
+        "search": {"strategy": "grid", "num_samples": 20, "runs_dir": str(tmp_path / "runs"), "max_concurrent": 1},
     }
     path = tmp_path / "xor.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -29,7 +29,7 @@ def seq_config(tmp_path: Path) -> Path:
                           "memory": {"hidden": [4], "mem": [4]}, "adversarial": {"dim": [4]}},
                   "widths": [8], "activations": ["relu"], "max_cells": 1, "trunks": [[]]},
         "train": {"epochs": 3, "patience": 3},
-        "search": {"strategy": "grid", "num_samples": 8, "runs_dir": str(tmp_path / "runs"), "confirm": 0,
+        "search": {"strategy": "grid", "num_samples": 8, "runs_dir": str(tmp_path / "runs"), "confirm": 0, "max_concurrent": 1,
                    "baselines": "none"},  # this test is about the operators
     }
     path = tmp_path / "new_ops.yaml"

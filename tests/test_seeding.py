@@ -54,7 +54,7 @@ def config(tmp_path: Path) -> Path:
         "space": {"stages": ["late"], "ops": {"concat": {}, "tensor": {"proj_dim": [4]}}, "widths": [8, 32],
                   "activations": ["relu"], "max_cells": 1},
         "train": {"max_steps": 40, "min_steps": 20},
-        "search": {"strategy": "random", "num_samples": 3, "runs_dir": str(tmp_path / "runs")},
+        "search": {"strategy": "random", "num_samples": 3, "runs_dir": str(tmp_path / "runs"), "max_concurrent": 1},
     }
     path = tmp_path / "seeded.yaml"
     path.write_text(yaml.safe_dump(cfg))

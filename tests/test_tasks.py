@@ -74,7 +74,7 @@ def config(tmp: Path, data: dict, **search) -> Path:
         "space": {"stages": ["early", "late"], "ops": {"concat": {}, "tensor": {"proj_dim": [4]}}, "widths": [8],
                   "activations": ["relu"], "max_cells": 1, "trunks": [[]]},
         "train": {"epochs": 20, "max_steps": 60, "min_steps": 20},
-        "search": {"strategy": "random", "num_samples": 3, "runs_dir": str(tmp / "runs"), "confirm": 0,
+        "search": {"strategy": "random", "num_samples": 3, "runs_dir": str(tmp / "runs"), "confirm": 0, "max_concurrent": 1,  # one trial actor: ~3.5 CPU s of imports each
                    "baselines": "none", **search},
     }
     path = tmp / "tasks.yaml"

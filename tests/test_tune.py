@@ -308,7 +308,7 @@ def test_bytes_per_trial_do_not_grow_with_the_data(tmp_path, ray_local):
                "backbones": {**SMALL["backbones"], "cache_dir": str(tmp_path / "cache"),
                              "pretrain": {"epochs": 1}},
                "train": {"epochs": 2, "min_steps": 2, "max_steps": 4},
-               "search": {**SMALL["search"], "num_samples": 3, "runs_dir": str(tmp_path / "runs")}}
+               "search": {**SMALL["search"], "num_samples": 3, "runs_dir": str(tmp_path / "runs"), "max_concurrent": 1}}
         path = tmp_path / f"n{n_train}.yaml"
         path.write_text(yaml.safe_dump(raw))
         cfg = load_config(path)
