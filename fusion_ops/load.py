@@ -8,7 +8,9 @@ cells, head, and the train split's input standardisation). `load_model` builds e
 backbone from its config and cuts it as the architecture needs (`Backbone.lean`). safetensors holds tensors
 and nothing else, so loading an export never runs code from the file; the digest in
 `model.json` catches a weights file changed or cut short after export before any of
-it is parsed.
+it is parsed, and its `integrity` digest (format version 2) covers `model.json` and
+`arch.yaml` themselves. A backbone of kind `python` names a factory to import and call:
+`load_model` refuses it unless the caller trusts the export's author (`trust_code=True`).
 
     from fusion_ops.load import load_model
     model = load_model("export/")                    # nn.Module, eval mode, on the CPU
@@ -34,7 +36,8 @@ from fusion_ops.model import FusionModel, build_model
 from spaces.spec import ArchSpec
 
 FORMAT = "fusion-nas-export"
-VERSION = 1
+VERSION = 2  # 2: model.json carries `integrity`; version 1 exports (without it) still load
+READS = (1, 2)
 ARCH_FILE, MODEL_FILE, WEIGHTS_FILE = "arch.yaml", "model.json", "weights.safetensors"
 MAX_TEXT_BYTES = 16 * 2**20  # arch.yaml, model.json, metrics.json
 MAX_WEIGHTS_BYTES = 8 * 2**30
@@ -42,6 +45,24 @@ MAX_WEIGHTS_BYTES = 8 * 2**30
 
 class ExportError(ValueError):
     """An export directory that cannot be loaded: missing, damaged or changed files."""
+
+
+def integrity(info: Mapping[str, Any], arch_text: bytes) -> str:
+    """SHA-256 of `model.json` (its canonical JSON, without this digest) and the bytes of
+    `arch.yaml`: what `load_model` checks before it reads anything else of them."""
+    body = {k: v for k, v in info.items() if k != "integrity"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(canonical + b"\n" + arch_text).hexdigest()
+
+
+def code_named(info: Mapping[str, Any]) -> list[str]:
+    """What loading `info` (a model.json) would import and call: `modality: module:function` of
+    each backbone of kind `python` (the other kinds are this package's, or installed plugins')."""
+    mods = info.get("modalities")
+    if not isinstance(mods, Mapping):
+        return []
+    return [f"{m}: {d['backbone'].get('factory')!r}" for m, d in sorted(mods.items())
+            if isinstance(d, Mapping) and isinstance(d.get("backbone"), Mapping) and d["backbone"].get("kind") == "python"]
 
 
 class ExportedModel(nn.Module):
@@ -130,8 +151,10 @@ def save_model(model: ExportedModel, out: str | Path, backbones: Mapping[str, Ma
         "flat_taps": sorted(model.model.fusion.flat),
         "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
     }
+    arch = model.spec.to_yaml().encode("utf-8")
+    info["integrity"] = integrity(info, arch)
     (out / WEIGHTS_FILE).write_bytes(data)
-    (out / ARCH_FILE).write_text(model.spec.to_yaml(), encoding="utf-8")
+    (out / ARCH_FILE).write_bytes(arch)
     (out / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
 
@@ -159,15 +182,24 @@ def read_bounded(file: Path, limit: int) -> bytes:
     return data
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
+def load_model(path: str | Path, device: str | torch.device = "cpu", *, trust_code: bool = False) -> ExportedModel:
     """The model exported to directory `path`, in eval mode, on `device` (its weights mapped there);
-    `ExportError` says what is wrong otherwise."""
+    `ExportError` says what is wrong otherwise. A backbone factory named in `model.json` (kind
+    `python`) is imported and called only with `trust_code=True`: run code from people you trust."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     path = Path(path)
     info = _read_info(path)
-    spec = _read_spec(path, info)
+    arch = read_bounded(path / ARCH_FILE, MAX_TEXT_BYTES)
+    if info["version"] >= 2 and info.get("integrity") != integrity(info, arch):
+        raise ExportError(f"{path}: {MODEL_FILE} or {ARCH_FILE} was changed after export (the SHA-256 in "
+                          f"{MODEL_FILE}, 'integrity', does not match them); export it again")
+    code = code_named(info)
+    if code and not trust_code:
+        raise ExportError(f"{path / MODEL_FILE} names code to import and run ({'; '.join(code)}); load it only "
+                          "from someone you trust: load_model(..., trust_code=True), or fusion-nas evaluate --trust-code")
+    spec = _read_spec(path, info, arch)
     data = _read_weights(path, info)
     try:
         device = torch.device(device)
@@ -200,14 +232,14 @@ def _read_info(path: Path) -> dict[str, Any]:
         raise ExportError(f"{file}: not valid JSON ({err})") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ExportError(f"{file}: not a fusion-nas export description (format is not {FORMAT!r})")
-    if info.get("version") != VERSION:
-        raise ExportError(f"{file}: export format version {info.get('version')!r}; this fusion-nas reads {VERSION}")
+    if info.get("version") not in READS:
+        raise ExportError(f"{file}: export format version {info.get('version')!r}; this fusion-nas reads "
+                          f"{', '.join(map(str, READS))}")
     return info
 
 
-def _read_spec(path: Path, info: Mapping[str, Any]) -> ArchSpec:
+def _read_spec(path: Path, info: Mapping[str, Any], text: bytes) -> ArchSpec:
     file = path / ARCH_FILE
-    text = read_bounded(file, MAX_TEXT_BYTES)
     try:
         spec = ArchSpec.from_yaml(text.decode("utf-8"))
     except Exception as err:  # yaml errors, missing keys, wrong types: all mean a damaged file

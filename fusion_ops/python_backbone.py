@@ -13,6 +13,7 @@ weights (an encoder that comes pretrained, e.g. from a file the factory loads).
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -115,6 +116,10 @@ def _parse(d: Mapping[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(factory, str) or factory.count(":") != 1 or not all(factory.split(":")):
         raise ValueError(f"{where}.factory: expected 'module:function' naming a function that returns "
                          f"an nn.Module, got {factory!r}")
+    root = factory.split(":")[0].split(".")[0]
+    if root in sys.stdlib_module_names or root in sys.builtin_module_names:
+        raise ValueError(f"{where}.factory: {factory!r} is in Python's standard library, not a model factory; "
+                         "name your own function that returns an nn.Module")
     taps = d.get("taps")
     if not isinstance(taps, (list, tuple)) or not taps or not all(isinstance(t, str) and t for t in taps):
         raise ValueError(f"{where}.taps: expected a non-empty list of submodule names, got {taps!r}")

@@ -35,8 +35,11 @@ Progress = Callable[..., None]  # called after each trial: see `search.engine.tu
 class SearchResult:
     """A run directory as Python objects: trials, front, knee, figures, export and report."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, trust_code: bool = False) -> None:
         self.store = RunStore.open(run_dir)
+        # a run may come from someone else: `export` and `resume` import the code its config
+        # names (plugins, backbone factories) only with consent; `search` trusts the user's own config
+        self.trust_code = trust_code
 
     @property
     def run_dir(self) -> Path:
@@ -109,7 +112,7 @@ class SearchResult:
         """Train the picked trial again (knee, accuracy, smallest or a trial id) and save it to `out`."""
         from search.export import export_run
 
-        export_run(self.run_dir, pick, out, retrain=retrain, say=say)
+        export_run(self.run_dir, pick, out, retrain=retrain, say=say, trust_code=self.trust_code)
         return Path(out)
 
     def resume(self, *, address: str | None = None, say: Say = print, progress: Progress | None = None,
@@ -123,7 +126,7 @@ class SearchResult:
         from search.engine.preflight import preflight
 
         with self.store.locked():  # before anything else: a second process stops here, at once
-            cfg = run.resolved_config(self.store)
+            cfg = run.resolved_config(self.store, self.trust_code)
             if address is not None:
                 cfg = dataclasses.replace(cfg, search=SearchSettings.from_dict({**cfg.search.to_dict(),
                                                                                  "address": address}))
@@ -143,9 +146,10 @@ class SearchResult:
         return f"SearchResult({str(self.run_dir)!r})"
 
 
-def load_run(run_dir: str | Path) -> SearchResult:
-    """A finished (or running) run directory as a `SearchResult`."""
-    return SearchResult(run_dir)
+def load_run(run_dir: str | Path, trust_code: bool = False) -> SearchResult:
+    """A finished (or running) run directory as a `SearchResult`; its `export` and `resume`
+    import the code its config names (plugins, backbone factories) only with `trust_code`."""
+    return SearchResult(run_dir, trust_code)
 
 
 def make_config(config: str | Path | Mapping[str, Any], base_dir: str | Path | None = None,
@@ -184,15 +188,15 @@ def search(config: str | Path | Mapping[str, Any], *, num_samples: int | None = 
     with store.locked():
         _run_trials(cfg, store, dataset, resume=False, say=say, progress=progress, warn=warn,
                     interrupts=interrupts)
-    result = SearchResult(store.run_dir)
+    result = SearchResult(store.run_dir, trust_code=True)  # the user's own config: its code already ran
     if report:
         _report(result, say)
     return result
 
 
-def resume(run_dir: str | Path, **kw: Any) -> SearchResult:
-    """Finish an interrupted run (see `SearchResult.resume` for the keywords)."""
-    return load_run(run_dir).resume(**kw)
+def resume(run_dir: str | Path, *, trust_code: bool = False, **kw: Any) -> SearchResult:
+    """Finish an interrupted run (see `SearchResult.resume` for the keywords; `trust_code`: `load_run`)."""
+    return load_run(run_dir, trust_code).resume(**kw)
 
 
 def _run_trials(cfg: Config, store: RunStore, dataset: Dataset, *, resume: bool, say: Say,

@@ -186,17 +186,46 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
             raise ConfigError(str(err)) from None
 
 
-def config_from_dict(raw: Any, path: Path, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Validate a parsed config (errors carry key paths, not the file)."""
+TRUST_HINT = "open it with --trust-code (trust_code=True in Python) only if you trust whoever made it"
+
+
+def code_in_config(raw: Mapping[str, Any]) -> list[str]:
+    """What a config would import and run: its `plugins:` and its `kind: python` backbone factories."""
+    out = []
+    plugins = raw.get("plugins") or []
+    if plugins:
+        out.append(f"plugins: {', '.join(map(str, plugins)) if isinstance(plugins, list) else plugins!r}")
+    backbones = raw.get("backbones")
+    mods = backbones.get("modalities") if isinstance(backbones, Mapping) else None
+    for m, d in sorted((mods or {}).items(), key=lambda kv: str(kv[0])) if isinstance(mods, Mapping) else ():
+        if isinstance(d, Mapping) and d.get("kind") == "python":
+            out.append(f"backbones.modalities.{m}.factory: {d.get('factory')!r}")
+    return out
+
+
+def config_from_dict(raw: Any, path: Path, overrides: Mapping[str, Any] | None = None, *,
+                     trust_code: bool = True, run_dir: Path | None = None) -> Config:
+    """Validate a parsed config (errors carry key paths, not the file).
+
+    A config the user hands us is theirs (`trust_code`); a run's stored config may come from
+    someone else: with `trust_code=False` a config that names code (`code_in_config`) is a
+    ConfigError, and nothing is imported. Plugins import from the config's folder, never from
+    `run_dir` (the run directory a stored config was read from) or a folder inside it."""
     raw = _mapping(raw, "config")
     _no_unknown(raw, SECTIONS, "config")
+    code = code_in_config(raw)
+    if code and not trust_code:
+        raise ConfigError(f"names code to import and run ({'; '.join(code)}); {TRUST_HINT}")
     # a name from the file name is made legal; a name the user wrote is checked as written
     default = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).lstrip("._-")[:100] or "run"
     name = check_run_name(raw.get("name", default))
     plugins = raw.get("plugins") or []
     if not isinstance(plugins, list):
         raise ConfigError(f"plugins: expected a list of module names, got {plugins!r}")
-    load_plugins(plugins, path.parent)  # first: what they register is known to every check below
+    folder = path.parent.resolve()
+    if run_dir is not None and (folder == run_dir.resolve() or run_dir.resolve() in folder.parents):
+        folder = None  # a run directory's own modules are never imported
+    load_plugins(plugins, folder)  # first: what they register is known to every check below
     data = _mapping(raw.get("data"), "data")
     if not isinstance(data.get("kind"), str) or data["kind"] not in list_datasets():
         raise ConfigError(f"data.kind: unknown dataset kind {data.get('kind')!r}; known: {', '.join(list_datasets())}")

@@ -19,7 +19,15 @@ import numpy as np
 import torch
 
 from fusion_ops import FusionModel, build_model, model_cost, required_taps
-from fusion_ops.load import MAX_TEXT_BYTES, ExportedModel, ExportError, load_model, read_bounded, save_model
+from fusion_ops.load import (
+    MAX_TEXT_BYTES,
+    ExportedModel,
+    ExportError,
+    code_named,
+    load_model,
+    read_bounded,
+    save_model,
+)
 from search.baselines import best_front_point
 from search.config import Config, config_from_dict, load_config
 from search.datasets import Dataset, load_dataset
@@ -86,8 +94,9 @@ def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], ho
     return trial
 
 
-def read_config(path: str | Path) -> Config:
-    """A config from a user's YAML file, a run directory, or a run's stored `config.yaml`."""
+def read_config(path: str | Path, trust_code: bool = False) -> Config:
+    """A config from a user's YAML file, a run directory, or a run's stored `config.yaml`; the
+    code a run's config names is imported only with `trust_code` (the user's own file: always)."""
     path = Path(path)
     if path.is_dir():
         path = RunStore.open(path).config_path
@@ -99,7 +108,7 @@ def read_config(path: str | Path) -> Config:
     with in_file(path):
         if not isinstance(source, str) or not source or "\0" in source:
             raise ConfigError(f"source: expected the path of the original config, got {source!r}")
-        return config_from_dict(raw, Path(source))
+        return config_from_dict(raw, Path(source), trust_code=trust_code, run_dir=path.parent)
 
 
 # ------------------------------------------------------------------ training the chosen spec
@@ -161,20 +170,21 @@ def _fit_last(module: torch.nn.Module, train: Split, val: Split, cfg: TrainConfi
 
 # ------------------------------------------------------------------ export
 def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool = False,
-               say: Say = print, device: str | None = None) -> dict[str, Any]:
+               say: Say = print, device: str | None = None, trust_code: bool = False) -> dict[str, Any]:
     """Export the trial `how` picks from the run in `run_dir` into `out`; returns its metrics.json.
     It trains and scores on `device` (auto | cpu | cuda | cuda:N; default: where the run's trials
-    trained, `trial_train`); the weights written are CPU tensors either way."""
+    trained, `trial_train`); the weights written are CPU tensors either way. Code the run's
+    config names (plugins, backbone factories) is imported only with `trust_code`."""
     out = Path(out)
     _check_out(out)
     store = RunStore.open(run_dir)
+    config = read_config(store.run_dir, trust_code)  # first: a run naming code stops here, having run none
     trials = store.trials()
     objs = store.objectives()
     front = front_from_trials(trials, store.reference, objs)
     trial = pick_trial(trials, front, how, objs[0])
     with in_file(store.trials_path):
         spec = record_spec(trial)
-    config = read_config(store.run_dir)
     where = resolve_device(device or trial_train(config).device, say, "--device" if device else "train.device")
     say(f"trial {trial['trial_id']}: {spec.describe()}")
     prepared = prepare(config, say)
@@ -187,10 +197,11 @@ def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool 
         tests = raw_test_metrics(exported.to(where), config, prepared.dataset)
     exported.cpu()
     shapes = prepared.dataset.shapes
-    save_model(exported, out, {m: config.backbones.backbone_for(m, shapes[m]).to_dict() for m in exported.modalities})
+    info = save_model(exported, out, {m: config.backbones.backbone_for(m, shapes[m]).to_dict()
+                                      for m in exported.modalities})
     metrics = _metrics(store, config, trial, front, how, retrain, exported, result, tests, objs[0])
     store_json(out / "metrics.json", metrics)
-    (out / "README.md").write_text(readme(metrics, exported), encoding="utf-8")
+    (out / "README.md").write_text(readme(metrics, exported, code_named(info)), encoding="utf-8")
     if metrics["reproduced"] is False:
         say(f"warning: test {metrics['metric']} {metrics['test_metric']:.4f} differs from the trial's "
             f"{metrics['reported']['test_metric']}")
@@ -290,8 +301,14 @@ def store_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def readme(m: Mapping[str, Any], model: ExportedModel) -> str:
-    """The export's README.md: what the model is, where it sits on the front, how to load it."""
+def readme(m: Mapping[str, Any], model: ExportedModel, code: Sequence[str] = ()) -> str:
+    """The export's README.md: what the model is, where it sits on the front, how to load it
+    (`code`: the backbone factories loading imports and calls, `code_named`)."""
+    trust, trust_flag, code_note = "", "", ""
+    if code:
+        trust, trust_flag = ", trust_code=True", " --trust-code"
+        code_note = (f"\nLoading imports and calls backbone code ({'; '.join(code)}), which must be installed "
+                     "where you load it; `trust_code=True` says you trust it (without it, loading refuses).\n")
     f = m["front"]
     if f["on_front"]:
         best = "most accurate" if m["metric"] == "accuracy" else f"best by val {m['metric']}"
@@ -332,17 +349,17 @@ split's mean and std. Classes (logit index -> label): {list(model.classes)}.
 
 ```python
 from fusion_ops.load import load_model
-model = load_model("path/to/this/folder")
+model = load_model("path/to/this/folder"{trust})
 logits = model({{{example}}})  # each x_i: (batch, *shape)
 ```
-
-Re-score on a config's test split: `fusion-nas evaluate THIS_FOLDER --config CONFIG`.
+{code_note}
+Re-score on a config's test split: `fusion-nas evaluate THIS_FOLDER --config CONFIG{trust_flag}`.
 
 ## Files
 
 - `arch.yaml`: the architecture (`spaces.ArchSpec`)
 - `weights.safetensors`: all weights, the backbone blocks it runs included (tensors only: loading runs no code)
-- `model.json`: how to rebuild it, and the weights' SHA-256
+- `model.json`: how to rebuild it, the weights' SHA-256, and `integrity`: the SHA-256 of model.json and arch.yaml
 - `metrics.json`: scores, costs and where the trial came from
 """
 
@@ -354,12 +371,13 @@ def _ordinal(n: int | None) -> str:
 
 
 # ------------------------------------------------------------------ evaluate
-def evaluate_export(export_dir: str | Path, config_path: str | Path, device: str | torch.device = "cpu"
-                    ) -> dict[str, Any]:
+def evaluate_export(export_dir: str | Path, config_path: str | Path, device: str | torch.device = "cpu",
+                    trust_code: bool = False) -> dict[str, Any]:
     """The test metric of the export in `export_dir` (the one it was exported with; accuracy for
-    an older export) on the data of `config_path`, next to the exported value, computed on `device`."""
-    model = load_model(export_dir, device)
-    config = read_config(config_path)
+    an older export) on the data of `config_path`, next to the exported value, computed on `device`.
+    A backbone factory named in the export is run only with `trust_code` (`load_model`)."""
+    config = read_config(config_path, trust_code)  # first: a run's config naming code stops here
+    model = load_model(export_dir, device, trust_code=trust_code)
     tests = raw_test_metrics(model, config)
     exported = {}
     metrics_path = Path(export_dir) / "metrics.json"

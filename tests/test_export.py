@@ -212,12 +212,15 @@ def copy(exported, tmp_path):
 
 
 def _rehash(out: Path) -> None:
-    """Make model.json vouch for the current weights file (an attacker who edits both)."""
+    """Make model.json vouch for the current weights file and arch.yaml (an attacker who edits all)."""
     import hashlib
+
+    from fusion_ops.load import integrity
 
     info = json.loads((out / "model.json").read_text())
     data = (out / "weights.safetensors").read_bytes()
     info["weights"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    info["integrity"] = integrity(info, (out / "arch.yaml").read_bytes())
     (out / "model.json").write_text(json.dumps(info))
 
 
@@ -276,11 +279,67 @@ def test_weights_of_another_shape_are_refused(copy):
 def test_an_edited_architecture_or_a_missing_file_is_refused(copy, tmp_path):
     arch = copy / "arch.yaml"
     arch.write_text(arch.read_text().replace("width: ", "width: 1"))
+    with pytest.raises(ExportError, match="model.json or arch.yaml was changed after export"):
+        load_model(copy)
+    _rehash(copy)  # integrity recomputed: the architecture's own id still gives it away
     with pytest.raises(ExportError, match="is not the exported one"):
         load_model(copy)
     (copy / "model.json").unlink()
     with pytest.raises(ExportError, match="is not a fusion-nas export \\(no model.json\\)"):
         load_model(copy)
+
+
+def _name_a_factory(copy: Path, factory: str, marker: Path) -> None:
+    """Edit model.json as a hostile author would: the first modality's backbone becomes a
+    `python` one whose factory is `factory`, called with a command that writes `marker`."""
+    info = json.loads((copy / "model.json").read_text())
+    first = sorted(info["modalities"])[0]
+    args = {"command": f"touch {marker}"} if factory.startswith("os:") else {"args": ["touch", str(marker)]}
+    if factory == "builtins:eval":
+        args = {"source": f"open({str(marker)!r}, 'w')"}
+    info["modalities"][first]["backbone"] = {"kind": "python", "factory": factory, "taps": ["0"], "args": args,
+                                             "pretrain": False}
+    (copy / "model.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("factory", ["os:system", "subprocess:run", "builtins:eval", "evil_factory:make"])
+def test_a_model_json_that_names_a_factory_runs_nothing_without_consent(copy, tmp_path, factory, monkeypatch):
+    """Edited model.json: the integrity hash fails. Rehashed as well (an author who signs what
+    they ship): refused for want of consent. With consent, a standard-library "factory" is still
+    refused before anything is imported, while a real factory is imported and called."""
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil_factory.py").write_text(
+        f"from pathlib import Path\n\ndef make(*a, **k):\n    Path({str(marker)!r}).touch()\n    raise SystemExit(9)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _name_a_factory(copy, factory, marker)
+    with pytest.raises(ExportError, match="was changed after export"):
+        load_model(copy)
+    _rehash(copy)
+    with pytest.raises(ExportError, match=f"names code to import and run \\(.*{factory}.*\\); load it only from "
+                                          "someone you trust: load_model\\(..., trust_code=True\\)"):
+        load_model(copy)
+    assert not marker.exists()
+    if factory == "evil_factory:make":
+        with pytest.raises(SystemExit):  # consent given: the author's code runs, whatever it does
+            load_model(copy, trust_code=True)
+        assert marker.exists()
+    else:
+        with pytest.raises(ExportError, match=f"factory: '{factory}' is in Python's standard library"):
+            load_model(copy, trust_code=True)
+        assert not marker.exists()
+
+
+def test_evaluate_refuses_an_export_that_names_code_in_one_line_and_runs_nothing(copy, trained, tmp_path):
+    from search.cli.common import UsageError
+
+    marker = tmp_path / "pwned"
+    _name_a_factory(copy, "os:system", marker)
+    _rehash(copy)
+    with pytest.raises(UsageError, match="names code to import and run .*fusion-nas evaluate --trust-code"):
+        _cli(["evaluate", str(copy), "--config", str(trained.run_dir)])
+    with pytest.raises(UsageError, match="is in Python's standard library"):
+        _cli(["evaluate", str(copy), "--config", str(trained.run_dir), "--trust-code"])
+    assert not marker.exists()
 
 
 def test_evaluate_command_turns_a_damaged_export_into_one_usage_line(copy, trained):

@@ -145,12 +145,16 @@ def one_line_error(capsys, argv) -> str:
     ({"factory": "user_encoders:nothing"}, "backbones.modalities.m1: factory: module 'user_encoders' has no 'nothing'"),
     ({"factory": "user_encoders.make"}, "backbones.modalities.m1.factory: expected 'module:function'"),
     ({"taps": ["block1", "block9"]}, "backbones.modalities.m1: taps: the module has no submodule 'block9'"),
+    *[({"factory": f, "args": {"command": "touch pwned"}},
+       f"backbones.modalities.m1.factory: '{f}' is in Python's standard library, not a model factory")
+      for f in ("os:system", "subprocess:run", "builtins:eval")],  # refused before anything is imported
 ])
 def test_bad_factory_or_tap_is_one_line_naming_the_key(plugin_dir, capsys, m1, expected):
     entry = {"kind": "python", "factory": "user_encoders:make", "taps": ["block1", "block2"], **m1}
     path = config(plugin_dir, backbones__modalities={"m1": entry, "m2": {"kind": "mlp", "widths": [8]}})
     assert expected in one_line_error(capsys, ["search", str(path)])
     assert not (plugin_dir / "runs").exists()  # refused before a run directory exists
+    assert not (plugin_dir / "pwned").exists() and not (Path.cwd() / "pwned").exists()
 
 
 def test_a_plugin_that_fails_to_import_is_one_line_naming_it(plugin_dir, capsys):

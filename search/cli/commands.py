@@ -86,7 +86,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise UsageError(f"{given[0]}: not allowed with --resume (a resumed run keeps the settings it was "
                              "started with; only --address may change)")
         try:
-            result = api.load_run(args.resume)
+            result = api.load_run(args.resume, trust_code=args.trust_code)
         except FileNotFoundError as err:
             usage(err)
     elif not args.config:
@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--address", help="join an existing Ray cluster (`ray start --head`)")
     search.add_argument("--resume", metavar="RUN_DIR",
                         help="finish an interrupted run with its recorded settings (only --address may be given)")
+    search.add_argument("--trust-code", action="store_true",
+                        help="with --resume: import the plugins and backbone factories the run's config names "
+                             "(code: only from people you trust)")
     show = sub.add_parser("show", help="the Pareto front of a run, as a table")
     show.add_argument("run", metavar="RUN_DIR")
     sub.add_parser("ops", help="list fusion operators and their arguments")

@@ -34,7 +34,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from search.export import export_run
 
     try:
-        m = export_run(args.run, args.pick, args.out, retrain=args.retrain, device=args.device)
+        m = export_run(args.run, args.pick, args.out, retrain=args.retrain, device=args.device,
+                       trust_code=args.trust_code)
     except (FileNotFoundError, ExportError) as err:
         usage(err)
     reported = m["reported"]["test_metric"]
@@ -55,7 +56,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device, print, "--device")
     try:
-        r = evaluate_export(args.export, args.config, device)
+        r = evaluate_export(args.export, args.config, device, trust_code=args.trust_code)
     except (FileNotFoundError, ExportError) as err:
         usage(err)
     line = f"{r['arch']}: test {r['metric']} {r['test_metric']:.4f}"
@@ -83,8 +84,14 @@ def add_parsers(sub: Any) -> None:
     export.add_argument("--out", required=True, metavar="DIR", help="the export directory")
     export.add_argument("--device", metavar="auto|cpu|cuda|cuda:N",
                         help="train and score the export here (default: where the run's trials trained)")
+    export.add_argument("--trust-code", action="store_true",
+                        help="import the plugins and backbone factories the run's config names "
+                             "(code: only from people you trust)")
     evaluate = sub.add_parser("evaluate", help="re-score an export on a config's test split")
     evaluate.add_argument("export", metavar="EXPORT_DIR")
     evaluate.add_argument("--config", required=True, metavar="CONFIG", help="a config file, or a run directory")
     evaluate.add_argument("--device", default="cpu", metavar="auto|cpu|cuda|cuda:N",
                           help="load the export onto this device and score it there (default: cpu)")
+    evaluate.add_argument("--trust-code", action="store_true",
+                          help="import and call the backbone factory the export names, and the code a run's "
+                               "config names (code: only from people you trust)")

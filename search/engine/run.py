@@ -190,15 +190,16 @@ def reference_point(space: SearchSpace, cost: Callable[[ArchSpec], tuple[int, in
     return objectives.reference({k: [c[k] for c in costs] for k in costs[0]}, objs).tolist()
 
 
-def resolved_config(store: RunStore) -> Config:
-    """The config a run was started with (as stored in its directory)."""
+def resolved_config(store: RunStore, trust_code: bool = False) -> Config:
+    """The config a run was started with (as stored in its directory). A run may come from
+    someone else: code it names (plugins, backbone factories) is imported only with `trust_code`."""
     raw = dict(store.config())
     source = raw.pop("source", store.config_path)
     with in_file(store.config_path):
         if not isinstance(source, str | Path) or not str(source) or "\0" in str(source):
             raise ConfigError(f"source: expected the path of the original config, got {source!r}")
         try:
-            return config_from_dict(raw, Path(source))
+            return config_from_dict(raw, Path(source), trust_code=trust_code, run_dir=store.run_dir)
         except DataError as err:
             raise ConfigError(str(err)) from None
 
