@@ -273,9 +273,10 @@ def _build(spec: ArchSpec, info: Mapping[str, Any], tensors: Mapping[str, Tensor
         if not isinstance(flat, list) or not all(isinstance(t, str) for t in flat):
             raise ValueError(f"flat_taps: expected a list of tap names, got {flat!r}")
         model = build_model(spec, backbones, int(info["num_classes"]), True, generator, flat=flat)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ExportError(f"{path / MODEL_FILE}: cannot build the exported model "
-                          f"({type(err).__name__}: {err})") from None
+    except (KeyError, TypeError, ValueError, OverflowError, MemoryError, RuntimeError) as err:
+        # RuntimeError, MemoryError: sizes no weights file could fill (a backbone 1e12 wide)
+        detail = " ".join(str(err).split())[:300]
+        raise ExportError(f"{path / MODEL_FILE}: cannot build the exported model ({type(err).__name__}: {detail})") from None
     stats = {}
     for kind in ("mean", "std"):
         stats[kind] = {m: tensors.get(f"{kind}_{i}", torch.zeros(())) for i, m in enumerate(model.modalities)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -176,9 +177,9 @@ def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool 
     trained, `trial_train`); the weights written are CPU tensors either way. Code the run's
     config names (plugins, backbone factories) is imported only with `trust_code`."""
     out = Path(out)
-    _check_out(out)
     store = RunStore.open(run_dir)
     config = read_config(store.run_dir, trust_code)  # first: a run naming code stops here, having run none
+    _check_out(out)
     trials = store.trials()
     objs = store.objectives()
     front = front_from_trials(trials, store.reference, objs)
@@ -212,6 +213,11 @@ def _check_out(out: Path) -> None:
     """Refuse to write into a file, or a directory holding anything but a previous export."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out}: exists and is not a directory")
+    base = next(p for p in (out, *out.absolute().parents) if os.path.lexists(p))  # what exists of its path
+    if not base.is_dir():  # e.g. /dev/null/x: found now, not after the training
+        raise ExportError(f"--out {out}: {base} is not a directory, so nothing can be written under it")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ExportError(f"--out {out}: {base} is not writable")
     others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES) if out.is_dir() else []
     if others:
         raise ExportError(f"--out {out}: holds other files ({', '.join(others[:3])}); give a new or empty directory")

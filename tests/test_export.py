@@ -103,6 +103,15 @@ def test_export_command_reports_a_bad_pick_as_one_usage_line(tmp_path):
         _cli(["export", str(store.run_dir), "--pick", "zzz", "--out", str(tmp_path / "out")])
 
 
+def test_an_out_under_a_file_is_one_usage_line_before_any_training(tmp_path, monkeypatch):
+    from search.cli.common import UsageError
+
+    store = make_run(tmp_path)
+    monkeypatch.setattr("search.export.prepare", lambda *a, **k: pytest.fail("nothing may train"))
+    with pytest.raises(UsageError, match="--out /dev/null/x: /dev/null is not a directory"):
+        _cli(["export", str(store.run_dir), "--out", "/dev/null/x"])
+
+
 def test_export_refuses_to_write_over_other_files(tmp_path):
     store = make_run(tmp_path)
     (tmp_path / "out").mkdir()
@@ -273,6 +282,19 @@ def test_weights_of_another_shape_are_refused(copy):
     save_file(tensors, copy / "weights.safetensors")
     _rehash(copy)
     with pytest.raises(ExportError, match=f"do not fit the architecture in arch.yaml: .*{key}"):
+        load_model(copy)
+
+
+@pytest.mark.parametrize("width", [10**12, 2**62])
+def test_a_backbone_too_wide_to_build_is_one_export_error(copy, width):
+    info = json.loads((copy / "model.json").read_text())
+    first = sorted(info["modalities"])[0]
+    info["modalities"][first]["backbone"]["widths"] = [width] * len(info["modalities"][first]["backbone"]["widths"])
+    (copy / "model.json").write_text(json.dumps(info))
+    with pytest.raises(ExportError, match="was changed after export"):
+        load_model(copy)
+    _rehash(copy)  # as its author wrote it
+    with pytest.raises(ExportError, match="model.json: cannot build the exported model"):
         load_model(copy)
 
 

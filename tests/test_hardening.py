@@ -269,3 +269,22 @@ def test_space_refuses_negative_samples(capsys):
 
     assert "--samples: expected an integer >= 0, got -1" in one_line_error(
         capsys, ["space", str(CONFIGS / "planted.yaml"), "--samples", "-1"])
+
+
+def test_init_refuses_one_modality_and_an_out_it_cannot_write_in_one_line(tmp_path, capsys, monkeypatch):
+    """`init --data` of a one-modality npz is refused by init itself (the config it would write is
+    refused by `space` and `search`); --out onto a directory, through a file or onto a full disk
+    is one line too."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "one.npz", m1=rng.normal(size=(60, 4)), y=np.arange(60) % 2)
+    cases = [(["init", "--data", "one.npz", "--out", "c.yaml"], "one.npz: 1 modality (m1) besides the labels; "
+                                                                 "fusion needs at least 2"),
+             (["init", "--out", str(tmp_path), "--force"], f"{tmp_path}: is a directory"),
+             (["init", "--out", "/dev/null/x.yaml"], "/dev/null/x.yaml: cannot write it"),
+             (["init", "--out", "/dev/full", "--force"], "/dev/full: cannot write it (No space left on device)")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (argv, err)
+    assert not (tmp_path / "c.yaml").exists()

@@ -95,3 +95,38 @@ def test_with_consent_code_on_the_users_own_path_runs(tmp_path, capsys, monkeypa
     main(["export", str(run_dir), "--out", str(tmp_path / "out"), "--trust-code", "--pick", "nope"])
     assert marker.exists()  # imported: what --trust-code is for
     sys.modules.pop("evil_v3", None)
+
+
+# ---- writes stay inside the run directory -----------------------------------------------
+@pytest.mark.parametrize("name", ["trials.jsonl", ".lock", "ray", "pareto.json", "report.html"])
+def test_a_symlink_leading_out_of_a_run_is_never_written_through(tmp_path, capsys, name):
+    """A shared run whose file or folder is a symlink to the user's own data: `--resume` and
+    `report` refuse in one line (exit 2) and the target is left as it was; `show` still reads."""
+    store = make_run(tmp_path)
+    outside = tmp_path / "precious"
+    if name == "ray":
+        outside.mkdir()
+    else:
+        outside.write_text("keep me\n" if name != "trials.jsonl" else store.trials_path.read_text())
+    before = sorted(p.name for p in outside.iterdir()) if outside.is_dir() else outside.read_text()
+    path = store.run_dir / name
+    if path.exists():
+        path.unlink()
+    path.symlink_to(outside)
+    assert main(["search", "--resume", str(store.run_dir)]) == 2
+    err = _one_line(capsys)
+    assert f"{path}: a symlink leading out of the run directory" in err, err
+    if name == "report.html":
+        assert main(["report", str(store.run_dir)]) == 2
+        assert "a symlink leading out of the run directory" in _one_line(capsys)
+    assert main(["show", str(store.run_dir)]) == 0  # reads through a symlink stay allowed
+    after = sorted(p.name for p in outside.iterdir()) if outside.is_dir() else outside.read_text()
+    assert after == before
+
+
+def test_a_symlink_that_stays_inside_the_run_is_fine(tmp_path):
+    store = make_run(tmp_path)
+    (store.run_dir / "keep").mkdir()
+    (store.run_dir / "link").symlink_to(store.run_dir / "keep")
+    store.check_writes_stay_inside()
+    assert store.inside(store.run_dir / "link" / "x.json") == store.run_dir / "link" / "x.json"

@@ -36,6 +36,10 @@ def starter_config(data_path: str | Path | None = None, where: Path | None = Non
         data = {"kind": "npz", "path": rel}
         dataset = load_dataset({"kind": "npz", "path": str(path)})
         name = path.stem
+        if len(dataset.modalities) < 2:  # fusion needs two: `space` and `search` would refuse the config
+            raise ConfigError(f"--data: {path}: {len(dataset.modalities)} modality "
+                              f"({', '.join(dataset.modalities) or 'none'}) besides the labels; fusion needs at least 2 "
+                              "arrays of inputs (plus y)")
     return _render(name, data, dataset)
 
 
@@ -85,9 +89,14 @@ def write_starter(out: str | Path, data_path: str | Path | None = None, force: b
     out = Path(out)
     if out.exists() and not force:
         raise ConfigError(f"{out}: already exists; pass --force to overwrite it")
+    if out.is_dir():
+        raise ConfigError(f"{out}: is a directory; --out names the config file to write")
     if data_path is not None and not Path(data_path).is_file():
         raise ConfigError(f"--data: {data_path}: file not found")
     text = starter_config(data_path, out.parent)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:  # a full disk, a read-only folder, a path through a file
+        raise ConfigError(f"{out}: cannot write it ({err.strerror or err})") from None
     return out

@@ -205,10 +205,10 @@ def experiment_storage(store: RunStore, storage: str, name: str) -> str:
     with `search.storage` (a shared filesystem path or an object store URI) a folder of it
     named after the run, and `ray/<name>/storage.txt` saying where the experiment went."""
     if not storage:
-        return str(store.ray_dir)
+        return str(store.inside(store.ray_dir / name).parent)  # a ray/ or ray/<name> leading out is refused
     root = storage.rstrip("/") if "://" in storage else str(Path(storage).expanduser())
     where = f"{root}/{store.run_dir.parent.name}/{store.run_dir.name}"
-    note = store.ray_dir / name
+    note = store.inside(store.ray_dir / name)
     note.mkdir(parents=True, exist_ok=True)
     (note / STORAGE_NOTE).write_text(f"{where}/{name}\n", encoding="utf-8")
     return where

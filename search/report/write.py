@@ -75,7 +75,7 @@ def write_report(run_dir: str | Path, formats: Sequence[str] = (), *, fill_costs
                             store.config_path.read_text(encoding="utf-8"), figs, baselines=d.baselines,
                             comparison_line=summary_line(d.comparison) if d.stored else "",
                             extra=oneshot_html(oneshot, d.objectives[0]))
-    path = store.run_dir / "report.html"
+    path = store.inside(store.run_dir / "report.html")
     atomic_write(path, html)
     page.write_images(figs, store.run_dir, formats)
     return path

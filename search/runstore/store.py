@@ -148,6 +148,24 @@ class RunStore:
         return cls(run_dir)
 
     # ---- paths --------------------------------------------------------------------
+    def inside(self, path: Path) -> Path:
+        """`path`, a file the product is about to write in the run directory, if it stays there;
+        a ConfigError (one line) when it, or a folder on its way, is a symlink leading out of
+        the run directory. Reads through symlinks stay allowed."""
+        root = self.run_dir.resolve()
+        if not Path(path).resolve().is_relative_to(root):
+            raise ConfigError(f"{path}: a symlink leading out of the run directory ({Path(path).resolve()}); "
+                              "fusion-nas writes only inside it")
+        return Path(path)
+
+    def check_writes_stay_inside(self) -> None:
+        """Refuse (one line) a run directory holding a symlink that leads out of it: run before a
+        search or resume writes anything, since its files (trials.jsonl, .lock, ray/, ...) would
+        be written through the link."""
+        for entry in sorted(self.run_dir.iterdir()):
+            if entry.is_symlink():
+                self.inside(entry)
+
     @property
     def run_id(self) -> str:
         return self.run_dir.name
@@ -182,7 +200,8 @@ class RunStore:
     def locked(self) -> Iterator[None]:
         """Hold `run_dir/.lock` (non-blocking `flock`) while searching; raise `RunInUse` if
         another process holds it. The lock dies with its process, even a killed one."""
-        path = self.run_dir / ".lock"
+        self.check_writes_stay_inside()
+        path = self.inside(self.run_dir / ".lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -202,7 +221,7 @@ class RunStore:
         if "trial_id" not in record:
             raise ValueError("a trial record needs a 'trial_id'")
         line = json.dumps(to_jsonable(record), sort_keys=True, allow_nan=False) + "\n"
-        fd = os.open(self.trials_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.inside(self.trials_path), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             # a torn line left by a crash would swallow this one: end it first
             if os.fstat(fd).st_size and os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n":
@@ -251,13 +270,13 @@ class RunStore:
     # ---- json files ---------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> Path:
         """Write `obj` as `run_dir/name` atomically (temp file in the same dir + os.replace)."""
-        path = self.run_dir / name
+        path = self.inside(self.run_dir / name)
         atomic_write(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
         return path
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Write `run_dir/name` atomically."""
-        path = self.run_dir / name
+        path = self.inside(self.run_dir / name)
         atomic_write(path, data)
         return path
 
