@@ -155,7 +155,9 @@ def test_a_second_cached_call_reuses_the_folder_and_other_settings_get_their_own
     assert any(re.fullmatch(r"tap cache: \d+/1800 samples", ln) for ln in lines)
     lines.clear()
     again = TapCache.cached(tmp_path, ds, backbones, KEYS, holdout=rows, say=lines.append)
-    assert again.directory == first.directory and lines == [f"tap cache: reusing {first.directory}"]
+    assert again.directory == first.directory and len(lines) == 1
+    assert re.fullmatch(rf"tap cache: reusing {re.escape(str(first.directory))} \(checked [0-9.]+ MiB in [0-9.]+ s\)",
+                        lines[0])
     assert Path(first.directory).name == Path(disk.directory).name  # the same key in another root
     others = {TapCache.cached(tmp_path, ds, backbones, KEYS).directory,  # no holdout
               TapCache.cached(tmp_path, ds, backbones, KEYS, holdout=rows, only=["m1@0", "m2@2"]).directory,
@@ -312,7 +314,8 @@ def test_prepare_builds_the_disk_cache_once_and_reuses_it(tmp_path):
     assert any(re.fullmatch(r"tap cache: 4 taps, [0-9.]+ MiB float16 in .* \([0-9.]+ s\)", ln) for ln in lines)
     lines.clear()
     again = prepare(config, say=lines.append).taps
-    assert again.directory == first.directory and f"tap cache: reusing {first.directory}" in lines
+    assert again.directory == first.directory and any(ln.startswith(f"tap cache: reusing {first.directory} (checked ")
+                                                       for ln in lines)
     memory = prepare(cfg(tmp_path, str(tmp_path / "cache" / "backbones"), tap_cache="memory", tap_dtype="float16"),
                      say=lambda _m: None).taps
     assert memory.directory is None
@@ -378,3 +381,67 @@ def test_a_tap_dir_that_is_a_file_or_cannot_be_written_is_one_line(tmp_path):
         prepare(cfg(tmp_path, None, tap_dir=str(tmp_path / "afile")), say=lambda _m: None)
     assert re.fullmatch(rf"{tmp_path / 'run.yaml'}: search.tap_dir: cannot write the tap cache in "
                         rf"{tmp_path / 'afile'}: .+", str(err.value))
+
+
+# ---- a damaged cache is found before it is used, and rebuilt ---------------------------------
+def _damage(directory: Path, how: str) -> None:
+    """Damage a complete cache folder the way a disk, a careless copy or an editor would."""
+    import json
+
+    manifest = json.loads((directory / tap_files.MANIFEST).read_text())
+    tap, labels = directory / tap_files.tap_file("train", 1), directory / tap_files.labels_file("train")
+    if how in ("zeroed", "randomised", "permuted labels", "short labels", "fewer rows", "wrong shape"):
+        target = labels if "labels" in how else tap
+        a = np.load(target)
+        if how == "zeroed":
+            a = np.zeros_like(a)
+        elif how == "randomised":
+            a = np.random.default_rng(0).normal(size=a.shape).astype(a.dtype)
+        elif how == "permuted labels":
+            a = a[np.random.default_rng(0).permutation(len(a))]
+        elif how in ("short labels", "fewer rows"):
+            a = a[: len(a) // 2]
+        else:
+            a = a.reshape(len(a), -1)[:, :-1]  # one feature fewer
+        np.save(target, a)
+    elif how == "truncated":
+        tap.write_bytes(tap.read_bytes()[: tap.stat().st_size // 2])
+    elif how == "bad header":
+        data = bytearray(tap.read_bytes())
+        data[:16] = b"garbage-garbage!"
+        tap.write_bytes(bytes(data))
+    elif how == "manifest lie":
+        manifest["num_classes"] += 3
+        (directory / tap_files.MANIFEST).write_text(json.dumps(manifest))
+
+
+DAMAGE = ["zeroed", "randomised", "permuted labels", "short labels", "manifest lie", "truncated", "bad header",
+          "wrong shape", "fewer rows"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_damaged_cache_is_found_and_rebuilt_never_used(tmp_path, vector, how):
+    ds, backbones, rows, mem, _ = vector
+    first = TapCache.cached(tmp_path, ds, backbones, KEYS, holdout=rows)
+    _damage(Path(first.directory), how)
+    del first
+    lines: list[str] = []
+    again = TapCache.cached(tmp_path, ds, backbones, KEYS, holdout=rows, say=lines.append)
+    checks = [ln for ln in lines if "failed its check" in ln]
+    assert len(checks) == 1 and checks[0].endswith("; rebuilding it") and str(tmp_path) in checks[0], lines
+    assert_same_cache(mem, again)  # what a candidate reads is the true cache again
+    lines.clear()
+    TapCache.cached(tmp_path, ds, backbones, KEYS, holdout=rows, say=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("tap cache: reusing ")  # the rebuilt one passes
+    assert [p.name for p in tmp_path.iterdir()] == [Path(again.directory).name]  # no trash left
+
+
+def test_the_manifest_lists_every_file_with_its_digest(vector):
+    *_, disk = vector
+    import json
+
+    manifest = json.loads((Path(disk.directory) / tap_files.MANIFEST).read_text())
+    on_disk = sorted(str(p.relative_to(disk.directory)) for p in Path(disk.directory).rglob("*")
+                     if p.is_file() and p.name != tap_files.MANIFEST)
+    assert sorted(manifest["files"]) == on_disk
+    assert tap_files.verify(Path(disk.directory), manifest, {}) == ""

@@ -167,8 +167,74 @@ def _alive(pid: int) -> bool:
 
 
 def write_manifest(directory: Path, manifest: Mapping[str, Any]) -> None:
-    """The manifest goes last: with the folder's rename, its presence says the files are complete."""
-    (directory / MANIFEST).write_text(json.dumps({"format": FORMAT, **manifest}, indent=1))
+    """The manifest goes last: with the folder's rename, its presence says the files are complete.
+    It lists every other file with its size and content digest (`file_digests`), which a run
+    reusing the folder checks (`verify`)."""
+    body = {"format": FORMAT, **manifest, "files": file_digests(directory)}
+    (directory / MANIFEST).write_text(json.dumps(body, indent=1))
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digests(directory: Path) -> dict[str, dict[str, Any]]:
+    """`{path in the folder: {"bytes": size, "blake2b": 128-bit digest of the content}}` of every
+    file of a cache folder but its manifest."""
+    return {str(f.relative_to(directory)): {"bytes": f.stat().st_size, "blake2b": _digest(f)}
+            for f in sorted(directory.rglob("*")) if f.is_file() and f.name != MANIFEST}
+
+
+def verify(directory: Path, manifest: Mapping[str, Any], expect: Mapping[str, Any]) -> str:
+    """"" when the cache folder holds what its manifest says and the manifest says what `expect`
+    (the run's data and taps: `num_classes`, `task`, `dtype`, `sizes`, `taps`, `tap_shapes`)
+    says it must; else the first problem found, in a few words. Reads every file once: the
+    content digests catch zeroed, randomised, reordered, cut or rewritten data; the `.npy`
+    headers are checked against the manifest's row counts, shapes and dtype."""
+    for key, want in expect.items():
+        if manifest.get(key) != want:
+            return f"its manifest says {key} {manifest.get(key)!r}, the data {want!r}"
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or not listed:
+        return "its manifest lists no content digests (a cache from before they were written)"
+    needed = [labels_file(p) for p in manifest["sizes"]]
+    needed += [tap_file(p, i) for p in manifest["sizes"] for i in range(len(manifest["taps"]))]
+    for name in needed:
+        if name not in listed:
+            return f"{name} is not in its manifest"
+    for name, rec in listed.items():
+        path = directory / name
+        try:
+            size = path.stat().st_size
+            if not isinstance(rec, dict) or size != rec.get("bytes"):
+                return f"{name} has {size:,} bytes, the manifest says {rec.get('bytes') if isinstance(rec, dict) else rec!r}"
+            if _digest(path) != rec.get("blake2b"):
+                return f"the content of {name} changed since it was written"
+        except OSError as err:
+            return f"cannot read {name} ({err.strerror or err})"
+    for p, rows in manifest["sizes"].items():
+        arrays = [(labels_file(p), (rows,), None)]
+        arrays += [(tap_file(p, i), (rows, *manifest["tap_shapes"][t]), manifest["dtype"])
+                   for i, t in enumerate(manifest["taps"])]
+        for name, shape, dtype in arrays:
+            try:
+                a = open_array(directory, name)
+            except (OSError, ValueError) as err:
+                return f"{name} is not a readable .npy file ({err})"
+            if a.shape[: len(shape)] != shape or (dtype is not None and a.dtype != np.dtype(dtype)):
+                return f"{name} holds {a.dtype} {a.shape}, the manifest says {dtype or a.dtype} {shape}"
+    return ""
+
+
+def discard(directory: Path) -> None:
+    """Move a damaged cache folder out of the way (renamed, then removed)."""
+    trash = directory.with_name(f"{_TRASH}{directory.name}-{os.getpid()}-{time.time_ns()}")
+    os.rename(directory, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def missing_line(directory: Path | str) -> str:

@@ -119,7 +119,24 @@ class TapCache:
         key = files.cache_key(backbone_keys, backbones, list(shapes), _rows(holdout), dtype,
                               {s: dataset.lengths_of(s) for s in SPLITS})
         directory = root / key
-        if files.read_manifest(directory, key) is None:
+        manifest = files.read_manifest(directory, key)
+        if manifest is not None:  # checked before it is used: a damaged cache is rebuilt, never read
+            start = time.perf_counter()
+            labels = _labels(dataset, holdout)
+            expect = {"dtype": dtype, "num_classes": int(dataset.num_classes), "task": _task(dataset),
+                      "sizes": {p: len(y) for p, y in labels.items()}, "taps": sorted(shapes, key=parse_tap),
+                      "tap_shapes": {t: list(shapes[t]) for t in shapes}}
+            problem = files.verify(directory, manifest, expect)
+            checked = time.perf_counter() - start
+            if problem:
+                if say is not None:
+                    say(f"tap cache: {directory} failed its check ({problem}); rebuilding it")
+                files.discard(directory)
+                manifest = None
+            elif say is not None:
+                total = sum(int(f["bytes"]) for f in manifest["files"].values())
+                say(f"tap cache: reusing {directory} (checked {total / 2**20:.1f} MiB in {checked:.2f} s)")
+        if manifest is None:
             start = time.perf_counter()
             names = sorted(shapes, key=parse_tap)
             with files.building(root, key) as tmp:
@@ -134,8 +151,6 @@ class TapCache:
                 files.release(written)
                 _write_rest(tmp, key, dataset, holdout, shapes, names, lengths, dtype, time.perf_counter() - start)
                 del taps, written
-        elif say is not None:
-            say(f"tap cache: reusing {directory}")
         return open_tap_cache(str(directory))
 
     @property
