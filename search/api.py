@@ -130,11 +130,7 @@ class SearchResult:
             if address is not None:
                 cfg = dataclasses.replace(cfg, search=SearchSettings.from_dict({**cfg.search.to_dict(),
                                                                                  "address": address}))
-            if cfg.search.address:  # a head that is gone fails here, before data and backbones
-                from search.engine.ray_cluster import probe_address
-
-                probe_address(cfg.search.address)
-            dataset = preflight(cfg, writes=False)
+            dataset = preflight(cfg, writes=False)  # a head that is gone fails first, before data and backbones
             say(f"resuming {self.run_dir}")
             _run_trials(cfg, self.store, dataset, resume=True, say=say, progress=progress, warn=warn,
                         interrupts=interrupts)

@@ -333,6 +333,7 @@ def test_a_model_json_that_names_a_factory_runs_nothing_without_consent(copy, tm
     (tmp_path / "evil_factory.py").write_text(
         f"from pathlib import Path\n\ndef make(*a, **k):\n    Path({str(marker)!r}).touch()\n    raise SystemExit(9)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "evil_factory", raising=False)  # imported below: gone afterwards
     _name_a_factory(copy, factory, marker)
     with pytest.raises(ExportError, match="was changed after export"):
         load_model(copy)

@@ -147,6 +147,35 @@ def test_the_embedded_ray_never_attaches_to_another_cluster(monkeypatch):
     assert calls[-1] == "shutdown"
 
 
+def test_an_unreachable_address_is_refused_before_the_data_and_the_run_dir(tmp_path, capsys, monkeypatch):
+    from search.engine import preflight
+
+    monkeypatch.setattr(preflight, "load_dataset", lambda *a: pytest.fail("the data must not be read"))
+    port = free_port()
+    err = one_line_error(capsys, ["search", str(write_config(tmp_path)), "--address", f"127.0.0.1:{port}"])
+    assert f"search.address: nothing answers at 127.0.0.1:{port}" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_address_auto_uses_only_the_address_given_or_recorded_by_ray_start(tmp_path, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init must not be tried"))
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no cluster recorded there
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path = str(write_config(tmp_path))
+    err = one_line_error(capsys, ["search", path, "--address", "auto"])
+    assert "search.address: auto: RAY_ADDRESS is not set and no `ray start --head` cluster is recorded" in err
+    (tmp_path / "ray").mkdir()
+    recorded = free_port()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{recorded}\n")  # what `ray start` writes
+    assert f"nothing answers at 127.0.0.1:{recorded}" in one_line_error(capsys, ["search", path, "--address", "auto"])
+    given = free_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{given}")  # the user's own address comes first
+    assert f"nothing answers at 127.0.0.1:{given}" in one_line_error(capsys, ["search", path, "--address", "auto"])
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("address", ["::::", "http://x", "127.0.0.1:99999", "host port", "a:b"])
 def test_an_unparsable_address_is_one_line(tmp_path, capsys, address):
     err = one_line_error(capsys, ["search", str(write_config(tmp_path)), "--address", address])
@@ -226,6 +255,14 @@ def test_a_folder_setting_naming_a_file_is_one_line(tmp_path, capsys, key):
     path = write_config(tmp_path, **{key: str(tmp_path / "afile")})
     err = one_line_error(capsys, ["search", str(path)])
     assert f"{key.replace('__', '.')}: {tmp_path / 'afile'} exists and is not a directory" in err
+
+
+@pytest.mark.parametrize("key", ["search__runs_dir", "backbones__cache_dir", "search__tap_dir"])
+def test_a_folder_that_cannot_be_written_is_refused_before_the_run_dir(tmp_path, capsys, key):
+    path = write_config(tmp_path, **{key: "/sys/fusion-nas-test"})  # /sys is read-only, even to root
+    err = one_line_error(capsys, ["search", str(path)])
+    assert f"{key.replace('__', '.')}: /sys/fusion-nas-test cannot be written (/sys: " in err
+    assert not (tmp_path / "runs").exists() and not Path("/sys/fusion-nas-test").exists()
 
 
 # ---- resume, show ---------------------------------------------------------------------

@@ -117,7 +117,8 @@ def config(tmp: Path, **changes) -> Path:
 
 def test_factory_encoder_plugin_op_and_strategy_search_end_to_end(plugin_dir, capsys):
     """One CLI search: `m1` is the user's encoder tapped at block1 and block2 (taps m1@1, m1@2),
-    the plugin's operator is in the space and the plugin's strategy proposes, with its option."""
+    the plugin's operator is in the space and the plugin's strategy proposes, with its option;
+    then, with --trust-code, its export and a resume."""
     assert main(["search", str(config(plugin_dir))]) == 0
     out = capsys.readouterr().out
     run_dir = Path(out.strip().splitlines()[-1].split(": ", 1)[1])
@@ -131,6 +132,17 @@ def test_factory_encoder_plugin_op_and_strategy_search_end_to_end(plugin_dir, ca
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert stored["plugins"] == ["user_plugin"] and stored["backbones"]["modalities"]["m1"]["taps"] == ["block1", "block2"]
     assert "plugin_sum" in list_fusions() and "plugin_first" in list_strategies()
+
+    # the run names code: export and resume ask for consent, and with it both work
+    out = plugin_dir / "export"
+    assert "--trust-code" in one_line_error(capsys, ["export", str(run_dir), "--out", str(out)])
+    assert main(["export", str(run_dir), "--out", str(out), "--trust-code"]) == 0 and (out / "model.json").is_file()
+    kept = (run_dir / "trials.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "trials.jsonl").write_text("".join(kept[:2]))  # as if stopped after two trials
+    assert "--trust-code" in one_line_error(capsys, ["search", "--resume", str(run_dir)])
+    assert main(["search", "--resume", str(run_dir), "--trust-code"]) == 0
+    resumed = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
+    assert len(resumed) == 3 and resumed[:2] == trials[:2] and resumed[2]["status"] == "ok"
 
 
 def one_line_error(capsys, argv) -> str:

@@ -2,9 +2,11 @@
 
 - A run directory received from someone else runs none of their code: pickles planted in
   it are never loaded by `search --resume`, `show`, `report`, `export` or `evaluate`.
-- Ctrl-C (SIGINT) and SIGTERM end a real `fusion-nas search` with 130 / 143 and the
-  resume hint; resuming finishes exactly the requested trials, nothing trained twice,
-  and reruns a candidate whose record line was torn.
+- Ray's own log lines go to the run's ray.log, not to the terminal.
+- Ctrl-C (SIGINT) and SIGTERM (to the whole process group, embedded Ray included, as a job
+  scheduler sends it) end a real `fusion-nas search` with 130 / 143 and the resume hint;
+  resuming finishes exactly the requested trials, nothing trained twice, and reruns a
+  candidate whose record line was torn, a confirmation seed's too.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from search.cli import main
@@ -68,23 +71,27 @@ def test_pickles_planted_in_a_run_dir_are_never_loaded(tmp_path, capsys):
 def _cli(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "search", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
 def _main_trials(store: RunStore) -> list[dict]:
     return [t for t in store.trials() if not t.get("confirm")]
 
 
-def _interrupt_after(proc: subprocess.Popen, store: RunStore, n: int, signum: int) -> tuple[int, str]:
-    """Send `signum` once the run has `n` strategy trials recorded; the exit code and stderr."""
+def _interrupt_after(proc: subprocess.Popen, store: RunStore, n: int, signum: int,
+                     group: bool = False) -> tuple[int, str, float]:
+    """Send `signum` once the run has `n` strategy trials recorded (`group`: to the process and
+    its embedded Ray's processes, as a job scheduler does); the exit code, stderr and the seconds
+    from the signal to the exit."""
     deadline = time.monotonic() + 300  # Ray start-up and pretraining first: slow on a loaded machine
     while len(_main_trials(store)) < n:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no trial recorded in time"
         time.sleep(0.05)
-    proc.send_signal(signum)
+    sent = time.monotonic()
+    os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
     _, err = proc.communicate(timeout=90)
-    return proc.returncode, err
+    return proc.returncode, err, time.monotonic() - sent
 
 
 def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_path, capsys):
@@ -102,7 +109,7 @@ def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_p
     store = RunStore.open(next((tmp_path / "runs").glob("*/*/config.yaml")).parent)
     hint = re.compile(rf"interrupted: (\d) of 3 trials; resume with fusion-nas search --resume {store.run_dir}\n$")
 
-    code, err = _interrupt_after(first, store, 1, signal.SIGINT)
+    code, err, _ = _interrupt_after(first, store, 1, signal.SIGINT)
     assert code == 130 and hint.search(err), err
     assert 1 <= int(hint.search(err).group(1)) < 3
     kept = store.trials_path.read_bytes()
@@ -111,8 +118,9 @@ def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_p
     kept = torn[: torn.rfind(b"\n") + 1]
 
     second = _cli("search", "--resume", str(store.run_dir))
-    code, err = _interrupt_after(second, store, len(_main_trials(store)) + 1, signal.SIGTERM)
+    code, err, seconds = _interrupt_after(second, store, len(_main_trials(store)) + 1, signal.SIGTERM, group=True)
     assert code == 143 and hint.search(err), err
+    assert seconds < 30, seconds  # Ray died with the group: the driver does not wait 60 s for its GCS
     assert "torn or unparsable line(s) (line " in err and "Fatal Python error" not in err
     assert store.trials_path.read_bytes().startswith(kept)
     kept = store.trials_path.read_bytes()
@@ -120,6 +128,10 @@ def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_p
     third = _cli("search", "--resume", str(store.run_dir))
     out, err = third.communicate(timeout=180)
     assert third.returncode == 0, err
+    for ray_line in ("Started a local Ray instance", "Token authentication", "Wrote the latest version", "INFO",
+                     "WARNING", "View detailed results", "Configuration for experiment"):
+        assert ray_line not in out + err, out + err  # the terminal shows the product's lines only
+    assert "Started a local Ray instance" in (store.run_dir / "ray.log").read_text()  # Ray's go to the run
     assert store.trials_path.read_bytes().startswith(kept)  # every earlier record kept, byte for byte
 
     records = store.trials()
@@ -148,3 +160,31 @@ def test_resuming_a_run_whose_cluster_head_is_gone_fails_at_once(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"search.address: nothing answers at 127.0.0.1:{port}" in err, err
     assert time.monotonic() - start < 6 and not (store.run_dir / "baselines.json").exists()  # before any work
+
+
+@pytest.mark.usefixtures("ray_local")  # the search and its resume share one embedded Ray
+def test_a_torn_confirmation_seed_is_trained_again_on_resume(tmp_path, capsys):
+    raw = {**SMALL, "search": {**SMALL["search"], "num_samples": 6, "confirm": 2, "max_concurrent": 1,
+                               "runs_dir": str(tmp_path / "runs")}}
+    path = tmp_path / "confirm.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["search", str(path)]) == 0
+    store = RunStore.open(next((tmp_path / "runs").glob("*/*/config.yaml")).parent)
+
+    def front() -> dict[str, list]:
+        entries = json.loads(store.pareto_path.read_text())["front"]
+        return {candidate_key(e): sorted(e["metrics"]["seeds"]) for e in entries}
+
+    before = front()
+    assert len(before) >= 2 and all(len(seeds) == 3 for seeds in before.values()), before
+    lines = store.trials_path.read_bytes().splitlines(keepends=True)
+    last = json.loads(lines[-1])
+    assert last.get("confirm"), last  # the run ends on a confirmation seed: tear that one
+    store.trials_path.write_bytes(b"".join(lines[:-1]) + lines[-1][:60])  # a crash mid-write
+    capsys.readouterr()
+
+    assert main(["search", "--resume", str(store.run_dir)]) == 0
+    assert "torn or unparsable line(s)" in capsys.readouterr().err
+    assert front() == before  # the seed was trained again: the same candidates, each on 3 seeds
+    seeds = [(candidate_key(t), t["seed"]) for t in store.trials()]
+    assert (candidate_key(last), last["seed"]) in seeds and len(set(seeds)) == len(seeds)

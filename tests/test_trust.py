@@ -79,6 +79,8 @@ def test_without_consent_no_command_runs_the_code_a_run_names(tmp_path, capsys, 
 
 @pytest.mark.parametrize("case", ["run_plugin", "run_factory", "os_system"])  # cwd_plugin: the next test
 def test_with_consent_a_module_in_the_run_directory_is_still_never_imported(tmp_path, capsys, monkeypatch, case):
+    for name in ("evil_v1", "evil_factory"):  # whatever another test imported under these names
+        monkeypatch.delitem(sys.modules, name, raising=False)
     run_dir, marker = hostile_run(tmp_path, case, monkeypatch)
     assert main(["export", str(run_dir), "--out", str(tmp_path / "out"), "--trust-code"]) == 2
     err = _one_line(capsys)

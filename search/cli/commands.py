@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.baselines import counts_to_budget
 from search.cli import results
 from search.cli.common import COMMANDS, UsageError, command, usage
 from search.datasets import DataError
+from search.engine.interrupt import SIGNALS, resume_hint
+from search.runstore.store import RunStore
 from spaces import ConfigError
 from spaces.yaml_errors import in_file
 
@@ -47,7 +50,7 @@ def cmd_space(args: argparse.Namespace) -> int:
     if args.samples < 0:
         raise UsageError(f"--samples: expected an integer >= 0, got {args.samples}")
     cfg = load_config(args.config)
-    preflight(cfg, writes=False)  # the size guards: a space `search` would refuse is refused here too
+    preflight(cfg, writes=False, cluster=False)  # the size guards: a space `search` would refuse is refused here too
     space = cfg.space
     modalities = ", ".join(space.modalities)
     if space.train:
@@ -69,9 +72,6 @@ def cmd_space(args: argparse.Namespace) -> int:
 @command("search")
 def cmd_search(args: argparse.Namespace) -> int:
     """Run a search (or resume one) through `search.api` and print the front."""
-    import os
-
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's banners off the progress line
     from search import api
     from search.cli.display import Progress
     from search.engine.interrupt import Interrupts, SearchInterrupted
@@ -109,7 +109,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 raise
             if sys.stdout.isatty():
                 print()  # end the live progress line
-            _after_interrupt(api.load_run(exc.run_dir), exc)
+            _after_interrupt(exc.run_dir, exc)
             return exc.exit_code
     with in_file(result.store.trials_path):
         _print_front(result, result.records())
@@ -125,22 +125,24 @@ def _warn(line: str) -> None:
     print(f"fusion-nas: warning: {line}", file=sys.stderr)
 
 
-def _after_interrupt(result: SearchResult, exc: SearchInterrupted) -> None:
-    """The front and report of what finished, then the resume hint (a second signal skips them)."""
-    trials = result.records()
+def _after_interrupt(run_dir: Path, exc: SearchInterrupted) -> None:
+    """The front and report of what finished, then the resume hint: always the last line, also
+    when a second signal cuts the front or the report short (a second signal first skips them)."""
+    from search import api
+
     try:
         if not exc.forced:
+            result = api.load_run(run_dir)
             with in_file(result.store.trials_path):
-                _print_front(result, trials)
+                _print_front(result, result.records())
             print(f"report: {result.report(say=print)}")
     except KeyboardInterrupt:
         pass
     except Exception as err:  # the trials are safe on disk; `fusion-nas report RUN` redoes it
         print(f"fusion-nas: could not write the report ({type(err).__name__}: {err})", file=sys.stderr)
-    done = sum(counts_to_budget(t) for t in trials)
-    num_samples = result.store.config().get("search", {}).get("num_samples")
-    print(f"interrupted: {done} of {num_samples} trials; resume with fusion-nas search --resume {result.run_dir}",
-          file=sys.stderr)
+    for s in SIGNALS:  # the user asked twice already: nothing more stops the hint
+        signal.signal(s, signal.SIG_IGN)
+    print(resume_hint(RunStore.open(run_dir)), file=sys.stderr)
 
 
 @command("show")

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from search.runstore.store import RunStore
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE_S = 5.0  # how long running trials may take to finish after the first signal
@@ -37,6 +42,7 @@ class Interrupts:
         self.grace_s = grace_s
         self.signum: int | None = None
         self.since: float | None = None
+        self.signalled = threading.Event()  # set at the first signal, for threads that watch for it
         self._soft = False
 
     @property
@@ -48,6 +54,7 @@ class Interrupts:
         return self.since is not None and time.monotonic() - self.since > self.grace_s
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signalled.set()
         if self.signum is not None or not self._soft:
             forced, self.signum = self.signum is not None, self.signum or signum
             raise SearchInterrupted(self.signum, forced)
@@ -77,3 +84,12 @@ class Interrupts:
                 signal.signal(s, handler)
         if self.signum is not None:
             raise SearchInterrupted(self.signum)
+
+
+def resume_hint(store: RunStore) -> str:
+    """The last line of an interrupted search: how far it got and how to go on."""
+    from search.baselines import counts_to_budget
+
+    done = sum(counts_to_budget(t) for t in store.trials())
+    num_samples = store.config().get("search", {}).get("num_samples")
+    return f"interrupted: {done} of {num_samples} trials; resume with fusion-nas search --resume {store.run_dir}"

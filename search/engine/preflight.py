@@ -1,5 +1,5 @@
-"""Checks a search makes before it writes or allocates anything: the folders it will write
-to, the data, the backbones against the data, the CPUs and GPUs, and the size of the largest
+"""Checks a search makes before it writes or allocates anything: the cluster address, the
+folders it will write to, the data, the backbones against the data, the CPUs and GPUs, and the size of the largest
 architecture of the space (built on torch's meta device: counted, never allocated).
 
 Every failure is a one-line `ConfigError` naming the config file and key.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +40,12 @@ class Largest:
     what_flops: str  # what makes the FLOPs large
 
 
-def preflight(config: Config, *, writes: bool = True) -> Dataset:
-    """The checked dataset of `config`, after every check above (`writes`: also the folders)."""
+def preflight(config: Config, *, writes: bool = True, cluster: bool = True) -> Dataset:
+    """The checked dataset of `config`, after every check above (`writes`: also the folders;
+    `cluster`: also the address)."""
     with in_file(config.path):
+        if cluster:
+            check_address(config)
         if writes:
             check_folders(config)
         check_cpus(config)
@@ -53,7 +57,8 @@ def preflight(config: Config, *, writes: bool = True) -> Dataset:
 
 
 def check_folders(config: Config) -> None:
-    """`search.runs_dir`, `backbones.cache_dir` and `search.tap_dir` are folders (or do not exist yet)."""
+    """`search.runs_dir`, `backbones.cache_dir` and `search.tap_dir` are folders (or do not exist
+    yet) that this process can write in."""
     base = Path.cwd()
     for key, value in (("search.runs_dir", config.search.runs_dir), ("backbones.cache_dir", config.backbones.cache_dir),
                        ("search.tap_dir", config.search.tap_dir or None)):
@@ -64,7 +69,29 @@ def check_folders(config: Config) -> None:
             if p.exists():
                 if not p.is_dir():
                     raise ConfigError(f"{key}: {p} exists and is not a directory")
+                _check_writable(key, path, p)
                 break
+
+
+def _check_writable(key: str, path: Path, folder: Path) -> None:
+    """A file can be made in `folder` (the nearest existing one on `path`'s way): tried, since
+    permissions do not tell (root passes them; a read-only mount, /proc and /sys do not)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".fusion-nas-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"{key}: {path} cannot be written ({folder}: {err.strerror or err})") from None
+
+
+def check_address(config: Config) -> None:
+    """A cluster address answers within seconds (a ConnectionError, one line, otherwise): before
+    the data, the backbones and the run directory."""
+    if config.search.address:
+        # Ray is imported only for a cluster: `space` and the other checks go without it
+        from search.engine.ray_cluster import probe_address
+
+        probe_address(config.search.address)
 
 
 def check_cpus(config: Config) -> None:

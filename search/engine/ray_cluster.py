@@ -4,12 +4,14 @@ trial ran on, a worker node lost under a trial, and where Tune keeps an experime
 (`search.storage`)."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import ray
@@ -23,6 +25,37 @@ _AUTH_HINT = ("`ray start` (Ray >= 2.60) enables token auth: with an explicit ad
               "or use address='auto' on the head node")
 
 
+@contextlib.contextmanager
+def ray_output_to(path: Path) -> Iterator[None]:
+    """While the block runs, Ray's and Tune's own lines (the token-auth warning, "Started a local
+    Ray instance", "Wrote the latest version of all result files ...") go to the log file `path`
+    and only their errors to the terminal, between the product's lines; Tune's new console
+    output (its "Configuration for experiment" box, "View detailed results here" and the
+    TensorBoard hint, printed even at verbose=0) is off. All comes back afterwards. (Ray's
+    `configure_logging` keeps these handlers: it only sets their format.)"""
+    ray_logger = logging.getLogger("ray")
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setLevel(logging.INFO)
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
+    saved = ray_logger.handlers[:], ray_logger.propagate, os.environ.get("RAY_AIR_NEW_OUTPUT")
+    ray_logger.handlers[:] = [to_file, errors]
+    ray_logger.propagate = False
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        ray_logger.handlers[:], ray_logger.propagate = saved[:2]
+        if saved[2] is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved[2]
+        to_file.close()
+
+
+# Ray starts one idle worker per CPU for the first driver; Tune's trial actors never use them
+# (each gets a fresh worker), so on 2 cores they only cost ~1.4 CPU s of imports per Ray start.
+NO_PRESTART = ("RAY_prestart_worker_first_driver", "0")
 CONNECT_TIMEOUT_S = 5.0  # for the head's port to answer before ray.init is tried at all
 
 
@@ -36,12 +69,14 @@ def init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: int = 1,
     if ray.is_initialized():
         return False
     if address:
+        address = resolve_address(address)
         probe_address(address)
         try:
             ray.init(address=address, log_to_driver=False)
         except ConnectionError as exc:
             raise ConnectionError(" ".join(f"{exc}. {_AUTH_HINT}".split())) from exc
     else:
+        os.environ.setdefault(*NO_PRESTART)
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  log_to_driver=False)
     have = ray.cluster_resources()
@@ -53,14 +88,37 @@ def init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: int = 1,
     return True
 
 
+def resolve_address(address: str) -> str:
+    """`auto` made explicit, so that Ray never goes looking for a cluster by itself (it would
+    take any Ray it finds running on this machine, someone else's too): the address in
+    `RAY_ADDRESS`, else the head this machine's `ray start --head` recorded
+    (`$RAY_TMPDIR/ray/ray_current_cluster`, /tmp by default); one line when there is neither.
+    Any other address comes back as it is."""
+    if address != "auto":
+        return address
+    given = os.environ.get("RAY_ADDRESS", "").strip()
+    if given and given != "auto":
+        return given
+    recorded = Path(os.environ.get("RAY_TMPDIR") or "/tmp") / "ray" / "ray_current_cluster"
+    try:
+        head = recorded.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        head = ""
+    if not head:
+        raise ConnectionError(f"search.address: auto: RAY_ADDRESS is not set and no `ray start --head` cluster is "
+                              f"recorded on this machine ({recorded}); give the head's host:port")
+    return head
+
+
 def probe_address(address: str) -> None:
     """Fail within seconds, with one line, where nothing answers at `address` (Ray itself
     retries for minutes), or where `ray start`'s token auth is on but no token is given."""
     from search.config import parse_address
 
+    address = resolve_address(address)
     host_port = parse_address(address)
-    if host_port is None:  # "auto": Ray finds the cluster of this machine itself
-        return
+    if host_port is None:  # unreachable: `auto` is resolved
+        raise ConnectionError(f"search.address: cannot resolve {address!r}")
     host, port = host_port
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
@@ -81,10 +139,13 @@ class HeadLost(ConnectionError):
 
 def head_gone(address: str | None) -> bool:
     """True when the head at `address` no longer answers (a bounded TCP connect); False when it
-    does, or when the address does not say where the head is ("auto")."""
+    does, or when `auto` leads nowhere any more."""
     from search.config import parse_address
 
-    host_port = parse_address(address) if address else None
+    try:
+        host_port = parse_address(resolve_address(address)) if address else None
+    except ConnectionError:
+        return False
     if host_port is None:
         return False
     try:
@@ -102,29 +163,45 @@ def lost_head(store: RunStore, address: str, num_samples: int, detail: str = "")
                     f"trials recorded; resume with fusion-nas search --resume {store.run_dir}")
 
 
-HEAD_CHECK_S = 2.0  # how often a search on a cluster checks that its head still answers
+HEAD_CHECK_S = 2.0  # how often a search checks that its Ray head still answers
+HURRY_S = 0.02  # how often once a signal came (it may have reached Ray's processes too)
 
 
-def watch_head(address: str, message: Callable[[], str]) -> threading.Event:
-    """A daemon thread that ends this process with exit 2 and `message()` once the cluster's head
-    stops answering twice in a row. Ray's driver would end it only after 60 s, with a native
-    message and exit 1, and a Python exception cannot reach a driver blocked on the dead head.
-    Every finished trial is already on disk. Set the returned event to stop watching."""
+def watch_head(last_words: Callable[[], tuple[str, int]], signalled: threading.Event | None = None) -> threading.Event:
+    """A daemon thread that ends this process once the Ray head (the GCS this driver is connected
+    to: a cluster's, or the embedded Ray's) stops answering twice in a row: it prints the line
+    of `last_words()` to stderr and exits with its code. Ray's driver would end only after 60 s,
+    with a native message and exit 1, and a Python exception cannot reach a driver blocked on
+    the dead head. Every finished trial is already on disk.
+
+    The embedded Ray goes when its processes are signalled from outside: a SIGTERM to the whole
+    process group (a job scheduler's, `kill -- -PGID`) reaches them too, and Ray's core ends
+    this driver (exit 1) soon after its raylet is gone. So once `signalled` is set (by the
+    search's signal handler) the head is checked every `HURRY_S` instead of every `HEAD_CHECK_S`.
+    Set the returned event to stop watching."""
     gcs = ray.get_runtime_context().gcs_address  # also where "auto" and ray:// lead
     host, _, port = gcs.rpartition(":")
     stop, misses = threading.Event(), 0
+    woken = signalled or threading.Event()
 
     def watch() -> None:
         nonlocal misses
-        while not stop.wait(HEAD_CHECK_S):
+        while True:
+            if woken.is_set():
+                stop.wait(HURRY_S)
+            else:
+                woken.wait(HEAD_CHECK_S)  # returns at once when a signal comes
+            if stop.is_set():
+                return
             try:
-                socket.create_connection((host, int(port)), timeout=HEAD_CHECK_S).close()
+                socket.create_connection((host, int(port)), timeout=HURRY_S if woken.is_set() else HEAD_CHECK_S).close()
                 misses = 0
             except OSError:
                 misses += 1
             if misses >= 2 and not stop.is_set():
-                print(f"\nfusion-nas: error: {message()}", file=sys.stderr, flush=True)
-                os._exit(2)
+                line, code = last_words()
+                print(f"\n{line}", file=sys.stderr, flush=True)
+                os._exit(code)
 
     threading.Thread(target=watch, name="fusion-nas-head-watch", daemon=True).start()
     return stop

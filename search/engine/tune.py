@@ -37,7 +37,7 @@ from ray.tune.stopper import Stopper
 from search.baselines import counts_to_budget
 from search.engine.balance import PLAN, fixed_asks
 from search.engine.confirm import confirmation_todo
-from search.engine.interrupt import Interrupts
+from search.engine.interrupt import Interrupts, resume_hint
 from search.engine.packing import Pack, replay_lookahead
 from search.engine.ray_cluster import (
     experiment_storage,
@@ -46,6 +46,7 @@ from search.engine.ray_cluster import (
     lost_head,
     lost_node,
     lost_node_reason,
+    ray_output_to,
     watch_head,
 )
 from search.engine.tune_searcher import (
@@ -346,6 +347,18 @@ class _InterruptStopper(Stopper):
         return self.searcher.live == 0 or self.interrupts.overdue()
 
 
+def _last_words(store: RunStore, address: str | None, num_samples: int,
+                interrupts: Interrupts | None) -> tuple[str, int]:
+    """What a search says, and its exit code, when the Ray under it goes away (`watch_head`)."""
+    if interrupts is not None and interrupts.signum is not None:  # the signal reached Ray's processes too
+        return resume_hint(store), 128 + interrupts.signum
+    if address:
+        return f"fusion-nas: error: {lost_head(store, address, num_samples)}", 2
+    done = sum(counts_to_budget(r) for r in store.trials())
+    return (f"fusion-nas: error: the embedded Ray stopped (its processes were ended from outside); {done} of "
+            f"{num_samples} trials recorded; resume with fusion-nas search --resume {store.run_dir}"), 2
+
+
 def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num_samples: int, store: RunStore,
                cpus_per_trial: int = 1, gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
                address: str | None = None,
@@ -392,55 +405,57 @@ def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num
                                                 objs=getattr(strategy, "objectives", None)):
         store.write_pareto()  # nothing left to run: no Ray at all
         return records
-    started = init_ray(address, num_cpus, cpus_per_trial, gpus_per_trial)
-    watching = watch_head(address, lambda: str(lost_head(store, address, num_samples))) if address else None
-    if progress is not None:
-        _PROGRESS[str(store.run_dir)] = progress
-    try:
-        slots = max_concurrent or concurrent_slots(ray.cluster_resources(), cpus_per_trial, gpus_per_trial)
-        ahead = min(PLAN, fixed_asks(strategy))  # the searcher asks that far ahead too
-        rerun = replay(strategy, records, replay_lookahead(records, slots, pack) + ahead) if records else []
-        searcher = StrategySearcher(strategy, max_trials=num_samples, store=store, confirm=confirm,
-                                    base_seed=base_seed, recorded=records, rerun=rerun, pack=pack, slots=slots,
-                                    max_live=slots + 1)  # Tune may start `slots` at once: see _pending_trials
-        # an upper bound: the searcher ends the experiment when the front is confirmed
-        bound = max(remaining, 0) + confirm * num_samples + 1
-        if interrupts is not None:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours: stop, record, hint at --resume
-        name = _experiment_name(store)
-        tuner = tune.Tuner(
-            make_trainable(evaluate, shared, cpus_per_trial, gpus_per_trial, per_epoch=sched is not None),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=bound, reuse_actors=True,
-                                        max_concurrent_trials=max_concurrent,
-                                        scheduler=sched,
-                                        trial_dirname_creator=_trial_dirname),
-            run_config=tune.RunConfig(
-                storage_path=experiment_storage(store, storage, name), name=name, verbose=0,
-                callbacks=[StoreCallback(store, num_samples, interrupts)],
-                stop=None if interrupts is None else _InterruptStopper(interrupts, searcher),
-                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
-        )
-        with interrupts.soft() if interrupts is not None else contextlib.nullcontext(), _pending_trials(slots):
-            try:
-                tuner.fit()
-            except TuneError as exc:  # every finished trial is already in trials.jsonl
+    with ray_output_to(store.inside(store.ray_log_path)):  # Ray's lines in the run, not the terminal
+        started = init_ray(address, num_cpus, cpus_per_trial, gpus_per_trial)
+        watching = watch_head(lambda: _last_words(store, address, num_samples, interrupts),
+                              None if interrupts is None else interrupts.signalled)
+        if progress is not None:
+            _PROGRESS[str(store.run_dir)] = progress
+        try:
+            slots = max_concurrent or concurrent_slots(ray.cluster_resources(), cpus_per_trial, gpus_per_trial)
+            ahead = min(PLAN, fixed_asks(strategy))  # the searcher asks that far ahead too
+            rerun = replay(strategy, records, replay_lookahead(records, slots, pack) + ahead) if records else []
+            searcher = StrategySearcher(strategy, max_trials=num_samples, store=store, confirm=confirm,
+                                        base_seed=base_seed, recorded=records, rerun=rerun, pack=pack, slots=slots,
+                                        max_live=slots + 1)  # Tune may start `slots` at once: see _pending_trials
+            # an upper bound: the searcher ends the experiment when the front is confirmed
+            bound = max(remaining, 0) + confirm * num_samples + 1
+            if interrupts is not None:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours: stop, record, hint at --resume
+            name = _experiment_name(store)
+            tuner = tune.Tuner(
+                make_trainable(evaluate, shared, cpus_per_trial, gpus_per_trial, per_epoch=sched is not None),
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=bound, reuse_actors=True,
+                                            max_concurrent_trials=max_concurrent,
+                                            scheduler=sched,
+                                            trial_dirname_creator=_trial_dirname),
+                run_config=tune.RunConfig(
+                    storage_path=experiment_storage(store, storage, name), name=name, verbose=0,
+                    callbacks=[StoreCallback(store, num_samples, interrupts)],
+                    stop=None if interrupts is None else _InterruptStopper(interrupts, searcher),
+                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+            )
+            with interrupts.soft() if interrupts is not None else contextlib.nullcontext(), _pending_trials(slots):
+                try:
+                    tuner.fit()
+                except TuneError as exc:  # every finished trial is already in trials.jsonl
+                    if address and head_gone(address):
+                        raise lost_head(store, address, num_samples, str(exc)) from None
+                    log.warning("Ray Tune ended with an error: %s", exc)
+                except Exception as exc:  # Ray's own errors when the cluster goes away
+                    if address and head_gone(address):
+                        raise lost_head(store, address, num_samples, f"{type(exc).__name__}: {exc}") from None
+                    raise
                 if address and head_gone(address):
-                    raise lost_head(store, address, num_samples, str(exc)) from None
-                log.warning("Ray Tune ended with an error: %s", exc)
-            except Exception as exc:  # Ray's own errors when the cluster goes away
-                if address and head_gone(address):
-                    raise lost_head(store, address, num_samples, f"{type(exc).__name__}: {exc}") from None
-                raise
-            if address and head_gone(address):
-                raise lost_head(store, address, num_samples)
-            store.write_pareto()
-        after = store.trials()
-        _warn_lost_nodes([r for r in after if r.get("lost_node")][len(lost_before):], store, warn)
-        return after
-    finally:
-        if watching is not None:
-            watching.set()
-        _PROGRESS.pop(str(store.run_dir), None)
-        if started:
-            ray.shutdown()
+                    raise lost_head(store, address, num_samples)
+                store.write_pareto()
+            after = store.trials()
+            _warn_lost_nodes([r for r in after if r.get("lost_node")][len(lost_before):], store, warn)
+            return after
+        finally:
+            if watching is not None:
+                watching.set()
+            _PROGRESS.pop(str(store.run_dir), None)
+            if started:
+                ray.shutdown()
 

@@ -183,6 +183,11 @@ class RunStore:
         return self.run_dir / "pareto.json"
 
     @property
+    def ray_log_path(self) -> Path:
+        """Ray's and Tune's own log lines during the run's searches (`search.engine.ray_cluster`)."""
+        return self.run_dir / "ray.log"
+
+    @property
     def ray_dir(self) -> Path:
         """Absolute directory for Ray Tune's state (Tune's `storage_path` must be absolute)."""
         return self.run_dir.resolve() / "ray"
