@@ -14,28 +14,61 @@ import torch  # noqa: E402
 # Tests share 2 cores with whatever else runs: keep torch single-threaded and deterministic.
 torch.set_num_threads(1)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_prestart_worker_first_driver", "0")  # as the product's embedded Ray (ray_cluster)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """One small embedded Ray for the module's tests, started at the first that asks for it; a
-    search run in-process finds it initialised and uses it instead of starting its own
-    (`search.engine.ray_cluster.init_ray`), so a module of searches pays for one Ray start.
-    Workers import `tests` through PYTHONPATH (a search that imports plugins from a folder of its
-    own needs its own Ray). The environment is put back afterwards (ray.init sets RAY_AUTH_MODE)."""
+_SHARED: dict[str, dict[str, str | None]] = {}  # the environment saved while the shared Ray runs
+
+
+def _start_shared_ray() -> None:
     import ray
 
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_AUTH_MODE")}
     root = str(Path(__file__).resolve().parents[1])
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, saved["PYTHONPATH"]) if p)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
+    _SHARED["env"] = saved
+
+
+def _stop_shared_ray() -> None:
+    import ray
+
+    saved = _SHARED.pop("env", None)
+    if saved is None:
+        return
     ray.shutdown()
-    for k, v in saved.items():
+    for k, v in saved.items():  # ray.init sets RAY_AUTH_MODE
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A small embedded Ray shared by the tests that ask for it, on this pytest worker: started
+    at the first, kept for the next (a Ray start costs ~4 CPU s). A search run in-process finds
+    it initialised and uses it instead of starting its own (`search.engine.ray_cluster.init_ray`).
+    Workers import `tests` through PYTHONPATH; a search that imports plugins from a folder of
+    its own, or joins a cluster, needs its own Ray: `_own_ray` stops the shared one before any
+    test that does not ask for it."""
+    import ray
+
+    if "env" not in _SHARED or not ray.is_initialized():
+        _stop_shared_ray()
+        _start_shared_ray()
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _own_ray(request):
+    if "ray_local" not in request.fixturenames:
+        _stop_shared_ray()
+    yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _stop_shared_ray()
 
 
 # Measured the slowest first (pytest-xdist hands work out in collection order): a long module or

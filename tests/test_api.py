@@ -20,6 +20,7 @@ def readme_example() -> str:
     return m.group(1)
 
 
+@pytest.mark.usefixtures("ray_local")  # the example's search on the shared Ray
 def test_the_readme_example_is_ten_lines_and_runs(tmp_path, monkeypatch, capsys):
     code = readme_example()
     assert len(code.strip().splitlines()) <= 11  # ten lines and the import's blank line

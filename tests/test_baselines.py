@@ -213,6 +213,7 @@ def planted_config(tmp_path: Path, **search) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_search_and_show_print_the_baselines_and_the_comparison(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["search", str(planted_config(tmp_path)), "--num-samples", "3"]) == 0

@@ -42,6 +42,7 @@ def test_a_row_divides_wall_by_the_candidate_seconds_per_slot_and_says_where_the
     assert bench._median([3.0, 1.0, 2.0, 10.0]) == pytest.approx(2.5)
 
 
+@pytest.mark.usefixtures("ray_local")  # its two Ray searches on the shared Ray
 def test_bench_throughput_smoke_test_prints_three_runs_and_leaves_results_alone():
     results = ROOT / "experiments" / "RESULTS.md"
     before = results.read_bytes()

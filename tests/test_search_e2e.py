@@ -1,4 +1,5 @@
-"""The whole tool, as a user runs it: `fusion-nas search` on the embedded Ray, then `show`."""
+"""The whole tool, as a user runs it: `fusion-nas search` on an embedded Ray (its `main()` in
+this process, on the tests' shared Ray), then `show` as a true subprocess."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cli_run import fusion_nas, run_dir_of
+from tests.cli_run import fusion_nas, fusion_nas_here, run_dir_of
 
 MULTIPLICATIVE = {"tensor", "low_rank", "circulant"}
 
@@ -35,9 +36,9 @@ def xor_config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def xor_run(tmp_path_factory):
+def xor_run(tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("e2e")
-    proc = fusion_nas("search", str(xor_config(tmp)), cwd=tmp)
+    proc = fusion_nas_here("search", str(xor_config(tmp)), cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, run_dir_of(proc)
 
@@ -111,7 +112,7 @@ def test_search_writes_the_report_page(xor_run):
 def test_resume_of_a_finished_run_keeps_every_trial(xor_run, tmp_path):
     _, run_dir = xor_run
     before = (run_dir / "trials.jsonl").read_text()
-    proc = fusion_nas("search", "--resume", str(run_dir), cwd=tmp_path)
+    proc = fusion_nas_here("search", "--resume", str(run_dir), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resuming {run_dir}" in proc.stdout
     assert (run_dir / "trials.jsonl").read_text() == before

@@ -11,7 +11,7 @@ import yaml
 from search.report import data as report_data
 from search.runstore.store import RunStore, front_from_trials
 from spaces import ArchSpec
-from tests.cli_run import fusion_nas, run_dir_of
+from tests.cli_run import fusion_nas_here, run_dir_of
 
 NEW_OPS = ("adversarial", "memory", "ptp", "shared_private")
 
@@ -38,9 +38,9 @@ def seq_config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def new_ops_run(tmp_path_factory):
+def new_ops_run(tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("new_ops")
-    proc = fusion_nas("search", str(seq_config(tmp)), cwd=tmp, timeout=300)
+    proc = fusion_nas_here("search", str(seq_config(tmp)), cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, run_dir_of(proc)
 

@@ -322,6 +322,7 @@ def test_prepare_builds_the_disk_cache_once_and_reuses_it(tmp_path):
     assert_same_cache(memory, again)
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_a_ray_trial_on_a_node_without_the_folder_fails_with_that_line(tmp_path, vector):
     """Through Ray's object store: the context goes as a path; a worker that cannot see the folder
     errors the trial, and the record's reason is the one line, while the search ends normally."""
