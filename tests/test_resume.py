@@ -79,10 +79,10 @@ def _main_trials(store: RunStore) -> list[dict]:
 
 
 def _interrupt_after(proc: subprocess.Popen, store: RunStore, n: int, signum: int,
-                     group: bool = False) -> tuple[int, str, float]:
+                     group: bool = False, again_after: float | None = None) -> tuple[int, str, float]:
     """Send `signum` once the run has `n` strategy trials recorded (`group`: to the process and
-    its embedded Ray's processes, as a job scheduler does); the exit code, stderr and the seconds
-    from the signal to the exit."""
+    its embedded Ray's processes, as a job scheduler does; `again_after` seconds: a second time,
+    as an impatient user does); the exit code, stderr and the seconds from the signal to the exit."""
     deadline = time.monotonic() + 300  # Ray start-up and pretraining first: slow on a loaded machine
     while len(_main_trials(store)) < n:
         assert proc.poll() is None, proc.communicate()
@@ -90,6 +90,10 @@ def _interrupt_after(proc: subprocess.Popen, store: RunStore, n: int, signum: in
         time.sleep(0.05)
     sent = time.monotonic()
     os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
+    if again_after is not None:
+        time.sleep(again_after)
+        if proc.poll() is None:
+            proc.send_signal(signum)
     _, err = proc.communicate(timeout=90)
     return proc.returncode, err, time.monotonic() - sent
 
@@ -109,7 +113,7 @@ def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_p
     store = RunStore.open(next((tmp_path / "runs").glob("*/*/config.yaml")).parent)
     hint = re.compile(rf"interrupted: (\d) of 3 trials; resume with fusion-nas search --resume {store.run_dir}\n$")
 
-    code, err, _ = _interrupt_after(first, store, 1, signal.SIGINT)
+    code, err, _ = _interrupt_after(first, store, 1, signal.SIGINT, again_after=0.2)  # Ctrl-C twice
     assert code == 130 and hint.search(err), err
     assert 1 <= int(hint.search(err).group(1)) < 3
     kept = store.trials_path.read_bytes()
