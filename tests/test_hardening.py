@@ -325,3 +325,22 @@ def test_init_refuses_one_modality_and_an_out_it_cannot_write_in_one_line(tmp_pa
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (argv, err)
     assert not (tmp_path / "c.yaml").exists()
+
+
+def test_data_near_the_float32_maximum_pretrains_and_trains_to_finite_numbers(tmp_path):
+    """Values near float32's largest (once NaN in pretraining, then a traceback) are
+    standardised in float64: the backbones pretrain and a candidate trains to finite scores."""
+    from search.engine.run import evaluate_trial, prepare, trial_context
+    from spaces import ArchSpec
+
+    rng = np.random.default_rng(0)
+    huge = (rng.uniform(0.5, 1.0, (200, 6)) * np.finfo(np.float32).max).astype(np.float32)
+    np.savez(tmp_path / "big.npz", m1=huge, m2=rng.normal(size=(200, 6)).astype(np.float32),
+             y=rng.integers(0, 2, 200))
+    cfg = load_config(write_config(tmp_path, data={"kind": "npz", "path": str(tmp_path / "big.npz")},
+                                   backbones={**BASE["backbones"], "cache_dir": str(tmp_path / "cache")}))
+    prepared = prepare(cfg, say=lambda _m: None)
+    spec = ArchSpec.from_dict(spec_dict("late", "concat", ("m1@2", "m2@2"), 8))
+    metrics = evaluate_trial(spec, trial_context(prepared))
+    assert metrics["status"] == "ok", metrics.get("reason")
+    assert all(np.isfinite(metrics[k]) for k in ("val_accuracy", "test_accuracy"))
