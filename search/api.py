@@ -125,6 +125,8 @@ class SearchResult:
         from search.engine import run
         from search.engine.preflight import preflight
 
+        if interrupts is not None:
+            interrupts.run_dir = self.run_dir
         with self.store.locked():  # before anything else: a second process stops here, at once
             cfg = run.resolved_config(self.store, self.trust_code)
             if address is not None:
@@ -180,6 +182,8 @@ def search(config: str | Path | Mapping[str, Any], *, num_samples: int | None = 
         cfg = dataclasses.replace(cfg, name=check_run_name(name, "name"))
     dataset = preflight(cfg)  # data, backbones and size errors come before the run directory exists
     store = run.start_run(cfg)
+    if interrupts is not None:
+        interrupts.run_dir = store.run_dir  # from now on a signal ends with the resume hint
     say(f"run {store.run_dir}")
     with store.locked():
         _run_trials(cfg, store, dataset, resume=False, say=say, progress=progress, warn=warn,

@@ -104,9 +104,12 @@ def cmd_search(args: argparse.Namespace) -> int:
                                     interrupts=interrupts, **hooks)
         except RunInUse as err:
             usage(err)
-        except SearchInterrupted as exc:  # the trials finished so far are in trials.jsonl
-            if exc.run_dir is None:  # before the trials began: nothing to show or resume
-                raise
+        except KeyboardInterrupt as exc:  # the trials finished so far are in trials.jsonl
+            if not isinstance(exc, SearchInterrupted):  # a second signal inside Ray's C++ (ray.wait) comes
+                # out as a plain KeyboardInterrupt: it is ours all the same
+                exc = SearchInterrupted(interrupts.signum or signal.SIGINT, True, interrupts.run_dir)
+            if exc.run_dir is None:  # before the run directory existed: nothing to show or resume
+                raise exc from None
             if sys.stdout.isatty():
                 print()  # end the live progress line
             _after_interrupt(exc.run_dir, exc)

@@ -28,11 +28,11 @@ GRACE_S = 5.0  # how long running trials may take to finish after the first sign
 class SearchInterrupted(KeyboardInterrupt):
     """A search ended by a signal; `exit_code` is the shell's 128 + signal number."""
 
-    def __init__(self, signum: int, forced: bool = False) -> None:
+    def __init__(self, signum: int, forced: bool = False, run_dir: Path | None = None) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum, self.forced = signum, forced  # forced: a second signal, no time for the report
         self.exit_code = 128 + signum
-        self.run_dir: Path | None = None  # set by `search.api` once the run directory exists
+        self.run_dir = run_dir  # the run directory, once it exists (`Interrupts.run_dir`)
 
 
 class Interrupts:
@@ -43,7 +43,11 @@ class Interrupts:
         self.signum: int | None = None
         self.since: float | None = None
         self.signalled = threading.Event()  # set at the first signal, for threads that watch for it
+        self.run_dir: Path | None = None  # set by `search.api` once the run directory exists: every
+        # SearchInterrupted raised from then on carries it, wherever the signal lands (a second
+        # Ctrl-C during Ray's shutdown or while the run's lock is released, too)
         self._soft = False
+        self._installed = False
 
     @property
     def requested(self) -> bool:
@@ -57,23 +61,27 @@ class Interrupts:
         self.signalled.set()
         if self.signum is not None or not self._soft:
             forced, self.signum = self.signum is not None, self.signum or signum
-            raise SearchInterrupted(self.signum, forced)
+            raise SearchInterrupted(self.signum, forced, self.run_dir)
         self.signum, self.since = signum, time.monotonic()
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Interrupts]:
         """Handle SIGINT and SIGTERM here while the block runs; the old handlers afterwards."""
         old = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        self._installed = True
         try:
             yield self
         finally:
+            self._installed = False
             for s, handler in old.items():
                 signal.signal(s, handler)
 
     @contextlib.contextmanager
     def soft(self) -> Iterator[None]:
         """While trials run: the first signal only asks to stop. Installs the handler again,
-        since `ray.init` replaces the SIGTERM handler; `SearchInterrupted` at the end if a signal came."""
+        since `ray.init` replaces Python's signal handlers, and keeps it afterwards while
+        `installed()` holds (a second Ctrl-C during Ray's shutdown must still reach it);
+        `SearchInterrupted` at the end if a signal came."""
         old = {s: signal.signal(s, self._handle) for s in SIGNALS}
         self._soft = True
         try:
@@ -81,9 +89,9 @@ class Interrupts:
         finally:
             self._soft = False
             for s, handler in old.items():
-                signal.signal(s, handler)
+                signal.signal(s, self._handle if self._installed else handler)
         if self.signum is not None:
-            raise SearchInterrupted(self.signum)
+            raise SearchInterrupted(self.signum, run_dir=self.run_dir)
 
 
 def resume_hint(store: RunStore) -> str:
