@@ -66,12 +66,14 @@ def best_basic(baselines: Sequence[Mapping[str, Any]], metric: _objectives.Objec
 
 def best_front_point(front: Mapping[str, Any], metric: _objectives.Objective | None = None
                      ) -> Mapping[str, Any] | None:
-    """The search's answer: the front member with the best (mean) holdout metric when every
+    """The search's answer: of the front members whose seeds agree (not marked `unstable`,
+    `search.runstore.store.mark_unstable`), the one with the best (mean) holdout metric when every
     member has one (`search.holdout`: val samples no training or strategy saw, so the choice
     is not the luckiest of many on the same val samples), else the best val metric; ties:
     the better val metric, then the cheaper in params. None for an empty front."""
     metric = metric or _objectives.OBJECTIVES["accuracy"]
-    members = [f for f in front.get("front") or () if finite((f.get("metrics") or {}).get(metric.key)) is not None]
+    members = [f for f in front.get("front") or () if finite((f.get("metrics") or {}).get(metric.key)) is not None
+               and not (f.get("metrics") or {}).get("unstable")]  # seeds that disagree: never the answer
     return _choose(members, metric, lambda f: f["metrics"],
                    lambda m: (-(finite(m.get("params_total")) or 0.0),))
 
@@ -80,13 +82,16 @@ def dominating_member(front: Mapping[str, Any], baseline: Mapping[str, Any],
                       objs: Sequence[_objectives.Objective] | None = None) -> str | None:
     """The trial id of a front member that weakly dominates `baseline` in every objective it has
     (default: val accuracy >=, params <=, FLOPs <=; equal values count), or None when none does.
-    An objective the baseline does not record (latency) is left out of the comparison."""
+    An objective the baseline does not record (latency) is left out of the comparison; a member
+    marked unstable (its seeds disagree) never counts."""
     objs = [o for o in (objs or _objectives.get(_objectives.CLASSIC)) if baseline.get(o.key) is not None]
     mine = [finite(baseline.get(o.key)) for o in objs]
     if not objs or any(v is None for v in mine):
         return None
     for f in front.get("front") or ():
         m = f.get("metrics") or {}
+        if m.get("unstable"):  # a mean over seeds that disagree is no evidence
+            continue
         theirs = [finite(m.get(o.key)) for o in objs]
         if all(t is not None and _sign(o) * t >= _sign(o) * b for o, t, b in zip(objs, theirs, mine, strict=True)):
             return str(f.get("trial_id"))

@@ -67,7 +67,7 @@ PICKS: dict[str, Callable[[Mapping[str, Any], Callable[[Mapping[str, Any]], floa
 
 def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], how: str,
                metric: Objective | None = None) -> dict[str, Any]:
-    """The trial `how` names: `knee` (of the front), `accuracy` (the run's answer,
+    """The trial `how` names: `knee` (of the front, never an unstable candidate), `accuracy` (the run's answer,
     `search.baselines.best_front_point`: the best holdout metric when the run has a holdout,
     else the best val metric — the run's `metric`, accuracy by default — then fewest params), `smallest` (fewest params, then best
     val metric), or a trial id. The metric is always the validation one: test never chooses."""
@@ -77,14 +77,15 @@ def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], ho
     if how in ("knee", *PICKS):
         if not front.get("trial_ids"):
             raise ExportError(f"--pick {how}: the run has no ok trial with finite scores, so no front to pick from")
-        if how == "knee":
-            return by_id[front["knee"]]
-        members = [by_id[tid] for tid in front["trial_ids"]]
-        if how == "accuracy":  # the run's answer: chosen on the holdout when the run has one
-            best = best_front_point({"front": members}, metric)
-            if best is not None:
-                return dict(best)
-        return min(members, key=lambda t: PICKS[how](t["metrics"], lambda m: sign * m[metric.key]))
+        # the front's entries: each candidate's metrics as the mean over its seeds, `unstable` marked
+        members = [dict(f) for f in front["front"]]
+        chosen = (front.get("knee") if how == "knee" else
+                  (best_front_point({"front": members}, metric) or {}).get("trial_id") if how == "accuracy" else
+                  min(members, key=lambda t: PICKS[how](t["metrics"], lambda m: sign * m[metric.key]))["trial_id"])
+        if chosen is None:
+            raise ExportError(f"--pick {how}: every candidate it could pick is unstable (its seeds disagree); pick "
+                              f"one by trial id to take it anyway: {', '.join(front['trial_ids'][:8])}")
+        return by_id[str(chosen)]
     trial = by_id.get(how)
     if trial is None:
         ids = ", ".join(list(by_id)[:8]) + (", ..." if len(by_id) > 8 else "")

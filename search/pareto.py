@@ -70,12 +70,16 @@ def non_dominated_sort(points: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def pareto_mask(points: np.ndarray) -> np.ndarray:
-    """Boolean mask of the rows no other row dominates (NaN rows excluded)."""
+def pareto_mask(points: np.ndarray, by: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the rows no other row dominates (NaN rows excluded); with `by` (a boolean
+    mask), only the rows it marks may dominate (the others are judged, never judges)."""
     points = _as_points(points)
     valid = ~np.isnan(points).any(axis=1)
+    dom = _dominance_matrix(points[valid])
+    if by is not None:
+        dom = dom & np.asarray(by, dtype=bool)[valid][:, None]
     mask = np.zeros(len(points), dtype=bool)
-    mask[valid] = ~_dominance_matrix(points[valid]).any(axis=0)
+    mask[valid] = ~dom.any(axis=0)
     return mask
 
 

@@ -132,10 +132,12 @@ INSPECT = """(async () => {
       const tr = g.__data__ && g.__data__[0] && g.__data__[0].trace;
       return {meta: tr ? tr.meta : null, kind: tr ? tr.type : null,
               ids: tr && tr.customdata ? Array.from(tr.customdata).map(String) : [],
-              points: g.querySelectorAll('path.point').length, lines: g.querySelectorAll('path.js-line').length};
+              points: g.querySelectorAll('path.point').length, lines: g.querySelectorAll('path.js-line').length,
+              errorbars: g.querySelectorAll('path.yerror').length};
     });
   }
   out.table = Array.from(document.querySelectorAll('#front-table tbody tr')).map(r => r.cells[0].textContent);
+  out.marks = Array.from(document.querySelectorAll('#front-table tbody tr')).map(r => r.cells[1].textContent);
   return JSON.stringify(out);
 })()"""
 
@@ -158,6 +160,19 @@ HOVER_TEXT = """(async () => {
   for (let i = 0; i < 50 && !text(); i++) await new Promise(r => setTimeout(r, 100));
   return text();
 })()"""
+
+
+def render(exe: str, page: Path, tmp: Path) -> dict[str, Any]:
+    """What Chromium drew of `page` (INSPECT)."""
+    browser = Chromium(exe, tmp / "profile", tmp / "chromium.log")
+    try:
+        for domain in ("Page", "Runtime"):
+            browser.send(f"{domain}.enable", page=True)
+        browser.send("Page.navigate", {"url": page.as_uri()}, page=True)
+        browser.wait_event("Page.loadEventFired")
+        return json.loads(browser.evaluate(INSPECT))
+    finally:
+        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +259,28 @@ def test_screenshot_is_written_for_a_person_to_look_at(rendered):
     png = rendered["png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
     assert SCREENSHOT.read_bytes()[:8] == png[:8]  # the stable copy (another run may have refreshed it)
+
+
+def test_front_points_carry_error_bars_and_an_unstable_one_is_crossed_out(tmp_path):
+    """A run whose front candidates were confirmed on 3 seeds, one of them a coin flip
+    (tests/test_unstable.py): each front point has its mean ± std bar, and the coin flip is
+    drawn crossed out and named in the table, while the knee is another."""
+    from tests.test_unstable import seeded_trials
+
+    exe = find_chromium()
+    store = make_run(tmp_path, trials=seeded_trials())
+    drawn = render(exe, write_report(store.run_dir), tmp_path)
+    front = store.read_json("pareto.json")
+    for fig in ("params-stage", "flops-op"):
+        traces = drawn["figures"][f"fig-{fig}"]
+        [ring] = [t for t in traces if t["meta"] == "front"]
+        [marked] = [t for t in traces if t["meta"] == "unstable"]
+        [knee] = [t for t in traces if t["meta"] == "knee"]
+        assert sorted(ring["ids"]) == sorted(front["trial_ids"]) == ["S1", "S2", "U"]
+        assert ring["errorbars"] == 3  # one bar per front point
+        assert marked["ids"] == ["U"] and marked["points"] == 1 and knee["ids"] != ["U"]
+    marks = dict(zip(drawn["table"], drawn["marks"], strict=True))
+    assert marks["U"] == "unstable" and marks[front["knee"]] == "★"
 
 
 def test_static_images_are_written_through_kaleido(tmp_path):

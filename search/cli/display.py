@@ -55,11 +55,14 @@ def front_table(rows: Sequence[Mapping[str, Any]], metric: str = "accuracy") -> 
             + "".join(f" {f'{e} {units[e]}'.strip():>10}" for e in extra) + "  architecture")
     lines = [head, "-" * len(head)]
     for r in rows:
-        mark = "*" if r["knee"] else " "
+        mark = "*" if r["knee"] else "!" if r.get("unstable") else " "
         more = "".join(f" {_num(r['extra'].get(e)):>10}" for e in extra)
         lines.append(f"{mark} {r['trial']:>10} {_score(r, 'val', seeds):>{width}} {_score(r, 'test', seeds):>{width}} "
                      f"{int(r.get('n_seeds', 1)):>5} {human(r['params']):>8} {human(r['flops']):>8}{more}  {r['arch']}")
     what = "" if metric == "accuracy" else f" val, test: {metric}."
+    if any(r.get("unstable") for r in rows):
+        lines.append("! unstable: its seeds disagree (a spread well above the run's seed noise); never the knee "
+                     "nor the answer.")
     lines.append("* knee of the front." + what + (" val, test: mean ± std over the seeds." if seeds else "")
                  + " FLOPs: forward, per sample, 2 per multiply-add (elementwise work not counted).")
     return "\n".join(lines)

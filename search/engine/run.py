@@ -295,7 +295,7 @@ def front_rows(front: Mapping[str, Any], objs: Sequence[Objective] | None = None
                      "test_std": m.get(f"{test_key}_std", m.get("test_std", 0.0)),
                      "n_seeds": m.get("n_seeds", 1), "params": m["params_total"], "flops": m["flops_total"],
                      "extra": {o.name: m.get(o.key) for o in objs[1:] if o.name not in ("params", "flops")},
-                     "knee": f["trial_id"] == front.get("knee"),
+                     "knee": f["trial_id"] == front.get("knee"), "unstable": m.get("unstable"),
                      "arch": record_spec(f).describe()})
     return sorted(rows, key=lambda r: -r["val"] if metric.mode == "max" else r["val"])
 

@@ -51,6 +51,8 @@ class Point:
     on_front: bool
     knee: bool
     extra: Mapping[str, float | None] | None = None  # other cost objectives (latency) by name
+    std: float | None = None  # the val metric's std over a confirmed candidate's seeds (its error bar)
+    unstable: str | None = None  # why its seeds disagree (`search.runstore.store.mark_unstable`), if they do
 
     def cost(self, name: str) -> float | None:
         if name == "params":
@@ -76,7 +78,7 @@ class Series:
     x: list[float]
     y: list[float]
     hover: list[str]
-
+    std: list[float] | None = None  # error bars (the val metric's std over seeds), where drawn
 
 
 
@@ -118,6 +120,8 @@ def hover_text(trial: Mapping[str, Any], p: Mapping[str, Any], metric: str = "va
     lines.append(" · ".join(costs) if costs else "params and FLOPs unknown")
     if p["status"] != "ok" and p["reason"]:
         lines.append(f"reason: {p['reason'][:120]}")
+    if p.get("unstable"):
+        lines.append(f"<b>unstable</b>: {p['unstable']}; never the knee nor the answer")
     return "<br>".join(lines)
 
 
@@ -133,6 +137,7 @@ def trial_points(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any],
     objs = _objs(objs)
     metric = objs[0]
     members, knee = set(front.get("trial_ids") or ()), front.get("knee")
+    marked = {str(f["trial_id"]): (f.get("metrics") or {}).get("unstable") for f in front.get("front") or ()}
     out = []
     for i, t in enumerate(trials):
         m = t.get("metrics") or {}
@@ -145,7 +150,8 @@ def trial_points(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any],
         p = {"status": str(t.get("status")), "reason": str(t.get("reason") or ""),
              "accuracy": finite(m.get(metric.key)), "test_accuracy": finite(m.get(test_key(metric))),
              "params": params, "flops": flops, "on_front": tid in members, "knee": tid == knee,
-             "extra": extra or None}
+             "extra": extra or None, "unstable": marked.get(tid),
+             "std": finite(m.get(f"{metric.key}_std")) if int(m.get("n_seeds") or 1) > 1 else None}
         out.append(Point(trial_id=tid, order=i, stage=spec.stage, op=spec.ops[-1], ops=spec.ops,
                          arch=spec.describe(), hover=hover_text(t, p, f"val {metric.name}"), **p))
     return out
@@ -168,11 +174,15 @@ def scatter_series(points: Sequence[Point], cost: str, by: str) -> list[Series]:
     return out
 
 
-def front_points(points: Sequence[Point], cost: str, knee_only: bool = False) -> Series:
-    """The Pareto front's trials (of all three objectives: `pareto.json`), or just its knee."""
-    chosen = [p for p in points if (p.knee if knee_only else p.on_front) and p.cost(cost) is not None]
-    return Series("knee" if knee_only else "Pareto front", "", "ok", [p.trial_id for p in chosen],
-                  [p.cost(cost) for p in chosen], [p.y for p in chosen], [p.hover for p in chosen])
+def front_points(points: Sequence[Point], cost: str, knee_only: bool = False, unstable: bool = False) -> Series:
+    """The Pareto front's trials (of all three objectives: `pareto.json`), or just its knee, or
+    (`unstable`) its members whose seeds disagree."""
+    chosen = [p for p in points if (p.knee if knee_only else p.on_front and (not unstable or p.unstable))
+              and p.cost(cost) is not None]
+    name = "knee" if knee_only else "unstable: seeds disagree" if unstable else "Pareto front"
+    return Series(name, "", "ok", [p.trial_id for p in chosen],
+                  [p.cost(cost) for p in chosen], [p.y for p in chosen], [p.hover for p in chosen],
+                  [p.std or 0.0 for p in chosen])
 
 
 def staircase(points: Sequence[Point], cost: str) -> tuple[list[float], list[float]]:
@@ -245,7 +255,7 @@ def breakdown(points: Sequence[Point], by: str, higher: bool = True) -> list[dic
 def front_table(points: Sequence[Point]) -> list[dict[str, Any]]:
     """The front's trials, most accurate (val) first, as table rows."""
     rows = [{"trial": p.trial_id, "knee": p.knee, "stage": p.stage, "op": op_label(p.ops), "val": p.accuracy,
-             "test": p.test_accuracy, "params": p.params, "flops": p.flops, "arch": p.arch}
+             "test": p.test_accuracy, "params": p.params, "flops": p.flops, "arch": p.arch, "unstable": p.unstable}
             for p in points if p.on_front]
     return sorted(rows, key=lambda r: (-(r["val"] or 0.0), r["params"] or 0.0))
 

@@ -61,7 +61,8 @@ def _axis(cost: str) -> str:
 def scatter_figure(points: Sequence[Point], cost: str, by: str,
                    baselines: Sequence[BaselinePoint] = (), metric: str = "accuracy") -> go.Figure:
     """Accuracy against one cost (log x): every placeable trial coloured by `by`, marked by
-    status; the front ringed and drawn as a step line; the knee a star; baselines a labelled cross."""
+    status; the front ringed (error bars: mean ± std over seeds) and drawn as a step line; the knee a
+    star; a front member whose seeds disagree crossed out in red; baselines a labelled cross."""
     series = scatter_series(points, cost, by)
     colours = _colours(series, by)
     fig = go.Figure()
@@ -80,9 +81,19 @@ def scatter_figure(points: Sequence[Point], cost: str, by: str,
         fig.add_trace(go.Scatter(
             x=f.x, y=f.y, mode="markers", name=f.name, meta="knee" if knee_only else "front",
             customdata=f.trial_ids, hovertext=f.hover, hoverinfo="text",
+            # the front's error bars: mean ± std of the val metric over a confirmed candidate's seeds
+            error_y=None if knee_only else {"type": "data", "array": f.std, "visible": True, "color": "#555",
+                                            "thickness": 1.2, "width": 4},
             marker=({"symbol": "star", "size": 18, "color": "gold", "line": {"width": 1, "color": "black"}}
                     if knee_only else
                     {"symbol": "circle-open", "size": 16, "color": "black", "line": {"width": 2}}),
+        ))
+    u = front_points(points, cost, unstable=True)
+    if u.x:
+        fig.add_trace(go.Scatter(
+            x=u.x, y=u.y, mode="markers", name=u.name, meta="unstable", customdata=u.trial_ids,
+            hovertext=u.hover, hoverinfo="text",
+            marker={"symbol": "x-open", "size": 20, "color": "#d62728", "line": {"width": 2, "color": "#d62728"}},
         ))
     b = baseline_series(baselines, cost)
     if b.x:
@@ -195,7 +206,7 @@ def front_table_html(points: Sequence[Point], metric: str = "accuracy") -> str:
                    for t, _, k in TABLE_COLUMNS)
     body = []
     for r in front_table(points):
-        r = {**r, "knee": "★" if r["knee"] else ""}
+        r = {**r, "knee": "★" if r["knee"] else "unstable" if r.get("unstable") else ""}  # seeds that disagree
         cells = (_fmt(r[key], kind) for _, key, kind in TABLE_COLUMNS)
         body.append("<tr>" + "".join(f'<td data-sort="{s}">{t}</td>' for t, s in cells) + "</tr>")
     return (f'<table id="front-table" class="sortable"><thead><tr>{head}</tr></thead>'

@@ -390,6 +390,45 @@ def _aggregate(group: list[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 
+# ---- seeds that disagree ------------------------------------------------------------
+UNSTABLE_TIMES_NOISE = 3.0  # a candidate's seed std above this many times the run's seed-to-seed noise
+UNSTABLE_SHARE = 0.05  # ... and above this share of its mean metric: its seeds disagree
+UNSTABLE_ALWAYS = 0.15  # a std above this share of its mean: they disagree, however noisy the rest
+
+
+def mark_unstable(candidates: Sequence[dict[str, Any]], metric: _objectives.Objective) -> None:
+    """Mark each candidate trained on 2+ seeds whose seeds disagree: `metrics["unstable"]` says
+    why. Disagree: the sample std of the run's metric over its seeds is above the bar
+    min(max(`UNSTABLE_TIMES_NOISE` x the run's seed-to-seed noise, `UNSTABLE_SHARE` x |mean|),
+    `UNSTABLE_ALWAYS` x |mean|). The noise is the median std of the other multi-seed
+    candidates, so one wild candidate does not raise its own bar, and the last term holds when
+    every candidate is wild. One seed stalled at chance while another learns is far above it:
+    {0.95, 0.50, 0.50} has std 0.26 on a mean of 0.65. An unstable candidate may sit on the
+    front, marked, but is never its knee nor the run's answer."""
+    spreads: dict[int, float] = {}
+    for i, c in enumerate(candidates):
+        m = c.get("metrics") or {}
+        std, mean = _objectives.finite(m.get(f"{metric.key}_std")), _objectives.finite(m.get(metric.key))
+        if int(m.get("n_seeds") or 1) >= 2 and std is not None and mean is not None:
+            spreads[i] = std
+    for i, std in spreads.items():
+        m = candidates[i]["metrics"]
+        others = [v for j, v in spreads.items() if j != i]
+        noise = float(np.median(others)) if others else 0.0
+        mean = abs(float(m[metric.key]))
+        bar = min(max(UNSTABLE_TIMES_NOISE * noise, UNSTABLE_SHARE * mean), UNSTABLE_ALWAYS * mean)
+        if std > bar:
+            m["unstable"] = (f"its seeds disagree: {metric.name} std {std:.3f} over {m['n_seeds']} seeds, above "
+                             f"{bar:.3f} (the run's seed noise is {noise:.3f})")
+        else:
+            m.pop("unstable", None)
+
+
+def stable(record: Mapping[str, Any]) -> bool:
+    """False for a candidate `mark_unstable` marked."""
+    return not (record.get("metrics") or {}).get("unstable")
+
+
 # ---- the front ----------------------------------------------------------------------
 def on_front_candidate(record: Mapping[str, Any], objs: Sequence[_objectives.Objective] | None = None) -> bool:
     """An ok trial whose objectives (default: the classic three) are all finite (costs > 0)."""
@@ -412,7 +451,9 @@ def front_from_trials(trials: Iterable[Mapping[str, Any]], reference: Sequence[f
 
     A candidate trained with several seeds (`search.confirm`) is one point at its mean
     val metric (`candidate_records`); the front's entries carry the mean and spread and
-    name the candidate's first trial.
+    name the candidate's first trial. One whose seeds disagree (`mark_unstable`) is on the
+    front, marked, when no other candidate dominates it, but dominates none itself, and is
+    never the knee.
 
     `reference` fixes the hypervolume's reference point (a run sets one before its first
     trial, so hypervolumes over the course of the search compare); by default it is
@@ -422,6 +463,7 @@ def front_from_trials(trials: Iterable[Mapping[str, Any]], reference: Sequence[f
     trials = list(trials)
     candidates = candidate_records(trials)
     ok = [t for t in candidates if on_front_candidate(t, objs)]
+    mark_unstable(ok, metric)
     out: dict[str, Any] = {
         "objectives": _objectives.describe(objs),
         "metric": metric.name,
@@ -441,8 +483,11 @@ def front_from_trials(trials: Iterable[Mapping[str, Any]], reference: Sequence[f
     points = objective_points(ok, objs)
     ref = (np.asarray(reference, dtype=float) if reference is not None else
            _objectives.reference({o.name: [float(t["metrics"][o.key]) for t in ok] for o in objs}, objs))
-    mask = pareto.pareto_mask(points)
-    knee = ok[pareto.knee_point(points)]["trial_id"]
+    # a mean over seeds that disagree is no evidence: such a candidate pushes none off the front
+    steady = np.array([stable(t) for t in ok])
+    mask = pareto.pareto_mask(points, by=steady)
+    keep = np.flatnonzero(steady)  # the knee: of the candidates whose seeds agree
+    knee = ok[keep[pareto.knee_point(points[keep])]]["trial_id"] if keep.size else None
     out["front"] = [
         {
             "trial_id": t["trial_id"],
