@@ -108,11 +108,15 @@ class SearchResult:
         return write_report(self.run_dir, formats, say=say)
 
     def export(self, out: str | Path, pick: str = "knee", *, retrain: bool = False,
-               say: Say = lambda _m: None) -> Path:
-        """Train the picked trial again (knee, accuracy, smallest or a trial id) and save it to `out`."""
+               say: Say = lambda _m: None, max_params: int | None = None, max_flops: int | None = None,
+               max_latency_ms: float | None = None) -> Path:
+        """Train the picked trial again (knee, accuracy, smallest or a trial id; knee and accuracy
+        within the `max_*` bounds, among the confirmed candidates) and save it to `out`."""
+        from search.bounded_pick import Bounds
         from search.export import export_run
 
-        export_run(self.run_dir, pick, out, retrain=retrain, say=say, trust_code=self.trust_code)
+        export_run(self.run_dir, pick, out, retrain=retrain, say=say, trust_code=self.trust_code,
+                   bounds=Bounds(max_params, max_flops, max_latency_ms))
         return Path(out)
 
     def resume(self, *, address: str | None = None, say: Say = print, progress: Progress | None = None,

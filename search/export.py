@@ -30,6 +30,7 @@ from fusion_ops.load import (
     save_model,
 )
 from search.baselines import best_front_point
+from search.bounded_pick import Bounds, pick_within
 from search.config import Config, config_from_dict, load_config
 from search.datasets import Dataset, load_dataset
 from search.engine.run import Prepared, prepare, record_spec, trial_train
@@ -66,12 +67,17 @@ PICKS: dict[str, Callable[[Mapping[str, Any], Callable[[Mapping[str, Any]], floa
 
 
 def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], how: str,
-               metric: Objective | None = None) -> dict[str, Any]:
+               metric: Objective | None = None, bounds: Bounds | None = None,
+               objs: Sequence[Objective] | None = None) -> dict[str, Any]:
     """The trial `how` names: `knee` (of the front, never an unstable candidate), `accuracy` (the run's answer,
     `search.baselines.best_front_point`: the best holdout metric when the run has a holdout,
     else the best val metric — the run's `metric`, accuracy by default — then fewest params), `smallest` (fewest params, then best
-    val metric), or a trial id. The metric is always the validation one: test never chooses."""
+    val metric), or a trial id. The metric is always the validation one: test never chooses.
+    With `bounds` (`search.bounded_pick`), `accuracy` and `knee` pick among the confirmed
+    candidates within them (`objs`: the run's objectives)."""
     metric = metric or OBJECTIVES["accuracy"]
+    if bounds is not None and bounds.any():
+        return pick_within(trials, how, bounds, objs or [metric, OBJECTIVES["params"], OBJECTIVES["flops"]])
     sign = -1.0 if metric.mode == "max" else 1.0
     by_id = {str(t["trial_id"]): dict(t) for t in trials}
     if how in ("knee", *PICKS):
@@ -172,8 +178,10 @@ def _fit_last(module: torch.nn.Module, train: Split, val: Split, cfg: TrainConfi
 
 # ------------------------------------------------------------------ export
 def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool = False,
-               say: Say = print, device: str | None = None, trust_code: bool = False) -> dict[str, Any]:
-    """Export the trial `how` picks from the run in `run_dir` into `out`; returns its metrics.json.
+               say: Say = print, device: str | None = None, trust_code: bool = False,
+               bounds: Bounds | None = None) -> dict[str, Any]:
+    """Export the trial `how` picks (within `bounds`, if any) from the run in `run_dir` into
+    `out`; returns its metrics.json.
     It trains and scores on `device` (auto | cpu | cuda | cuda:N; default: where the run's trials
     trained, `trial_train`); the weights written are CPU tensors either way. Code the run's
     config names (plugins, backbone factories) is imported only with `trust_code`."""
@@ -184,7 +192,7 @@ def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool 
     trials = store.trials()
     objs = store.objectives()
     front = front_from_trials(trials, store.reference, objs)
-    trial = pick_trial(trials, front, how, objs[0])
+    trial = pick_trial(trials, front, how, objs[0], bounds, objs)
     with in_file(store.trials_path):
         spec = record_spec(trial)
     where = resolve_device(device or trial_train(config).device, say, "--device" if device else "train.device")

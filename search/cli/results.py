@@ -31,11 +31,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Export the picked trial of a run as a loadable model."""
     from fusion_ops.load import ExportError
+    from search.bounded_pick import Bounds
     from search.export import export_run
 
     try:
         m = export_run(args.run, args.pick, args.out, retrain=args.retrain, device=args.device,
-                       trust_code=args.trust_code)
+                       trust_code=args.trust_code,
+                       bounds=Bounds(args.max_params, args.max_flops, args.max_latency_ms))
     except (FileNotFoundError, ExportError) as err:
         usage(err)
     reported = m["reported"]["test_metric"]
@@ -80,6 +82,10 @@ def add_parsers(sub: Any) -> None:
     export.add_argument("run", metavar="RUN_DIR")
     export.add_argument("--pick", default="knee", metavar="knee|accuracy|smallest|TRIAL_ID",
                         help="which trial (default: knee of the front; accuracy is validation accuracy)")
+    for flag, kind, what in (("--max-params", int, "parameters"), ("--max-flops", int, "FLOPs per sample"),
+                             ("--max-latency-ms", float, "latency at batch 1, as the run measured it (ms)")):
+        export.add_argument(flag, type=kind, metavar="N", help=f"with --pick accuracy|knee: the best confirmed "
+                            f"candidate with at most N {what}")
     export.add_argument("--retrain", action="store_true", help="train on train+val (for the trial's best epoch count)")
     export.add_argument("--out", required=True, metavar="DIR", help="the export directory")
     export.add_argument("--device", metavar="auto|cpu|cuda|cuda:N",
