@@ -56,6 +56,13 @@ def step_budget(space: SearchSpace, steps_per_choice: int) -> int:
     return max(1, steps_per_choice * n_choices(space))
 
 
+PROGRESS_S = 30.0  # the longest a supernet trains without a progress line
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def train_supernet(net: Supernet, space: SearchSpace, taps: TapCache, cfg: TrainConfig, *, seed: int,
                    steps_per_choice: int, say: Say | None = None) -> SupernetStats:
     """Train `net` in place on the train split (deterministic for `seed` and `cfg.threads`)."""
@@ -73,6 +80,7 @@ def train_supernet(net: Supernet, space: SearchSpace, taps: TapCache, cfg: Train
     losses: list[float] = []
     order, at = torch.randperm(n, generator=shuffle), 0
     start = time.perf_counter()
+    next_line = start + PROGRESS_S  # a line at each quarter of the budget, and at least this often
     with torch_threads(cfg.threads):
         net.train()
         for step in range(1, budget + 1):
@@ -112,8 +120,12 @@ def train_supernet(net: Supernet, space: SearchSpace, taps: TapCache, cfg: Train
                 counts[k] += 1
             for k in {k for keys in path.heads.values() for k in keys}:
                 head_counts[k] += 1
-            if say is not None and step % max(1, budget // 4) == 0 and step < budget:
-                say(f"oneshot: supernet step {step}/{budget}, loss {np.mean(losses[-50:]):.3f}")
+            now = time.perf_counter()
+            if say is not None and step < budget and (step % max(1, budget // 4) == 0 or now >= next_line):
+                left = (budget - step) * (now - start) / step
+                say(f"oneshot: supernet step {step:,}/{budget:,} ({step / budget:.0%}), loss "
+                    f"{np.mean(losses[-50:]):.3f}, about {_minutes(left)} left")
+                next_line = now + PROGRESS_S
     first = float(np.mean(losses[:50])) if losses else math.nan
     last = float(np.mean(losses[-50:])) if losses else math.nan
     return SupernetStats(budget, time.perf_counter() - start, first, last, counts, head_counts)
