@@ -54,7 +54,8 @@ def ray_output_to(path: Path) -> Iterator[None]:
 
 
 # Ray starts one idle worker per CPU for the first driver; Tune's trial actors never use them
-# (each gets a fresh worker), so on 2 cores they only cost ~1.4 CPU s of imports per Ray start.
+# (each gets a fresh worker), so on 2 cores they only cost ~0.75 CPU s per Ray start
+# (experiments/RESULTS.md, "Idle workers at Ray's start").
 NO_PRESTART = ("RAY_prestart_worker_first_driver", "0")
 CONNECT_TIMEOUT_S = 5.0  # for the head's port to answer before ray.init is tried at all
 
