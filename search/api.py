@@ -207,18 +207,13 @@ def _run_trials(cfg: Config, store: RunStore, dataset: Dataset, *, resume: bool,
                 progress: Progress | None, warn: Say | None, interrupts: Interrupts | None) -> None:
     """The trials of a checked config, in its locked run directory."""
     from search.engine import run
-    from search.engine.interrupt import SearchInterrupted
 
     s = cfg.search
     say(f"{s.strategy} search: {s.num_samples} candidates from {cfg.space.size():,} architectures, "
         f"{s.cpus_per_trial} CPU{f' and {s.gpus_per_trial:g} GPU' if s.gpus_per_trial else ''} per trial on "
         f"{s.address or 'an embedded local Ray'}")
-    try:
-        run.search(cfg, store, resume=resume, say=say, progress=progress, dataset=dataset,
-                   interrupts=interrupts, warn=warn)
-    except SearchInterrupted as exc:  # the trials finished so far are in trials.jsonl
-        exc.run_dir = store.run_dir
-        raise
+    run.search(cfg, store, resume=resume, say=say, progress=progress, dataset=dataset,
+               interrupts=interrupts, warn=warn)  # a SearchInterrupted carries the run directory
 
 
 def _report(result: SearchResult, say: Say) -> None:

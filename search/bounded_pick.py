@@ -20,13 +20,7 @@ from fusion_ops.load import ExportError
 from search import pareto
 from search.baselines import best_front_point
 from search.objectives import OBJECTIVES, Objective, finite
-from search.runstore.store import (
-    candidate_records,
-    mark_unstable,
-    objective_points,
-    on_front_candidate,
-    stable,
-)
+from search.runstore.store import candidate_records, objective_points, ok_candidates, stable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,17 +49,15 @@ class Bounds:
         worst = (-np.inf, "")
         for key, flag, bound, _ in self.given():
             value = finite(metrics.get(key))
-            over = np.inf if value is None else (value / bound - 1.0 if bound > 0 else np.inf * (value > 0))
+            over = np.inf if value is None else value / bound - 1.0  # bounds are > 0 (pick_within)
             worst = max(worst, (float(over), flag))
         return worst
 
 
-def confirmed(trials: Sequence[Mapping[str, Any]], metric: Objective) -> list[dict[str, Any]]:
-    """The run's ok candidates trained on the most seeds, their metrics the mean over those
-    seeds, `unstable` marked (against the seed noise of all the ok candidates)."""
-    ok = [c for c in candidate_records(trials) if c.get("status") == "ok"
-          and finite((c.get("metrics") or {}).get(metric.key)) is not None]
-    mark_unstable(ok, metric)
+def confirmed(trials: Sequence[Mapping[str, Any]], objs: Sequence[Objective]) -> list[dict[str, Any]]:
+    """The run's ok candidates (`ok_candidates`: metrics the mean over their seeds, `unstable`
+    marked) trained on the most seeds."""
+    ok = ok_candidates(candidate_records(trials), objs)
     most = max((int(c["metrics"].get("n_seeds") or 1) for c in ok), default=1)
     return [c for c in ok if int(c["metrics"].get("n_seeds") or 1) == most]
 
@@ -78,7 +70,7 @@ def pick_within(trials: Sequence[Mapping[str, Any]], how: str, bounds: Bounds, o
     if how not in ("accuracy", "knee"):
         raise ExportError(f"--pick {how}: bounds (--max-params, --max-flops, --max-latency-ms) combine with "
                           "--pick accuracy or --pick knee only")
-    pool = [c for c in confirmed(trials, metric) if stable(c)]
+    pool = [c for c in confirmed(trials, objs) if stable(c)]
     if not pool:
         raise ExportError(f"--pick {how}: the run has no confirmed candidate whose seeds agree")
     for key, flag, bound, _ in bounds.given():
@@ -98,8 +90,7 @@ def pick_within(trials: Sequence[Mapping[str, Any]], how: str, bounds: Bounds, o
     if how == "accuracy":
         chosen = best_front_point({"front": fits}, metric)
     else:
-        usable = [c for c in fits if on_front_candidate(c, objs)]
-        chosen = usable[pareto.knee_point(objective_points(usable, objs))] if usable else None
+        chosen = fits[pareto.knee_point(objective_points(fits, objs))]
     if chosen is None:
         raise ExportError(f"--pick {how}: no candidate within the bounds has finite scores")
     by_id = {str(t["trial_id"]): t for t in trials}

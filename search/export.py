@@ -84,10 +84,12 @@ def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], ho
         if not front.get("trial_ids"):
             raise ExportError(f"--pick {how}: the run has no ok trial with finite scores, so no front to pick from")
         # the front's entries: each candidate's metrics as the mean over its seeds, `unstable` marked
-        members = [dict(f) for f in front["front"]]
-        chosen = (front.get("knee") if how == "knee" else
-                  (best_front_point({"front": members}, metric) or {}).get("trial_id") if how == "accuracy" else
-                  min(members, key=lambda t: PICKS[how](t["metrics"], lambda m: sign * m[metric.key]))["trial_id"])
+        if how == "knee":
+            chosen = front.get("knee")
+        elif how == "accuracy":  # the run's answer: chosen on the holdout when the run has one
+            chosen = (best_front_point(front, metric) or {}).get("trial_id")
+        else:
+            chosen = min(front["front"], key=lambda t: PICKS[how](t["metrics"], lambda m: sign * m[metric.key]))["trial_id"]
         if chosen is None:
             raise ExportError(f"--pick {how}: every candidate it could pick is unstable (its seeds disagree); pick "
                               f"one by trial id to take it anyway: {', '.join(front['trial_ids'][:8])}")

@@ -156,12 +156,16 @@ def head_gone(address: str | None) -> bool:
     return False
 
 
+def how_far(store: RunStore, num_samples: int) -> str:
+    """`N of M trials recorded; resume with ...`: the end of a line that stops a search."""
+    done = sum(counts_to_budget(r) for r in store.trials())
+    return f"{done} of {num_samples} trials recorded; resume with fusion-nas search --resume {store.run_dir}"
+
+
 def lost_head(store: RunStore, address: str, num_samples: int, detail: str = "") -> HeadLost:
     """The one line that ends a search whose cluster went away: how far it got, how to resume."""
-    done = sum(counts_to_budget(r) for r in store.trials())
     why = f" ({detail.splitlines()[0][:200]})" if detail.strip() else ""
-    return HeadLost(f"search.address: the Ray cluster at {address} is gone{why}; {done} of {num_samples} "
-                    f"trials recorded; resume with fusion-nas search --resume {store.run_dir}")
+    return HeadLost(f"search.address: the Ray cluster at {address} is gone{why}; {how_far(store, num_samples)}")
 
 
 HEAD_CHECK_S = 2.0  # how often a search checks that its Ray head still answers

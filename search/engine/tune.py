@@ -42,6 +42,7 @@ from search.engine.packing import Pack, replay_lookahead
 from search.engine.ray_cluster import (
     experiment_storage,
     head_gone,
+    how_far,
     init_ray,
     lost_head,
     lost_node,
@@ -354,9 +355,8 @@ def _last_words(store: RunStore, address: str | None, num_samples: int,
         return resume_hint(store), 128 + interrupts.signum
     if address:
         return f"fusion-nas: error: {lost_head(store, address, num_samples)}", 2
-    done = sum(counts_to_budget(r) for r in store.trials())
-    return (f"fusion-nas: error: the embedded Ray stopped (its processes were ended from outside); {done} of "
-            f"{num_samples} trials recorded; resume with fusion-nas search --resume {store.run_dir}"), 2
+    return (f"fusion-nas: error: the embedded Ray stopped (its processes were ended from outside); "
+            f"{how_far(store, num_samples)}"), 2
 
 
 def run_search(*, evaluate: Callable[..., dict], shared: Any, strategy: Any, num_samples: int, store: RunStore,

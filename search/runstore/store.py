@@ -420,8 +420,6 @@ def mark_unstable(candidates: Sequence[dict[str, Any]], metric: _objectives.Obje
         if std > bar:
             m["unstable"] = (f"its seeds disagree: {metric.name} std {std:.3f} over {m['n_seeds']} seeds, above "
                              f"{bar:.3f} (the run's seed noise is {noise:.3f})")
-        else:
-            m.pop("unstable", None)
 
 
 def stable(record: Mapping[str, Any]) -> bool:
@@ -435,6 +433,14 @@ def on_front_candidate(record: Mapping[str, Any], objs: Sequence[_objectives.Obj
     if record.get("status") != "ok":
         return False
     return _objectives.usable(record.get("metrics") or {}, objs or _objectives.get(_objectives.CLASSIC))
+
+
+def ok_candidates(candidates: Iterable[dict[str, Any]], objs: Sequence[_objectives.Objective]) -> list[dict[str, Any]]:
+    """The candidates (`candidate_records`) that may enter a front over `objs`, those whose
+    seeds disagree marked (`mark_unstable`, against the seed noise of all of them)."""
+    ok = [c for c in candidates if on_front_candidate(c, objs)]
+    mark_unstable(ok, objs[0])
+    return ok
 
 
 def objective_points(trials: Sequence[Mapping[str, Any]],
@@ -462,8 +468,7 @@ def front_from_trials(trials: Iterable[Mapping[str, Any]], reference: Sequence[f
     metric = objs[0]
     trials = list(trials)
     candidates = candidate_records(trials)
-    ok = [t for t in candidates if on_front_candidate(t, objs)]
-    mark_unstable(ok, metric)
+    ok = ok_candidates(candidates, objs)
     out: dict[str, Any] = {
         "objectives": _objectives.describe(objs),
         "metric": metric.name,
