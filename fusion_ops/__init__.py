@@ -20,6 +20,7 @@ from fusion_ops import (  # noqa: F401
     bottleneck,
     circulant,
     concat,
+    id_backbones,
     low_rank,
     memory,
     ptp,

@@ -16,6 +16,10 @@ it is parsed, and its `integrity` digest (format version 2) covers `model.json` 
     model = load_model("export/")                    # nn.Module, eval mode, on the CPU
     model = load_model("export/", device="cuda")     # or on a GPU (inputs may stay on the CPU)
     logits = model({"m1": x1, "m2": x2})             # raw inputs (B, *input_shape) -> (B, C)
+    logits = model({"fields": ids, "text": tokens, "text:lengths": n})  # IDs as the data holds them
+
+A modality of integer IDs (`fusion_ops.ids`) takes its raw IDs: the export holds the train
+split's vocabularies (as tensors in the weights file) and codes them as the search did.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from torch import Tensor, nn
 
 from fusion_ops.backbones import BackboneConfig, build_backbone
 from fusion_ops.base import lengths_key
+from fusion_ops.ids import IdCoding, IdEncoder
 from fusion_ops.model import FusionModel, build_model
 from spaces.spec import ArchSpec
 
@@ -73,12 +78,14 @@ class ExportedModel(nn.Module):
     per-label logits (multilabel), or predictions in the targets' units (regression: the
     model's standardised outputs times `target_std` plus `target_mean`).
     A padded sequence modality takes its valid lengths `(B,)` as `inputs[m + ":lengths"]`.
+    A modality of IDs (`codings[m]`) takes the raw integer IDs, coded by the train vocabularies;
+    text read by a pad ID needs no lengths, text that came with lengths needs them.
     Inputs go to the model's device first (CPU arrays feed a model on a GPU).
     """
 
     def __init__(self, model: FusionModel, mean: Mapping[str, Any], std: Mapping[str, Any],
                  classes: Sequence[Any] = (), task: str = "classification",
-                 target_scale: tuple[Any, Any] | None = None) -> None:
+                 target_scale: tuple[Any, Any] | None = None, codings: Mapping[str, IdCoding] | None = None) -> None:
         super().__init__()
         self.model = model
         self.modalities: tuple[str, ...] = model.modalities
@@ -91,6 +98,10 @@ class ExportedModel(nn.Module):
         for i, m in enumerate(self.modalities):
             self.register_buffer(f"mean_{i}", torch.as_tensor(mean[m], dtype=torch.float32).clone())
             self.register_buffer(f"std_{i}", torch.as_tensor(std[m], dtype=torch.float32).clone())
+        self.codings = {m: c for m, c in (codings or {}).items() if m in self.modalities}
+        for i, m in enumerate(self.modalities):
+            if m in self.codings:
+                self.add_module(f"ids_{i}", IdEncoder(self.codings[m]))
 
     @property
     def spec(self) -> ArchSpec:
@@ -112,11 +123,26 @@ class ExportedModel(nn.Module):
         out: dict[str, Tensor] = {}
         for i, m in enumerate(self.modalities):
             mean = getattr(self, f"mean_{i}")
+            if m in self.codings:
+                out.update(self._coded(i, m, inputs, mean.device))
+                continue
             x = torch.as_tensor(inputs[m], dtype=torch.float32, device=mean.device)
             out[m] = (x - mean) / getattr(self, f"std_{i}")
             if lengths_key(m) in inputs:  # padded sequences: the backbone zeroes the padding itself
                 out[lengths_key(m)] = torch.as_tensor(inputs[lengths_key(m)], dtype=torch.long, device=mean.device)
         return out
+
+    def _coded(self, i: int, m: str, inputs: Mapping[str, Any], device: torch.device) -> dict[str, Tensor]:
+        """`{m: codes as float32, m:lengths: valid steps (text)}` from the raw IDs `inputs[m]`."""
+        ids = torch.as_tensor(inputs[m], device=device)
+        if ids.is_floating_point() and not bool((ids == ids.round()).all()):
+            raise ValueError(f"modality {m!r} takes integer IDs, got fractional values")
+        given = inputs.get(lengths_key(m))
+        if self.codings[m].lengths_from == "lengths" and given is None:
+            raise ValueError(f"modality {m!r} is text that came with lengths: give them as inputs[{lengths_key(m)!r}]")
+        lengths = None if given is None else torch.as_tensor(given, dtype=torch.long, device=device)
+        codes, lengths = getattr(self, f"ids_{i}")(ids.long(), lengths)
+        return {m: codes.float(), **({lengths_key(m): lengths} if lengths is not None else {})}
 
     def forward(self, inputs: Mapping[str, Any]) -> Tensor:
         out = self.model(self.standardize(inputs))
@@ -145,7 +171,9 @@ def save_model(model: ExportedModel, out: str | Path, backbones: Mapping[str, Ma
         "classes": list(model.classes),
         "task": model.task,
         "modalities": {
-            m: {"input_shape": list(shape), "backbone": dict(backbones[m])} for m, shape in model.input_shapes.items()
+            m: {"input_shape": list(shape), "backbone": dict(backbones[m]),
+                **({"input": model.codings[m].to_json()} if m in model.codings else {})}
+            for m, shape in model.input_shapes.items()
         },
         # the token taps its vector operators read flattened (absent in older exports: none)
         "flat_taps": sorted(model.model.fusion.flat),
@@ -281,5 +309,16 @@ def _build(spec: ArchSpec, info: Mapping[str, Any], tensors: Mapping[str, Tensor
     for kind in ("mean", "std"):
         stats[kind] = {m: tensors.get(f"{kind}_{i}", torch.zeros(())) for i, m in enumerate(model.modalities)}
     scale = (tensors["target_mean"], tensors["target_std"]) if "target_mean" in tensors else None
+    try:
+        codings = {m: IdCoding.from_json(d["input"], _vocab(tensors, model.modalities.index(m), d["input"]))
+                   for m, d in mods.items() if isinstance(d, Mapping) and "input" in d}
+    except (KeyError, TypeError, ValueError) as err:
+        raise ExportError(f"{path / MODEL_FILE}: cannot read a modality's ID coding ({err})") from None
     return ExportedModel(model, stats["mean"], stats["std"], info.get("classes") or (),
-                         str(info.get("task", "classification")), scale)
+                         str(info.get("task", "classification")), scale, codings)
+
+
+def _vocab(tensors: Mapping[str, Tensor], i: int, d: Any) -> list[Tensor]:
+    """The vocabularies of modality `i`'s ID coding, as the weights file holds them."""
+    fields = len(d.get("buckets", ())) if isinstance(d, Mapping) else 0
+    return [tensors[f"ids_{i}.vocab_{f}"] for f in range(fields)]

@@ -150,12 +150,17 @@ def summary_line(cmp: Mapping[str, Any]) -> str:
     def pts(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:+.1f}"
 
-    def word(delta: float | None) -> str:
-        return "-" if delta is None else "above" if delta > 0 else "below" if delta < 0 else "level"
-
-    v, t = word(b["val_delta"]), word(b["test_delta"])
-    verdict = f"{v} on val and test" if v == t else f"{v} on val, {t} on test"
     metric = b.get("metric", "accuracy")
+
+    def word(delta: float | None, beats: bool) -> str:
+        if delta is None or delta == 0:
+            return "-" if delta is None else "level"
+        if metric == "accuracy":
+            return "above" if delta > 0 else "below"
+        return "better" if beats else "worse"  # a lower MAE or log loss is the better one
+
+    v, t = word(b["val_delta"], b.get("beats_val", False)), word(b["test_delta"], b.get("beats_test", False))
+    verdict = f"{v} on val and test" if v == t else f"{v} on val, {t} on test"
     held = ""  # both chosen on the holdout: say on what
     if b.get("front_holdout") is not None and b.get("baseline_holdout") is not None:
         held = f"; chosen on the holdout: {acc(b['front_holdout'])} vs {acc(b['baseline_holdout'])}"

@@ -25,7 +25,7 @@ from search.engine.packing import AUTO, Pack, check_pack
 from search.runstore.store import check_run_name
 from search.strategies import list_strategies
 from search.training import tap_files
-from search.training.pretrain import BackbonesConfig
+from search.training.pretrain import BackbonesConfig, resolve_backbone
 from search.training.train import TrainConfig
 from spaces import ConfigError, SearchSpace
 from spaces.registry import load_plugins
@@ -268,7 +268,7 @@ def _with_default_backbones(backbones: BackbonesConfig, data: Mapping[str, Any],
     if len(dataset.modalities) < 2:
         raise ConfigError(f"data: fusion needs at least 2 modalities; the data has {len(dataset.modalities)}"
                           f" ({', '.join(dataset.modalities)})")
-    chosen = {m: backbones.backbone_for(m, dataset.shapes[m]) for m in dataset.modalities}
+    chosen = {m: resolve_backbone(backbones, dataset, m) for m in dataset.modalities}
     return replace(backbones, modalities=chosen)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fusion_ops import FusionModel, build_model, model_cost, required_taps
+from fusion_ops import FusionModel, build_model, lengths_key, model_cost, required_taps
 from fusion_ops.load import (
     MAX_TEXT_BYTES,
     ExportedModel,
@@ -37,6 +37,7 @@ from search.engine.run import Prepared, prepare, record_spec, trial_train
 from search.objectives import OBJECTIVES, Objective
 from search.runstore.store import RunStore, front_from_trials, to_jsonable, utc_now
 from search.training.device import resolve_device, to_device
+from search.training.pretrain import resolve_backbone
 from search.training.tasks import Task, get_task
 from search.training.train import (
     FitResult,
@@ -204,12 +205,11 @@ def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool 
     model, result = train_for_export(spec, prepared, retrain=retrain, epochs=trial["metrics"].get("best_epoch"),
                                      seed=trial["metrics"].get("seed"), device=where)
     data = prepared.dataset
-    exported = ExportedModel(model, data.mean, data.std, data.classes, data.task, data.target_scale)
+    exported = ExportedModel(model, data.mean, data.std, data.classes, data.task, data.target_scale, data.codings)
     with torch_threads(config.search.cpus_per_trial):  # score as the trial did, in a worker of that size
         tests = raw_test_metrics(exported.to(where), config, prepared.dataset)
     exported.cpu()
-    shapes = prepared.dataset.shapes
-    info = save_model(exported, out, {m: config.backbones.backbone_for(m, shapes[m]).to_dict()
+    info = save_model(exported, out, {m: resolve_backbone(config.backbones, data, m).to_dict()
                                       for m in exported.modalities})
     metrics = _metrics(store, config, trial, front, how, retrain, exported, result, tests, objs[0])
     store_json(out / "metrics.json", metrics)
@@ -250,6 +250,11 @@ def raw_test_metrics(model: ExportedModel, config: Config, standardised: Dataset
     if standardised is not None and not np.array_equal(raw.y_test, standardised.y_test):
         raise ExportError("the unstandardised data splits differently from the standardised one")
     xs, y = dataset_tensors(raw, "test", model.modalities)
+    for m, coding in raw.codings.items():  # the IDs as the file holds them: the model codes them itself
+        if m in xs:
+            xs[m] = torch.from_numpy(raw.raw_ids["test"][m])
+            if coding.lengths_from == "pad":
+                xs.pop(lengths_key(m), None)
     task = get_task(raw.task)
     if raw.target_scale is not None:  # the model answers in the targets' units: so must the labels
         y = y * torch.as_tensor(raw.target_scale[1]) + torch.as_tensor(raw.target_scale[0])

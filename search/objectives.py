@@ -83,6 +83,9 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     _metric("pearson", "max", "validation Pearson r", 0.0),
     _metric("mae", "min", "validation MAE", None),
     _metric("rmse", "min", "validation RMSE", None),
+    _metric("logloss", "min", "validation log loss", None),
+    _metric("acc2", "max", "validation Acc-2 (sign, non-zero targets)", 0.0),
+    _metric("f1_2", "max", "validation F1-2 (sign, weighted, non-zero targets)", 0.0),
     Objective("params", "params_total", "min", "log10", "", "parameters", True, "cost"),
     Objective("flops", "flops_total", "min", "log10", "", "FLOPs per sample", True, "cost"),
     # measured by training, so no sample of the space bounds it in advance: 1 s per sample is the worst that counts
@@ -98,9 +101,9 @@ COSTS = tuple(n for n, o in OBJECTIVES.items() if o.kind == "cost")
 # rewards always answering the majority class; regression to R²: scale-free, 0 = predicting the mean.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("accuracy", "balanced_accuracy", "macro_f1"),
-    "binary": ("auc", "accuracy", "balanced_accuracy", "macro_f1"),
+    "binary": ("auc", "accuracy", "balanced_accuracy", "macro_f1", "logloss"),
     "multilabel": ("auc", "accuracy", "macro_f1"),
-    "regression": ("r2", "mae", "rmse", "pearson"),
+    "regression": ("r2", "mae", "rmse", "pearson", "acc2", "f1_2"),
 }
 DEFAULT_COSTS = ("params", "flops")
 CLASSIC = ("accuracy", "params", "flops")  # what a run written before objectives were configurable used

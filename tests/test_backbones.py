@@ -115,7 +115,7 @@ def test_config_from_dict_defaults_and_round_trip():
 @pytest.mark.parametrize(
     ("d", "message"),
     [
-        ({"kind": "cnn"}, "backbones.audio.kind: unknown backbone 'cnn'; known: cnn2d, conv1d, gru, mlp"),
+        ({"kind": "cnn"}, "backbones.audio.kind: unknown backbone 'cnn'; known: cnn2d, conv1d, embedding, gru, mlp, python, text"),
         ({"channels": [4]}, "backbones.audio.kind: unknown backbone None"),
         ({"kind": "mlp", "channels": [4]}, "backbones.audio.channels: unknown key for a mlp backbone; known: kind, widths"),
         ({"kind": "gru", "hidden": []}, "backbones.audio.hidden: expected a non-empty list of positive integers"),

@@ -147,6 +147,19 @@ def test_compare_front_below_on_test_and_equal_is_not_beating():
     assert bl.summary_line(cmp).endswith(": +0.0 / -3.0 points (level on val, below on test)")
 
 
+def test_a_lower_mae_reads_as_better_not_below():
+    from search import objectives
+
+    objs = objectives.get(("mae", "params", "flops"))
+    front = {"front": [{"trial_id": "a", "metrics": {"val_mae": 0.86, "test_mae": 0.90, "params_total": 10,
+                                                      "flops_total": 20}}]}
+    base = {"name": "late concat", "kind": "late_concat", "panel": "basic", "val_mae": 0.96, "test_mae": 0.88,
+            "params_total": 10, "flops_total": 20}
+    cmp = bl.compare(front, [base], objs)
+    assert cmp["best"]["beats_val"] and not cmp["best"]["beats_test"]
+    assert bl.summary_line(cmp).endswith("0.960 / 0.880 (better on val, worse on test)")
+
+
 def test_compare_classic_weak_dominance():
     classic = [baseline("late equal", 0.80, 0.5, 100, 400, panel="classic", kind="classic"),  # equal to b
                baseline("late cheap", 0.80, 0.5, 99, 400, panel="classic", kind="classic"),  # fewer params

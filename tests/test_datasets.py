@@ -207,7 +207,7 @@ def test_planted_bad_seq_len_names_the_key(value):
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [
-        ({"task": "xr"}, "data.task: unknown planted task 'xr'; known: additive, bilinear, imbalanced, parity3, redundant, regression, shift, xor"),
+        ({"task": "xr"}, "data.task: unknown planted task 'xr'; known: additive, bilinear, ctr, imbalanced, parity3, redundant, regression, sentiment, shift, xor"),
         ({"task": "xor", "n_train": -3}, "data.n_train: expected an integer >= 2, got -3"),
         ({"task": "xor", "d": 2.5}, "data.d: expected an integer"),
         ({"task": "xor", "taks": 1}, "data.taks: unknown key for kind 'planted'"),

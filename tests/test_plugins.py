@@ -231,5 +231,5 @@ def test_the_readme_tables_list_exactly_the_registered_names():
 def test_fusion_nas_ops_lists_every_registry(capsys):
     assert main(["ops"]) == 0
     out = capsys.readouterr().out
-    assert "backbones: cnn2d, conv1d, gru, mlp, python" in out and "datasets: av_digits" in out
+    assert "backbones: cnn2d, conv1d, embedding, gru, mlp, python, text" in out and "datasets: av_digits" in out
     assert "strategies: grid, mfas, nsga2, oneshot, random" in out

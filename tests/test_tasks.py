@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import yaml
 
 from search import objectives
 from search.cli import main
-from search.training.tasks import auc, get_task
+from search.training.tasks import auc, get_task, log_loss, sign_scores
+from spaces import ConfigError
 
 
 # ------------------------------------------------------------------ metrics, the slow way
@@ -62,6 +64,75 @@ def test_multilabel_auc_is_the_mean_of_each_labels():
     m = get_task("multilabel").metrics(torch.tensor(out), torch.tensor(y))
     per = [slow_auc(out[:, j], y[:, j] > 0) for j in range(3)]
     assert [m[f"auc_{j}"] for j in range(3)] == pytest.approx(per) and m["auc"] == pytest.approx(np.mean(per))
+
+
+def slow_log_loss(out, y) -> float:
+    return sum(-math.log(math.exp(row[label]) / sum(math.exp(v) for v in row)) for row, label in zip(out, y, strict=True)) / len(y)
+
+
+def slow_sign_scores(pred, y) -> tuple[float, float]:
+    """Acc-2 and weighted F1-2 by their definitions: the non-zero targets, classes `> 0` and `<= 0`."""
+    pairs = [(p > 0, t > 0) for p, t in zip(pred, y, strict=True) if t != 0]
+    acc = sum(p == t for p, t in pairs) / len(pairs)
+    f1 = 0.0
+    for c in (False, True):
+        tp = sum(1 for p, t in pairs if p == c and t == c)
+        fp = sum(1 for p, t in pairs if p == c and t != c)
+        fn = sum(1 for p, t in pairs if p != c and t == c)
+        f1 += sum(1 for _, t in pairs if t == c) * (2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return acc, f1 / len(pairs)
+
+
+def test_log_loss_is_the_mean_negative_log_likelihood_of_the_true_class():
+    rng = np.random.default_rng(4)
+    out, y = rng.normal(scale=3, size=(60, 2)), rng.integers(0, 2, 60)
+    m = get_task("binary").metrics(torch.tensor(out), torch.tensor(y))
+    assert m["logloss"] == pytest.approx(slow_log_loss(out, y))
+    assert log_loss(np.array([[1000.0, 0.0], [0.0, 0.0]]), np.array([1, 0])) == pytest.approx((1000 + math.log(2)) / 2)
+    assert np.isnan(log_loss(np.array([[np.inf, 0.0]]), np.array([0])))
+
+
+def mosi_like(rng, n: int) -> np.ndarray:
+    return rng.integers(-9, 10, size=n) / 3  # sentiment in thirds of [-3, 3], exact zeros included
+
+
+def test_acc2_and_f1_2_score_the_sign_of_the_non_zero_targets():
+    rng = np.random.default_rng(5)
+    mean, std = -0.41, 1.52  # float32 unscaling takes a 0 target to 3e-8
+    task = get_task("regression", (np.array([mean]), np.array([std])))
+    for _ in range(10):
+        y, pred = mosi_like(rng, 80), rng.normal(size=80) + 0.2
+        assert (y == 0).sum() > 0
+        scaled = [torch.tensor(((v - mean) / std)[:, None], dtype=torch.float32) for v in (pred, y)]
+        m = task.metrics(*scaled)  # zeros come back from float32 a few ulp off, and still count as 0
+        acc, f1 = slow_sign_scores(pred, y)
+        assert (m["acc2"], m["f1_2"]) == pytest.approx((acc, f1))
+        assert sign_scores(pred, y) == pytest.approx((acc, f1))
+    y = np.array([1.0, -1.0, 0.0, 2.0])
+    assert sign_scores(np.array([3.0, -0.5, 5.0, 1.0]), y) == (1.0, 1.0)  # the zero target is left out
+    assert sign_scores(np.array([3.0, 0.0, -5.0, -1.0]), y)[0] == pytest.approx(2 / 3)  # 0 predicts "not positive"
+
+
+def test_sign_scores_of_several_targets_are_the_mean_of_their_columns():
+    rng = np.random.default_rng(6)
+    y, pred = np.stack([mosi_like(rng, 50), mosi_like(rng, 50)], 1), rng.normal(size=(50, 2))
+    m = get_task("regression").metrics(torch.tensor(pred), torch.tensor(y))
+    cols = [slow_sign_scores(pred[:, j], y[:, j]) for j in range(2)]
+    assert m["acc2"] == pytest.approx(np.mean([c[0] for c in cols]))
+    assert m["f1_2"] == pytest.approx(np.mean([c[1] for c in cols]))
+    y[:, 1] = 0.0  # a column without a non-zero target has no sign score and does not count
+    m = get_task("regression").metrics(torch.tensor(pred), torch.tensor(y))
+    assert (m["acc2"], m["f1_2"]) == pytest.approx(cols[0])
+
+
+@pytest.mark.parametrize(("task", "metric", "mode"), [
+    ("binary", "logloss", "min"), ("regression", "acc2", "max"), ("regression", "f1_2", "max")])
+def test_the_new_metrics_are_search_metrics_of_their_task_only(task, metric, mode):
+    objs = objectives.resolve(task, metric)
+    assert objs[0].name == metric and objs[0].key == f"val_{metric}" and objs[0].mode == mode
+    other = "classification" if task == "regression" else "regression"
+    with pytest.raises(ConfigError, match=f"search.metric: '{metric}' is not a metric of a {other} task"):
+        objectives.resolve(other, metric)
 
 
 # ------------------------------------------------------------------ through the CLI

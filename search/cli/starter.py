@@ -44,12 +44,27 @@ def starter_config(data_path: str | Path | None = None, where: Path | None = Non
 
 
 def _backbones(dataset: Dataset) -> dict[str, Any]:
-    return {m: default_backbone(dataset.shapes[m]).to_dict() for m in dataset.modalities}
+    return {m: default_backbone(dataset.shapes[m], dataset.input_type(m)).to_dict() for m in dataset.modalities}
+
+
+_WHY = {
+    "categorical": "integer columns: categorical fields, one embedding table each (kind: embedding)",
+    "text": "integer steps with lengths or a mask: token IDs (kind: text)",
+}
+
+
+def _input_lines(dataset: Dataset) -> str:
+    """Comment lines saying why each ID modality is read as it is, and how to say otherwise."""
+    lines = [f"#   {m}: {_WHY[dataset.input_type(m)]}" for m in dataset.modalities if m in dataset.codings]
+    if not lines:
+        return ""
+    return ("# Inputs read as IDs, not numbers (to change: data: {modalities: {NAME: {type: dense | categorical | "
+            "text}}}):\n" + "\n".join(lines) + "\n")
 
 
 def _render(name: str, data: Mapping[str, Any], dataset: Dataset,
             backbones: Mapping[str, Any] | None = None) -> str:
-    tokens = any(len(s) == 2 for s in dataset.shapes.values())
+    tokens = any(len(s) == 2 for s in dataset.shapes.values()) or bool(dataset.codings)  # ID taps are tokens
     ops = {**VECTOR_OPS, **(TOKEN_OPS if tokens else {})}
     shapes = ", ".join(f"{m} {tuple(dataset.shapes[m])}" + (" padded" if m in dataset.lengths_of("train") else "")
                        for m in dataset.modalities)
@@ -59,7 +74,7 @@ def _render(name: str, data: Mapping[str, Any], dataset: Dataset,
 #   fusion-nas space <this file>     how big the space is, a few samples
 #   fusion-nas search <this file>    run the search
 # Data: {dataset.num_classes} classes, {n[0]} train / {n[1]} val / {n[2]} test; modalities {shapes}
-name: {name}
+{_input_lines(dataset)}name: {name}
 data: {dump(dict(data))}
 backbones:                       # one per modality, pretrained once and cached; kinds: fusion-nas ops
   pretrain: {{epochs: 20, patience: 5}}

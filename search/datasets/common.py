@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from fusion_ops.ids import IdCoding
+from search.datasets.errors import DataError
+from search.datasets.inputs import code_modality, input_types
+
 SPLITS = ("train", "val", "test")
 NORMALIZE = ("feature", "modality", "none")
 _CHUNK = 4096  # rows per pass: moments and NaN checks never allocate a full float64 copy
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-class DataError(ValueError):
-    """Bad data config or bad data file; the message names the config key or the file and array."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +52,13 @@ class Dataset:
     target_std: np.ndarray | None = None
     # padded sequences: lengths[split][modality] -> (N_split,) int64 valid steps (absent: not padded)
     lengths: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # ID modalities (categorical fields, text tokens): how their raw IDs became the codes the arrays hold
+    codings: dict[str, IdCoding] = field(default_factory=dict)
+    raw_ids: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # [split][m]: their IDs as given (int64)
+
+    def input_type(self, modality: str) -> str:
+        """`dense`, `categorical` or `text` (`search.datasets.inputs`)."""
+        return self.codings[modality].type if modality in self.codings else "dense"
 
     @property
     def target_scale(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -268,25 +275,28 @@ def build_dataset(
     meta: Mapping[str, Any] | None = None,
     task: str | None = None,
     lengths: Mapping[str, np.ndarray] | None = None,
+    inputs: Any = None,
 ) -> Dataset:
     """Validate whole arrays `xs`/`y`, cut them by the three index arrays `splits`, then `assemble`.
     `task` (None: inferred from `y`, see `infer_task`) says what the labels are;
-    `lengths[m]` `(N,)`: the valid steps of a padded `(N, T, F)` modality `m`."""
+    `lengths[m]` `(N,)`: the valid steps of a padded `(N, T, F)` modality `m` (or `(N, T)` text);
+    `inputs`: the `data.modalities` section (each modality's type, `search.datasets.inputs`)."""
     y = np.asarray(y)
     validate_modalities(source, xs, y)
     task = check_task(source, y, task)
-    lengths = {m: validate_lengths(source, m, xs[m], n) for m, n in (lengths or {}).items()}
+    types = input_types(source, xs, lengths or {}, inputs)
+    lengths = {m: validate_lengths(source, m, xs[m], n, types[m][0] == "text") for m, n in (lengths or {}).items()}
     parts = {s: ({m: x[idx] for m, x in xs.items()}, y[idx]) for s, idx in zip(SPLITS, splits, strict=True)}
     cut = {s: {m: n[idx] for m, n in lengths.items()} for s, idx in zip(SPLITS, splits, strict=True)}
-    return assemble(name, source, parts, normalize, meta, task, cut if lengths else None)
+    return assemble(name, source, parts, normalize, meta, task, cut if lengths else None, types)
 
 
-def validate_lengths(source: str, modality: str, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """`lengths` as int64 `(N,)` in `1..T` for the padded `(N, T, F)` array `x`."""
+def validate_lengths(source: str, modality: str, x: np.ndarray, lengths: np.ndarray, text: bool = False) -> np.ndarray:
+    """`lengths` as int64 `(N,)` in `1..T` for the padded `(N, T, F)` array `x` (`(N, T)` tokens for `text`)."""
     n = np.asarray(lengths)
-    if x.ndim != 3:
-        raise DataError(f"{source}: array {modality + '_lengths'!r} needs {modality!r} padded as (N, T, F), "
-                        f"got shape {x.shape}")
+    if x.ndim != (2 if text else 3):
+        raise DataError(f"{source}: array {modality + '_lengths'!r} needs {modality!r} padded as (N, T, F) "
+                        f"(or integer token IDs (N, T)), got shape {x.shape}" + (f" of {x.dtype}" if x.ndim == 2 else ""))
     if n.shape != (len(x),) or not np.issubdtype(n.dtype, np.integer):
         raise DataError(f"{source}: array {modality + '_lengths'!r} must hold one integer per row of {modality!r}, "
                         f"got shape {n.shape} of {n.dtype}")
@@ -304,11 +314,13 @@ def assemble(
     meta: Mapping[str, Any] | None = None,
     task: str | None = None,
     lengths: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    types: Mapping[str, tuple[str, int]] | None = None,
 ) -> Dataset:
     """Dataset from already split `parts[split] = (xs, y)`: float32 copies, checked, standardised on train.
 
     `lengths[split][m]`: valid steps of a padded modality; its moments come from the valid
-    steps only (one per feature), and its padding is 0 after standardisation."""
+    steps only (one per feature), and its padding is 0 after standardisation. `types[m] =
+    (type, buckets)` (`search.datasets.inputs`; default dense): ID modalities are coded from train."""
     lengths = {s: dict((lengths or {}).get(s, {})) for s in SPLITS}
     ys = [np.asarray(parts[s][1]) for s in SPLITS]
     task = check_task(source, np.concatenate(ys), task)
@@ -324,8 +336,21 @@ def assemble(
     bounds = np.cumsum([0, *map(len, ys)])
     labels, classes, outputs, scale = _labels(task, ys)
     out: dict[str, dict[str, np.ndarray]] = {s: {} for s in SPLITS}
-    mean, std = {}, {}
+    mean, std, codings = {}, {}, {}
+    raw_ids: dict[str, dict[str, np.ndarray]] = {s: {} for s in SPLITS}
     for mod in sorted(parts["train"][0]):
+        kind, buckets = (types or {}).get(mod, ("dense", 0))
+        if kind != "dense":
+            raw = {s: parts[s][0][mod] for s in SPLITS}
+            given = {s: lengths[s][mod] for s in SPLITS if mod in lengths[s]}
+            codings[mod], codes, steps = code_modality(source, mod, kind, buckets, raw, given)
+            for split in SPLITS:
+                out[split][mod] = codes[split]
+                raw_ids[split][mod] = np.asarray(raw[split]).astype(np.int64).reshape(len(raw[split]), -1)
+                if steps:
+                    lengths[split][mod] = steps[split]
+            mean[mod], std[mod] = np.zeros((), np.float32), np.ones((), np.float32)
+            continue
         for split in SPLITS:
             arr = np.array(parts[split][0][mod], dtype=np.float32)  # always a copy: memmaps stay untouched
             arr = arr.reshape(len(arr), 1) if arr.ndim == 1 else arr
@@ -362,6 +387,8 @@ def assemble(
         target_std=None if scale is None else scale[1],
         lengths={s: {m: np.asarray(n, dtype=np.int64) for m, n in lengths[s].items()} for s in SPLITS}
         if any(lengths.values()) else {},
+        codings=codings,
+        raw_ids=raw_ids if codings else {},
     )
 
 

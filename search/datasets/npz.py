@@ -8,7 +8,9 @@ stratified by `data.seed` in `data.fractions` (default 0.6/0.2/0.2). A `split` w
 and test only (the names, or 0/1) gets a validation part carved from train, stratified,
 of `data.val_fraction` (default 0.2). Padded sequences: a `(N, T, F)` modality `m` may
 come with `m_lengths` `(N,)` (valid steps) or a boolean `m_mask` `(N, T)` (True on the
-valid, leading steps); padding then never changes a prediction.
+valid, leading steps); padding then never changes a prediction. Integer arrays are
+categorical fields `(N, F)`, or token sequences `(N, T)` when they come with lengths or a
+mask (`search.datasets.inputs`; `data.modalities` overrides it).
 """
 from __future__ import annotations
 
@@ -171,7 +173,7 @@ def _mask_lengths(source: str, key: str, mask: np.ndarray, x: np.ndarray) -> np.
 
 def load_npz(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Dataset:
     """Read the `.npz` at `cfg['path']` (relative to `base_dir`)."""
-    check_keys(cfg, ("path", "fractions", "val_fraction", "task"), "npz")
+    check_keys(cfg, ("path", "fractions", "val_fraction", "task", "modalities"), "npz")
     path = resolve_path(cfg, "path", base_dir)
     arrays = read_npz(path)
     source = str(path)
@@ -193,4 +195,4 @@ def load_npz(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Dataset:
         rng = np.random.default_rng(seed_of(cfg))
         splits = split_for(task, y, split_sizes(len(y), opt_fractions(cfg)), rng)
     return build_dataset(path.stem, source, arrays, y, splits, normalize_of(cfg), meta=meta, task=task,
-                         lengths=lengths)
+                         lengths=lengths, inputs=cfg.get("modalities"))

@@ -19,8 +19,12 @@ the task. Which fusion can solve a task:
 - imbalanced: a binary task, `y = [ã_1 ã_2 > t]` with `t` set so that `positive` (default 0.1)
              of the samples are positive: always answering "negative" scores 1 - positive in
              accuracy and 0.5 in AUC, so the task type is `binary` (AUC).
+- ctr:       categorical fields and a dense item embedding, a 4% click rate (binary, AUC);
+             defaults n_train 20000, n_test 5000 (`search.datasets.planted_fields`).
+- sentiment: tokens with negation and intensifiers, aligned audio and visual frames, a
+             target in [-3, 3] (regression); defaults n_train 2000, n_test 600 (idem).
 
-Modalities are named `m1`, `m2` (`m3`). `meta` keeps the planted `u` (or `R`).
+Modalities of the vector tasks are named `m1`, `m2` (`m3`). `meta` keeps the planted `u` (or `R`).
 
 Sequence variant (`seq_len: T`, for operators that read tokens, e.g. `memory`): every
 modality becomes `(n, T, d+1)`. Frames are `N(0, I_d)` distractors except at one position
@@ -51,6 +55,7 @@ from search.datasets.common import (
     seed_of,
     split_for,
 )
+from search.datasets.planted_fields import FIELD_TASKS
 
 Arrays = dict[str, np.ndarray]
 _KEYS = ("task", "n_train", "n_test", "n_val", "val_fraction", "d", "noise", "rank", "n_shifts", "seq_len",
@@ -165,6 +170,34 @@ def _sequences(xs: Arrays, seq_len: int, rng: np.random.Generator) -> tuple[Arra
     return out, pos
 
 
+def _sizes(cfg: Mapping[str, Any], n_train: int, n_test: int) -> tuple[int, int, int]:
+    """`(n_train, n_test, n_val)`; val is held out of the `n_train` pool."""
+    n_train, n_test = opt_int(cfg, "n_train", n_train, 2), opt_int(cfg, "n_test", n_test, 1)
+    n_val = opt_int(cfg, "n_val", None, 1)
+    if n_val is None:
+        n_val = max(1, round(opt_float(cfg, "val_fraction", 0.2, 0.0, 1.0) * n_train))
+    if n_val >= n_train:
+        raise DataError(f"data.n_val: {n_val} validation samples leave none of n_train={n_train} to train on")
+    return n_train, n_test, n_val
+
+
+def _load_fields(cfg: Mapping[str, Any], task: str) -> Dataset:
+    """A task of `planted_fields`: its own defaults and keys; a generator's lengths travel with the data."""
+    spec = FIELD_TASKS[task]
+    reads = ("n_train", "n_test", "n_val", "val_fraction", *spec.keys)
+    for key in cfg:
+        if key in _KEYS and key != "task" and key not in reads:
+            raise DataError(f"data.{key}: not read by planted task {task!r}; it reads {', '.join(reads)}")
+    n_train, n_test, n_val = _sizes(cfg, spec.n_train, spec.n_test)
+    rng = np.random.default_rng(seed_of(cfg))
+    xs, y, lengths, meta = spec.make(rng, n_train + n_test, cfg)
+    splits = split_for(spec.kind, y, [n_train - n_val, n_val, n_test], rng)
+    meta = {"task": task, **spec.finish(meta, y, splits)}
+    padded = None if lengths is None else {m: lengths for m in xs}  # tokens and frames share each sample's length
+    return build_dataset(f"planted-{task}", f"planted:{task}", xs, y, splits, normalize_of(cfg), meta=meta,
+                         task=spec.kind, lengths=padded)
+
+
 def load_planted(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Dataset:
     """Generate planted task `cfg['task']`; val is held out of the `n_train` pool, stratified.
 
@@ -172,16 +205,14 @@ def load_planted(cfg: Mapping[str, Any], base_dir: Path | None = None) -> Datase
     """
     check_keys(cfg, _KEYS, "planted")
     task = cfg.get("task")
-    if not isinstance(task, str) or task not in TASKS:
-        raise DataError(f"data.task: unknown planted task {task!r}; known: {', '.join(sorted(TASKS))}")
-    n_train, n_test = opt_int(cfg, "n_train", 4000, 2), opt_int(cfg, "n_test", 1000, 1)
+    if not isinstance(task, str) or (task not in TASKS and task not in FIELD_TASKS):
+        known = ", ".join(sorted([*TASKS, *FIELD_TASKS]))
+        raise DataError(f"data.task: unknown planted task {task!r}; known: {known}")
+    if task in FIELD_TASKS:
+        return _load_fields(cfg, task)
+    n_train, n_test, n_val = _sizes(cfg, 4000, 1000)
     d = opt_int(cfg, "d", 16, 1)
     noise = opt_float(cfg, "noise", 0.1, 0.0, 1e6)
-    n_val = opt_int(cfg, "n_val", None, 1)
-    if n_val is None:
-        n_val = max(1, round(opt_float(cfg, "val_fraction", 0.2, 0.0, 1.0) * n_train))
-    if n_val >= n_train:
-        raise DataError(f"data.n_val: {n_val} validation samples leave none of n_train={n_train} to train on")
     seq_len = opt_int(cfg, "seq_len", None, 2)
     min_len = opt_int(cfg, "min_len", None, 1)
     if min_len is not None and (seq_len is None or min_len > seq_len):

@@ -22,7 +22,7 @@ from fusion_ops.model import FusionCell, flat_taps
 from search import objectives
 from search.config import Config
 from search.datasets import DataError, Dataset, load_dataset
-from search.training.pretrain import mark_padded
+from search.training.pretrain import mark_padded, resolve_backbone
 from spaces import ConfigError, OpChoice
 from spaces.spec import CellSpec, make_tap
 from spaces.yaml_errors import in_file, one_line
@@ -133,8 +133,8 @@ def meta_backbones(config: Config, dataset: Dataset) -> dict[str, Backbone]:
     """Every modality's backbone built on the meta device (shapes and counts, no memory)."""
     out = {}
     for m in dataset.modalities:
+        bcfg = resolve_backbone(config.backbones, dataset, m)  # its ConfigError names the key already
         try:
-            bcfg = config.backbones.backbone_for(m, dataset.shapes[m])
             # user code (a factory) may load weights from a file: it is built for real, once
             with contextlib.nullcontext() if bcfg.kind == "python" else torch.device("meta"):
                 out[m] = build_backbone(bcfg, dataset.shapes[m])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -179,6 +180,33 @@ def _backbone_cost(backbone: Backbone) -> tuple[int, int]:
     return count_params(backbone), count_flops(backbone, torch.zeros(1, *backbone.input_shape))
 
 
+def data_bounds(objs: Sequence[Objective], dataset: Dataset) -> list[Objective]:
+    """`objs`, a minimised metric with no fixed bound (MAE, RMSE, log loss) bounded by what the
+    constant answer scores on val: the train mean (regression; outputs are standardised, so 0)
+    or the train class frequencies (classes). A candidate no better than that adds no volume."""
+    from search.training.tasks import get_task
+
+    task = get_task(dataset.task, dataset.target_scale)
+    y = torch.tensor(dataset.y_val)
+    if dataset.task == "regression":
+        constant = torch.zeros(len(y), dataset.num_classes)
+    elif dataset.task == "multilabel":
+        p = torch.as_tensor(dataset.y_train, dtype=torch.float64).mean(0).clamp(1e-6, 1 - 1e-6)
+        constant = torch.log(p / (1 - p)).expand(len(y), -1)
+    else:
+        freq = torch.bincount(torch.tensor(dataset.y_train), minlength=dataset.num_classes).double() + 1.0
+        constant = torch.log(freq / freq.sum()).expand(len(y), -1)
+    out = []
+    for o in objs:
+        if o.kind == "metric" and o.bound is None:
+            with warnings.catch_warnings():  # a constant has no Pearson r: NaN, not a warning
+                warnings.simplefilter("ignore", RuntimeWarning)
+                value = task.metrics(constant, y).get(o.name)
+            o = replace(o, bound=float(value)) if value is not None and value > 0 else o
+        out.append(o)
+    return out
+
+
 def reference_point(space: SearchSpace, cost: Callable[[ArchSpec], tuple[int, int]], seed: int,
                     n: int = 64, objs: Sequence[Objective] | None = None) -> list[float]:
     """A fixed hypervolume reference for a run, known before any training: each metric's and
@@ -243,7 +271,8 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
     seed_baselines(store, baselines, config.space, say)
     cost = cost_function(prepared)
     if store.reference is None:
-        store.write_json("reference.json", {"reference": reference_point(config.space, cost, s.seed, objs=objs),
+        bounded = data_bounds(objs, prepared.dataset)
+        store.write_json("reference.json", {"reference": reference_point(config.space, cost, s.seed, objs=bounded),
                                             "objectives": objectives.describe(objs)["minimised"]})
     context = StrategyContext(prepared.taps, config.train, store.run_dir, say)  # for strategies that train (oneshot)
     strategy = make_strategy(s.strategy, config.space, seed=s.seed, budget=s.num_samples, cost_fn=cost,

@@ -112,12 +112,12 @@ def _costs(store: RunStore, specs: Any) -> dict[str, tuple[float, float]]:
     from fusion_ops import build_backbone, candidate_cost
     from search.datasets import load_dataset
     from search.export import read_config
-    from search.training.pretrain import mark_padded
+    from search.training.pretrain import mark_padded, resolve_backbone
 
     config = read_config(store.run_dir)
     dataset = load_dataset(config.data, config.path.parent)
     g = torch.Generator().manual_seed(0)
-    backbones = {m: build_backbone(config.backbones.backbone_for(m, s), s, g) for m, s in dataset.shapes.items()}
+    backbones = {m: build_backbone(resolve_backbone(config.backbones, dataset, m), s, g) for m, s in dataset.shapes.items()}
     mark_padded(backbones, dataset)
     out = {}
     for spec in specs:

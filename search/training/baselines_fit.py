@@ -72,8 +72,9 @@ def logistic_regression(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndar
     from sklearn.preprocessing import StandardScaler
 
     task = task or get_task("classification")
-    scaler = StandardScaler().fit(train[0])
-    xtr, xva, xte = (scaler.transform(x) for x in (train[0], val[0], test[0]))
+    # sparse inputs (one-hot IDs beside features the dataset standardised) are used as they are
+    scale = (lambda x: x) if hasattr(train[0], "tocsr") else StandardScaler().fit(train[0]).transform
+    xtr, xva, xte = (scale(x) for x in (train[0], val[0], test[0]))
     fits, scores = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -85,7 +86,7 @@ def logistic_regression(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndar
     model = fits[i]
     scored = [("val", (xva, val[1])), ("test", (xte, test[1]))]
     if holdout is not None:  # scored only: the holdout chooses nothing here
-        scored.append(("holdout", (scaler.transform(holdout[0]), holdout[1])))
+        scored.append(("holdout", (scale(holdout[0]), holdout[1])))
     metrics = {f"{split}_{k}": v for split, (x, y) in scored
                for k, v in task.metrics(_outputs(model, x, task), torch.tensor(y)).items()}
     coef, intercept = _weights(model)
@@ -119,7 +120,7 @@ def _outputs(model: Any, x: np.ndarray, task: Task) -> torch.Tensor:
         out = np.stack([est.decision_function(x) for est in model.estimators_], axis=1)
     else:
         out = np.log(np.clip(model.predict_proba(x), 1e-300, None))
-    return torch.as_tensor(np.asarray(out, dtype=np.float64).reshape(len(x), -1))
+    return torch.as_tensor(np.asarray(out, dtype=np.float64).reshape(x.shape[0], -1))
 
 
 def _weights(model: Any) -> tuple[int, int]:
@@ -127,13 +128,47 @@ def _weights(model: Any) -> tuple[int, int]:
     return (sum(int(np.size(m.coef_)) for m in models), sum(int(np.size(m.intercept_)) for m in models))
 
 
+def id_columns(dataset: Dataset, split: str) -> tuple[Any, int]:
+    """The ID modalities of `split` as a sparse 0/1 (counts, for text) matrix: one column per
+    row of each field's table (one-hot; the classic CTR input) or of the text vocabulary (a bag
+    of words, padding dropped); and how many of its columns one sample reads (F or T each)."""
+    from scipy import sparse
+
+    blocks, reads = [], 0
+    for m in sorted(dataset.codings):
+        codes = np.asarray(dataset.split(split)[0][m], dtype=np.int64)
+        rows = dataset.codings[m].rows
+        offsets = np.cumsum([0, *rows[:-1]]) if len(rows) > 1 else np.zeros(codes.shape[1], np.int64)
+        cols = codes + offsets[None, :]
+        keep = codes > 0 if dataset.codings[m].type == "text" else np.ones(codes.shape, bool)
+        r = np.broadcast_to(np.arange(len(codes))[:, None], codes.shape)
+        blocks.append(sparse.csr_matrix((np.ones(int(keep.sum())), (r[keep], cols[keep])),
+                                        shape=(len(codes), int(sum(rows)))))
+        reads += codes.shape[1]
+    return sparse.hstack(blocks, format="csr"), reads
+
+
+def design_matrix(dataset: Dataset, split: str) -> tuple[Any, int]:
+    """The linear baseline's inputs: the dense modalities flattened, then `id_columns` (sparse
+    when there are ID modalities), and how many numbers one sample's prediction reads."""
+    xs = dataset.split(split)[0]
+    dense = {m: x for m, x in xs.items() if m not in dataset.codings}
+    x = flat_inputs(dense) if dense else np.zeros((len(dataset.split(split)[1]), 0))
+    if not dataset.codings:
+        return x, x.shape[1]
+    from scipy import sparse
+
+    ids, reads = id_columns(dataset, split)
+    return sparse.hstack([sparse.csr_matrix(x), ids], format="csr"), x.shape[1] + reads
+
+
 def linear_baseline(dataset: Dataset, holdout_rows: np.ndarray | None = None) -> dict[str, Any]:
-    """The `logreg` record: the task's linear model on the concatenated raw inputs; the val
-    rows `holdout_rows` (the run's holdout, `TapCache.holdout_rows`) are scored apart, not
-    used to choose the strength."""
+    """The `logreg` record: the task's linear model on the concatenated raw inputs (ID modalities
+    one-hot, `design_matrix`); the val rows `holdout_rows` (the run's holdout,
+    `TapCache.holdout_rows`) are scored apart, not used to choose the strength."""
     start = time.perf_counter()
-    (xtr, ytr), (xva, yva), (xte, yte) = ((flat_inputs(xs), np.asarray(y))
-                                          for xs, y in (dataset.split(s) for s in ("train", "val", "test")))
+    (xtr, ytr), (xva, yva), (xte, yte) = ((design_matrix(dataset, s)[0], np.asarray(dataset.split(s)[1]))
+                                          for s in ("train", "val", "test"))
     held = None
     if holdout_rows is not None and len(holdout_rows):
         keep = np.setdiff1d(np.arange(len(yva)), holdout_rows)
@@ -141,8 +176,11 @@ def linear_baseline(dataset: Dataset, holdout_rows: np.ndarray | None = None) ->
     task = get_task(dataset.task, dataset.target_scale)
     r = logistic_regression((xtr, ytr), (xva, yva), (xte, yte), task=task, holdout=held)
     runs = [{k: v for k, v in r.items() if k.startswith(("val_", "test_", "holdout_")) and k != "val_by_C"}]
+    flops = r["flops_total"]
+    if dataset.codings:  # a one-hot column costs a lookup when its ID is present: count the columns a sample reads
+        flops = flops // xtr.shape[1] * design_matrix(dataset, "train")[1]
     return _record("logreg", "linear", "basic", runs, r["params_total"],
-                   r["flops_total"], None, start, C=r["C"], val_by_C=r["val_by_C"])
+                   flops, None, start, C=r["C"], val_by_C=r["val_by_C"])
 
 
 # ------------------------------------------------------------------ neural baselines

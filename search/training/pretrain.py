@@ -113,10 +113,35 @@ class BackbonesConfig:
         return self.modalities.get(modality) or default_backbone(shape)
 
 
-def default_backbone(shape: tuple[int, ...]) -> BackboneConfig:
+def default_backbone(shape: tuple[int, ...], input_type: str = "dense") -> BackboneConfig:
     """mlp for vectors, conv1d for `(T, F)` samples (sequences, padded or not, and spectrograms),
-    cnn2d for `(C, H, W)` images; default sizes. A `(H, W)` image wants `kind: cnn2d` by name."""
+    cnn2d for `(C, H, W)` images; embedding for categorical fields, text for token IDs; default
+    sizes. A `(H, W)` image wants `kind: cnn2d` by name."""
+    if input_type != "dense":
+        return BackboneConfig.from_dict({"kind": ID_KINDS[input_type]})
     return BackboneConfig.from_dict({"kind": {1: "mlp", 2: "conv1d"}.get(len(shape), "cnn2d")})
+
+
+ID_KINDS = {"categorical": "embedding", "text": "text"}  # the backbone each kind of ID modality reads with
+
+
+def resolve_backbone(cfg: BackbonesConfig, dataset: Dataset, modality: str) -> BackboneConfig:
+    """The backbone `modality` gets (its entry in `cfg`, or the default for its shape and type),
+    with the table sizes of an `embedding` or `text` backbone read from the data's train split.
+    A backbone that cannot read the modality's kind of input is a `ConfigError` naming the key."""
+    bcfg = cfg.modalities.get(modality) or default_backbone(dataset.shapes[modality], dataset.input_type(modality))
+    kind, wants = dataset.input_type(modality), ID_KINDS.get(dataset.input_type(modality))
+    where = f"backbones.modalities.{modality}.kind"
+    if bcfg.kind in ID_KINDS.values() and bcfg.kind != wants:
+        raise ConfigError(f"{where}: the {bcfg.kind} backbone reads {'token IDs' if bcfg.kind == 'text' else 'categorical IDs'}"
+                          f", but {modality!r} holds {kind} inputs" + (f"; use {wants}" if wants else ""))
+    if wants and bcfg.kind not in (wants, "python"):
+        raise ConfigError(f"{where}: {modality!r} holds {kind} IDs, which the {bcfg.kind} backbone would read as "
+                          f"magnitudes; use {wants} (or data.modalities.{modality}.type: dense if they are numbers)")
+    if wants and bcfg.kind == wants:
+        rows = dataset.codings[modality].rows
+        return BackboneConfig.from_dict({**bcfg.to_dict(), "rows": list(rows) if kind == "categorical" else rows[0]})
+    return bcfg
 
 
 class _OneModality(nn.Module):
@@ -151,7 +176,7 @@ def pretrain_backbones(
     say = progress or (lambda _msg: None)
     backbones, infos = {}, {}
     for m in dataset.modalities:
-        bcfg = cfg.backbone_for(m, dataset.shapes[m])
+        bcfg = resolve_backbone(cfg, dataset, m)
         key = cache_key(dataset, m, bcfg, cfg.pretrain, data_cfg)
         path = None
         if cfg.cache_dir is not None:

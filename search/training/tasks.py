@@ -3,14 +3,17 @@
 | task           | labels `y`                 | outputs            | loss                    | metrics                          |
 |----------------|----------------------------|--------------------|-------------------------|----------------------------------|
 | classification | int `(N,)`                 | C logits           | cross-entropy           | accuracy, balanced acc., macro-F1 |
-| binary         | int `(N,)`, two classes    | 2 logits           | cross-entropy (= logistic) | AUC, accuracy, balanced acc., macro-F1 |
+| binary         | int `(N,)`, two classes    | 2 logits           | cross-entropy (= logistic) | AUC, accuracy, balanced acc., macro-F1, log loss |
 | multilabel     | 0/1 `(N, L)`               | L logits           | binary cross-entropy    | mean per-label AUC (and each label's), subset accuracy, macro-F1 |
-| regression     | float `(N,)` or `(N, K)`   | K values (standardised targets) | mean squared error | R², MAE, RMSE, Pearson r |
+| regression     | float `(N,)` or `(N, K)`   | K values (standardised targets) | mean squared error | R², MAE, RMSE, Pearson r, Acc-2, F1-2 |
 
 The score `fit` uses for early stopping and best-val weights: accuracy (classification, as
 before), AUC (binary, multi-label), minus the mean squared error (regression: the val loss).
 Regression metrics are in the targets' own units (`scale`: the train mean and std that
-standardised them). Names match `search.objectives.TASK_METRICS`.
+standardised them). Log loss is the mean negative log-likelihood of the true class (softmax of
+the two logits). Acc-2 and F1-2 are the sentiment field's (CMU-MOSI) sign scores: over the
+samples whose target is not 0, the accuracy of `prediction > 0` against `target > 0`, and the F1
+of those two classes weighted by their support. Names match `search.objectives.TASK_METRICS`.
 """
 from __future__ import annotations
 
@@ -24,7 +27,11 @@ from torch import Tensor
 
 from search.objectives import TASK_METRICS, TASKS
 
-__all__ = ["TASKS", "Task", "auc", "get_task"]
+__all__ = ["TASKS", "Task", "auc", "get_task", "log_loss", "sign_scores"]
+
+# a target within this share of its column's largest |target| counts as 0: unscaling in float32
+# (standardised target * std + mean) leaves a true 0 a few ulp of the mean away from 0
+_ZERO = 1e-5
 
 
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -65,8 +72,17 @@ def _classification(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return _class_metrics(pred, y, out.shape[1])
 
 
+def log_loss(out: np.ndarray, y: np.ndarray) -> float:
+    """Mean of `-log softmax(out)[i, y_i]` over the samples; NaN if a logit is not finite."""
+    if not np.isfinite(out).all():
+        return float("nan")
+    top = out.max(axis=1)
+    lse = top + np.log(np.exp(out - top[:, None]).sum(axis=1))  # log Σ exp, shifted: no overflow
+    return float(np.mean(lse - out[np.arange(len(y)), y]))
+
+
 def _binary(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    return {"auc": auc(out[:, 1] - out[:, 0], y == 1), **_classification(out, y)}
+    return {"auc": auc(out[:, 1] - out[:, 0], y == 1), **_classification(out, y), "logloss": log_loss(out, y)}
 
 
 def _multilabel(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -84,14 +100,36 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
+def sign_scores(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Acc-2 and weighted F1-2 of one target column (see the module doc); NaN if no target is
+    non-zero or a prediction is not finite."""
+    keep = np.abs(y) > _ZERO * np.abs(y).max() if len(y) else np.zeros(0, bool)
+    if not keep.any() or not np.isfinite(pred).all():
+        return float("nan"), float("nan")
+    p, t = pred[keep] > 0, y[keep] > 0
+    f1 = 0.0
+    for c in (False, True):
+        tp, fp, fn = np.sum((p == c) & (t == c)), np.sum((p == c) & (t != c)), np.sum((p != c) & (t == c))
+        f1 += np.sum(t == c) * (2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return float(np.mean(p == t)), float(f1 / len(t))
+
+
 def _regression(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Columns averaged: R² per target (1 - SSE/SST), MAE, RMSE, Pearson r."""
+    """Columns averaged: R² per target (1 - SSE/SST), MAE, RMSE, Pearson r, Acc-2, F1-2."""
     out, y = out.reshape(len(out), -1), y.reshape(len(y), -1)
     err = out - y
     sst = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
     r2 = 1.0 - (err ** 2).sum(axis=0) / np.where(sst > 0, sst, np.nan)
+    signs = np.array([sign_scores(out[:, j], y[:, j]) for j in range(y.shape[1])])  # (K, 2): Acc-2, F1-2
     return {"r2": float(np.nanmean(r2)), "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
-            "pearson": float(np.nanmean([pearson(out[:, j], y[:, j]) for j in range(y.shape[1])]))}
+            "pearson": float(np.nanmean([pearson(out[:, j], y[:, j]) for j in range(y.shape[1])])),
+            "acc2": _finite_mean(signs[:, 0]), "f1_2": _finite_mean(signs[:, 1])}
+
+
+def _finite_mean(v: np.ndarray) -> float:
+    """The mean of the finite values (NaN if none is)."""
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
 
 
 @dataclass(frozen=True)

@@ -416,7 +416,7 @@ def _pooled(split: Split, pool: set[str]) -> Split:
 def _real(xs: Mapping[str, Tensor], tap: str, x: Tensor) -> Tensor | None:
     """`(N, T)` bool of the real tokens of padded tap `tap` (None: not padded)."""
     n = xs.get(lengths_key(tap))
-    return None if n is None else torch.arange(x.shape[1], device=x.device) < n.reshape(-1, 1)
+    return None if n is None else torch.arange(x.shape[1], device=n.device) < n.reshape(-1, 1)  # x may be TapRows
 
 
 def _mean_tokens(x: Tensor | TapRows, real: Tensor | None) -> Tensor:
