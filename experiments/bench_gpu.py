@@ -11,8 +11,8 @@
    per GPU (1) and four trials sharing each GPU (0.25). Wall time, candidates per hour.
 
 Without CUDA the run says so and measures the CPU only. The smoke test (CPU, a shrunk config,
-a few candidates, a 2-trial Ray search) writes nothing. The full run takes ~3-5 minutes on a
-16-core GPU machine and replaces the "GPUs" block of experiments/RESULTS.md.
+a few candidates, a 2-trial Ray search on a 1-CPU embedded Ray) writes nothing. The full run
+takes ~3-5 minutes on a 16-core GPU machine and replaces the "GPUs" block of experiments/RESULTS.md.
 
 Usage: .venv/bin/python experiments/bench_gpu.py [--smoke-test] [--no-write] [--candidates N] [--trials N]
 """
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()[0]
     torch.set_num_threads(1)
     if args.smoke_test:
-        args.candidates, args.trials, args.num_cpus = 2, 2, min(args.num_cpus, 2)
+        args.candidates, args.trials, args.num_cpus = 2, 2, 1  # one trial at a time: one worker to start
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.smoke_test else None
     devices = ["cpu"] + (["cuda"] if cuda else [])
     if not cuda:

@@ -66,6 +66,7 @@ ORACLE_OPS = ("concat", "tensor", "low_rank", "circulant", "attention", "ptp")
 ORACLE_GRID = {"lr": (1e-3, 1e-2), "weight_decay": (1e-4, 1e-2), "width": (16, 64)}
 # the long recipe: many steps, late early stopping (keys this TrainConfig does not know are skipped)
 LONG = {"epochs": 2000, "max_steps": 1500, "min_steps": 750, "patience": 20}
+SMOKE_LONG = {"max_steps": 150, "min_steps": 75}  # the smoke test's oracle: the same path, a tenth of the steps
 
 _PREPARED: dict[str, Prepared] = {}
 _BASELINES: dict[str, list[dict[str, Any]]] = {}
@@ -141,7 +142,7 @@ def oracle(name: str, data: dict[str, Any], smoke: bool) -> dict[str, Any]:
     start, rows = time.perf_counter(), []
     for spec in oracle_specs(p, grid["width"], ops):
         for lr, wd in itertools.product(grid["lr"], grid["weight_decay"]):
-            cfg = long_recipe(p.config.train, lr=lr, weight_decay=wd)
+            cfg = long_recipe(p.config.train, **(SMOKE_LONG if smoke else {}), lr=lr, weight_decay=wd)
             m = evaluate_candidate(spec, p.taps, cfg, backbones=p.backbones)
             if m["status"] == "ok":
                 rows.append((m["val_accuracy"], spec, cfg))

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args(argv)
-    repeats, trials, settle_s = (1, 0, 1.0) if args.smoke_test else (args.repeats, args.trials, 5.0)
+    repeats, trials, settle_s = (1, 0, 0.2) if args.smoke_test else (args.repeats, args.trials, 5.0)
     head = machine_line()
     print(head, flush=True)
     rows: dict[str, list[dict]] = {name: [] for name in SETTINGS}

@@ -45,12 +45,13 @@ Say = Callable[[str], None]
 
 def bench_config(*, samples: int, pack: Any, smoke: bool, runs_dir: str, cache_dir: str | None) -> Config:
     """av_digits for this benchmark: random strategy, seed 0, no confirmation, no baselines;
-    the smoke test shrinks pretraining, training and the space."""
+    the smoke test shrinks pretraining, training and the space, and runs one trial at a time."""
     raw = yaml.safe_load(CONFIG.read_text())
     if smoke:
         raw["backbones"]["pretrain"].update(epochs=1)
         raw["train"] = {**raw.get("train", {}), "max_steps": 10, "min_steps": 5, "eval_every": 5}
         raw["space"].update(ops={"concat": {}, "tensor": {"proj_dim": [4]}}, widths=[8], max_cells=1, trunks=[[]])
+        raw["search"] = {**raw.get("search", {}), "max_concurrent": 1}  # one slot: one Ray worker to start per run
     if cache_dir is not None:
         raw["backbones"]["cache_dir"] = cache_dir
     raw["search"] = {**raw.get("search", {}), "strategy": "random", "num_samples": samples, "seed": 0,

@@ -6,11 +6,14 @@ import re
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from tests.bench_run import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.no_shared_ray  # it measures this process's children: Ray's, and nothing else
 def test_bench_large_smoke_test_prints_the_table_and_leaves_results_alone():
     results = ROOT / "experiments" / "RESULTS.md"
     before = results.read_bytes() if results.exists() else None

@@ -5,6 +5,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.bench_run import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +29,7 @@ def test_table_reports_means_and_gaps_in_points():
     assert lines[2] == "| d | 0.820 ± 0.020 | 0.860 ± 0.010 | 0.840 (logreg) | 0.880 | +2.0 pts | -2.0 pts |"
 
 
+@pytest.mark.no_shared_ray  # its process pool forks this process
 def test_bench_quality_smoke_test_prints_the_table_and_leaves_results_alone():
     results = ROOT / "experiments" / "RESULTS.md"
     before = results.read_bytes()

@@ -1,6 +1,8 @@
 """Many nodes: a Ray cluster of two nodes on this machine (two `ray start` processes, each with
-its own temp dir and one CPU), a real search across both, a worker node killed under a running
-trial, and the form of `search.storage`.
+its own temp dir and one CPU), a real search across both, a driver killed and its search
+resumed on the cluster, a worker node killed under a running trial, the head killed under a
+search, and the form of `search.storage`. The tests share one cluster while it is as the next
+needs (in this order: whole, whole, losing its worker node, the head alone and killed).
 
 `ray.cluster_utils.Cluster` is not used: its driver hangs for minutes retrying the GCS at the
 machine's interface address (DESIGN.md, "Two nodes on one machine"). Drivers run in
@@ -13,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,12 +29,13 @@ import yaml
 from search.baselines import counts_to_budget
 from search.config import SearchSettings, load_config
 from search.engine.ray_cluster import STORAGE_NOTE, lost_node_reason, this_node
+from search.engine.tune import run_search
 from search.runstore.replay import replay
-from search.runstore.store import RunStore
+from search.runstore.store import RunStore, front_from_trials
 from spaces import ConfigError
 from spaces.spec import ArchSpec
 from tests.test_report import CONFIG
-from tests.test_tune import RandomStrategy, _descendants, _free_port, _kill_all, fake_metrics
+from tests.test_tune import RandomStrategy, _descendants, _free_port, _kill_all, evaluate_slowly, fake_metrics
 
 ROOT = str(Path(__file__).resolve().parents[1])
 NODE_VAR = "FUSION_NAS_TEST_NODE"  # set on each `ray start`: its raylet and workers inherit it
@@ -83,9 +87,10 @@ def test_a_trial_lost_with_its_node_is_not_counted_and_a_replay_runs_it_again() 
 
 # ---- a two-node cluster on this machine ----------------------------------------------
 class TwoNodes:
-    """A head and a worker node, each `ray start` with one CPU, its own temp dir and marker."""
+    """A head and a worker node, each `ray start` with one CPU, its own temp dir and marker
+    (`worker=False`: the head alone)."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: bool = True) -> None:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token",
@@ -97,7 +102,9 @@ class TwoNodes:
         common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
         self._start([ray, "start", "--head", f"--port={self.port}", f"--temp-dir={self.head}",
                      "--include-dashboard=false", *common], self.head)
-        self._start([ray, "start", f"--address={self.address}", f"--temp-dir={self.worker}", *common], self.worker)
+        if worker:
+            self._start([ray, "start", f"--address={self.address}", f"--temp-dir={self.worker}", *common],
+                        self.worker)
 
     def _start(self, argv: list[str], marker: str) -> None:
         try:
@@ -117,6 +124,10 @@ class TwoNodes:
                 continue
         return _descendants(found) - {os.getpid()}
 
+    def nodes_up(self) -> tuple[bool, bool]:
+        """Whether the head's and the worker node's processes are running."""
+        return bool(self.pids(self.head)), bool(self.pids(self.worker))
+
     def kill_worker_node(self) -> None:
         _kill_all(self.pids(self.worker))
 
@@ -126,11 +137,36 @@ class TwoNodes:
             shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def cluster():
+    """The module's cluster, kept from one test to the next while it is as the next asks (a
+    start costs ~5 s): `two_nodes` wants both nodes up, `head_only` the head alone; one a test
+    left otherwise (a node killed) is stopped and a new one started."""
+    held: dict[str, TwoNodes] = {}
+    yield held
+    if "nodes" in held:
+        held.pop("nodes").stop()
+
+
+def _nodes(held: dict[str, TwoNodes], worker: bool) -> TwoNodes:
+    nodes = held.get("nodes")
+    if nodes is not None and nodes.nodes_up() != (True, worker):
+        held.pop("nodes").stop()
+        nodes = None
+    if nodes is None:
+        nodes = held["nodes"] = TwoNodes(worker=worker)
+    return nodes
+
+
 @pytest.fixture
-def two_nodes():
-    cluster = TwoNodes()
-    yield cluster
-    cluster.stop()
+def two_nodes(cluster) -> TwoNodes:
+    return _nodes(cluster, worker=True)
+
+
+@pytest.fixture
+def head_only(cluster) -> TwoNodes:
+    """A cluster of its head alone (one CPU): the worker node never started, or was lost."""
+    return _nodes(cluster, worker=False)
 
 
 def test_a_search_runs_across_two_nodes_and_each_trial_names_its_node(tmp_path, two_nodes) -> None:
@@ -159,6 +195,46 @@ def test_a_search_runs_across_two_nodes_and_each_trial_names_its_node(tmp_path, 
     trial_dirs = {p.name for p in (store.ray_dir / "tune").iterdir() if p.is_dir()}
     assert trial_dirs == {f"trial_{t['trial_id'].split('_')[0]}" for t in trials}  # `<tune trial>_<k>` in a pack
     assert all((store.ray_dir / "tune" / d / "result.json").stat().st_size > 0 for d in trial_dirs)
+
+
+# ---- a killed driver, resumed on the cluster it joined by address ---------------------
+def drive_slowly(run_dir: str, n: int, address: str, resume: bool) -> None:
+    """The driver the subprocesses run: a slow search of `n` trials on the cluster at `address`."""
+    run_search(evaluate=evaluate_slowly, shared={"bonus": 0.0, "sleep": 0.5}, strategy=RandomStrategy(seed=5),
+               num_samples=n, store=RunStore.open(run_dir), address=address, resume=resume)
+
+
+def test_a_killed_driver_resumes_on_a_cluster_joined_by_address(tmp_path, two_nodes) -> None:
+    n = 8  # `ray start` turns token auth on; an explicit address needs the mode and the token too (two_nodes.env)
+    store = RunStore.create(tmp_path, "kill", {"n": n})
+    code = "from tests.test_cluster import drive_slowly; drive_slowly({!r}, {}, {!r}, {})"
+    log = open(tmp_path / "driver.log", "w")
+    driver = None
+    try:
+        driver = subprocess.Popen([sys.executable, "-c", code.format(str(store.run_dir), n, two_nodes.address, False)],
+                                  env=two_nodes.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while len(store.trials()) < 3:
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trials recorded in time"
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        before = store.trials()
+        assert 3 <= len(before) < n
+        subprocess.run([sys.executable, "-c", code.format(str(store.run_dir), n, two_nodes.address, True)],
+                       env=two_nodes.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=150)
+    finally:
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+        log.close()
+    after = store.trials()
+    assert len(after) == n and all(r["status"] == "ok" for r in after)
+    first_asks = RandomStrategy(seed=5)  # nothing evaluated twice, nothing skipped: the first n asks
+    assert sorted(r["arch_id"] for r in after) == sorted(first_asks.ask().arch_id for _ in range(n))
+    assert after[: len(before)] == before  # every earlier trial kept, as recorded
+    assert len([ln for ln in store.trials_path.read_text().splitlines() if ln.endswith("}")]) == n  # no reruns
+    assert store.read_json("pareto.json") == json.loads(json.dumps(front_from_trials(after)))
 
 
 # ---- a worker node lost under a running trial ----------------------------------------
@@ -240,3 +316,36 @@ def test_a_lost_worker_node_costs_only_its_running_trial_and_a_resume_reruns_it(
     first_asks = RandomStrategy(seed=7)  # the lost candidates ran again; nothing else twice
     assert sorted(t["arch_id"] for t in counted) == sorted(first_asks.ask().arch_id for _ in range(n))
     assert all(t["metrics"]["node"]["id"] != held["node"]["id"] for t in after[len(trials):])
+
+
+# ---- the head lost under a search ----------------------------------------------------
+def test_a_lost_head_ends_the_search_at_once_with_the_resume_hint(tmp_path, head_only) -> None:
+    """The cluster's head dies mid-search: the driver ends within seconds with exit 2 and one
+    line saying how far it got and how to resume (Ray alone would take ~60 s and exit 1)."""
+    n = 8
+    store = RunStore.create(tmp_path, "lost", {"n": n})
+    code = (f"import sys\nfrom tests.test_cluster import drive_slowly\ntry:\n"
+            f"    drive_slowly({str(store.run_dir)!r}, {n}, {head_only.address!r}, False)\n"
+            "except ConnectionError as err:\n    print(f'fusion-nas: error: {err}', file=sys.stderr)\n"
+            "    sys.exit(2)\n")
+    driver = None
+    try:
+        driver = subprocess.Popen([sys.executable, "-c", code], env=head_only.env, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while len(store.trials()) < 2:
+            assert driver.poll() is None, driver.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no trials recorded in time"
+            time.sleep(0.05)
+        _kill_all(head_only.pids(head_only.head) - _descendants({driver.pid}))  # the head dies, the driver lives on
+        killed = time.monotonic()
+        _, err = driver.communicate(timeout=60)
+        waited = time.monotonic() - killed
+    finally:
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 2, err[-3000:]
+    assert f"search.address: the Ray cluster at {head_only.address} is gone" in err, err[-3000:]
+    assert f"resume with fusion-nas search --resume {store.run_dir}" in err
+    assert waited < 30  # the watchdog checks every 2 s; Ray's own give-up takes about 60 s
+    assert len(store.trials()) >= 2  # the finished trials stay recorded

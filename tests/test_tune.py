@@ -5,13 +5,9 @@ import json
 import os
 import random
 import re
-import secrets
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -202,6 +198,13 @@ def optuna_complete():
     return TrialState.COMPLETE
 
 
+def test_bad_arguments_fail_before_ray_starts(tmp_path) -> None:
+    store = RunStore.create(tmp_path, "m", {})
+    kw = {"evaluate": evaluate_ok, "shared": None, "strategy": RandomStrategy(), "num_samples": 2}
+    with pytest.raises(ValueError, match="unknown scheduler 'hyperband'; known: asha"):
+        run_search(store=store, scheduler="hyperband", **kw)
+
+
 # ---- searches on Ray ----------------------------------------------------------------
 def test_a_search_records_every_trial_and_its_front(tmp_path, ray_local) -> None:
     strat, seen = RandomStrategy(seed=1), []
@@ -285,13 +288,6 @@ def test_resume_replays_the_record_into_a_fresh_strategy(tmp_path, ray_local) ->
     assert again == out and len(list(moved.ray_dir.iterdir())) == 2
 
 
-def test_bad_arguments_fail_before_ray_starts(tmp_path) -> None:
-    store = RunStore.create(tmp_path, "m", {})
-    kw = {"evaluate": evaluate_ok, "shared": None, "strategy": RandomStrategy(), "num_samples": 2}
-    with pytest.raises(ValueError, match="unknown scheduler 'hyperband'; known: asha"):
-        run_search(store=store, scheduler="hyperband", **kw)
-
-
 # ---- what a run writes per trial ---------------------------------------------------
 def _bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -326,13 +322,7 @@ def test_bytes_per_trial_do_not_grow_with_the_data(tmp_path, ray_local):
     assert per_trial[5000] < 64 * 1024, per_trial
 
 
-# ---- a killed driver, resumed on a `ray start` cluster joined by address ------------
-def drive(run_dir: str, n: int, address: str, resume: bool) -> None:
-    """The driver the subprocesses run: a slow search of `n` trials on the cluster at `address`."""
-    run_search(evaluate=evaluate_slowly, shared={"bonus": 0.0, "sleep": 0.5}, strategy=RandomStrategy(seed=5),
-               num_samples=n, store=RunStore.open(run_dir), address=address, resume=resume)
-
-
+# ---- helpers for the tests that run their own processes (test_cluster, test_pack) ---------
 def _descendants(roots: set[int]) -> set[int]:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -374,81 +364,3 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def test_a_killed_driver_resumes_on_a_cluster_joined_by_address(tmp_path) -> None:
-    n, temp, port = 8, tempfile.mkdtemp(prefix="fnr", dir="/tmp"), _free_port()  # short: socket paths
-    # `ray start` turns token auth on; an explicit address needs the mode and the token too
-    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    store = RunStore.create(tmp_path, "kill", {"n": n})
-    bin_dir = Path(sys.executable).parent
-    code = "from tests.test_tune import drive; drive({!r}, {}, '127.0.0.1:{}', {})"
-    log = open(tmp_path / "driver.log", "w")
-    driver = None
-    try:
-        subprocess.run([str(bin_dir / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
-                        f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats"],
-                       env=env, check=True, capture_output=True, timeout=90)
-        driver = subprocess.Popen([sys.executable, "-c", code.format(str(store.run_dir), n, port, False)],
-                                  env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while len(store.trials()) < 3:
-            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no trials recorded in time"
-            time.sleep(0.05)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-        before = store.trials()
-        assert 3 <= len(before) < n
-        subprocess.run([sys.executable, "-c", code.format(str(store.run_dir), n, port, True)],
-                       env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=150)
-    finally:
-        if driver is not None and driver.poll() is None:
-            driver.kill()
-        log.close()
-        _kill_all(_cluster_pids(temp))
-        shutil.rmtree(temp, ignore_errors=True)
-    after = store.trials()
-    assert len(after) == n and all(r["status"] == "ok" for r in after)
-    first_asks = RandomStrategy(seed=5)  # nothing evaluated twice, nothing skipped: the first n asks
-    assert sorted(r["arch_id"] for r in after) == sorted(first_asks.ask().arch_id for _ in range(n))
-    assert after[: len(before)] == before  # every earlier trial kept, as recorded
-    assert len([ln for ln in store.trials_path.read_text().splitlines() if ln.endswith("}")]) == n  # no reruns
-    assert store.read_json("pareto.json") == json.loads(json.dumps(front_from_trials(after)))
-
-
-def test_a_lost_head_ends_the_search_at_once_with_the_resume_hint(tmp_path) -> None:
-    """The cluster's head dies mid-search: the driver ends within seconds with exit 2 and one
-    line saying how far it got and how to resume (Ray alone would take ~60 s and exit 1)."""
-    n, temp, port = 8, tempfile.mkdtemp(prefix="fnh", dir="/tmp"), _free_port()
-    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    store = RunStore.create(tmp_path, "lost", {"n": n})
-    code = (f"import sys\nfrom tests.test_tune import drive\ntry:\n    drive({str(store.run_dir)!r}, {n}, '127.0.0.1:{port}', False)\n"
-            "except ConnectionError as err:\n    print(f'fusion-nas: error: {err}', file=sys.stderr)\n"
-            "    sys.exit(2)\n")
-    driver = None
-    try:
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
-                        "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats"],
-                       env=env, check=True, capture_output=True, timeout=90)
-        driver = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while len(store.trials()) < 2:
-            assert driver.poll() is None, driver.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no trials recorded in time"
-            time.sleep(0.05)
-        _kill_all(_cluster_pids(temp) - _descendants({driver.pid}))  # the head dies, the driver lives on
-        killed = time.monotonic()
-        _, err = driver.communicate(timeout=60)
-        waited = time.monotonic() - killed
-    finally:
-        if driver is not None and driver.poll() is None:
-            driver.kill()
-        _kill_all(_cluster_pids(temp))
-        shutil.rmtree(temp, ignore_errors=True)
-    assert driver.returncode == 2, err[-3000:]
-    assert f"search.address: the Ray cluster at 127.0.0.1:{port} is gone" in err, err[-3000:]
-    assert f"resume with fusion-nas search --resume {store.run_dir}" in err
-    assert waited < 30  # the watchdog checks every 2 s; Ray's own give-up takes about 60 s
-    assert len(store.trials()) >= 2  # the finished trials stay recorded
