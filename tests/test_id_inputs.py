@@ -244,3 +244,19 @@ def test_a_backbone_that_cannot_read_the_inputs_is_one_line_and_exit_2(tmp_path,
     proc = fusion_nas_here("search", "c.yaml", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and says in proc.stderr, proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_buckets_in_the_config_hash_the_wide_fields_and_an_export_hashes_alike(tmp_path):
+    rng = np.random.default_rng(5)
+    n = 400
+    arrays = {"fields": np.stack([rng.integers(0, 10**9, n), rng.integers(0, 7, n)], axis=1),
+              "image": rng.standard_normal((n, 4)).astype(np.float32), "y": rng.integers(0, 2, n)}
+    np.savez(tmp_path / "d.npz", **arrays)
+    ds = load_dataset({"kind": "npz", "path": str(tmp_path / "d.npz"), "modalities": {"fields": {"buckets": 32}}})
+    coding = ds.codings["fields"]
+    assert coding.buckets == (32, 0) and coding.rows == (33, 8)  # the narrow field keeps its vocabulary
+    codes = ds.test["fields"].astype(np.int64)
+    assert codes[:, 0].min() >= 1 and codes[:, 0].max() <= 32 and len(np.unique(codes[:, 0])) > 20
+    enc = IdEncoder(IdCoding.from_json(coding.to_json(), [torch.from_numpy(v) for v in coding.vocab]))
+    again, _ = enc(torch.from_numpy(ds.raw_ids["test"]["fields"]))
+    assert np.array_equal(again.numpy(), codes)  # an export codes the raw IDs as the data did
