@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from experiments.results_block import machine_line, write_block  # noqa: E402
+from experiments.results_block import command_line, machine_line, write_block  # noqa: E402
 from fusion_ops import FusionHead, build_backbone, count_flops, count_params, deepest_taps  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.datasets import load_dataset  # noqa: E402
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
              f"Load average (1 min) at the start and the end: {load:.1f}, {os.getloadavg()[0]:.1f} "
              "(the machine is shared: other work inflates both columns)."]
     if not (args.smoke_test or args.no_write):
-        command = " ".join([".venv/bin/python", "experiments/bench_costing.py", *(argv if argv is not None else sys.argv[1:])])
+        command = command_line("bench_costing.py", argv)
         write_block("bench_costing", "Costing candidates", lines, command)
         print("wrote experiments/RESULTS.md")
 

@@ -42,7 +42,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from experiments.results_block import machine_line, write_block  # noqa: E402
+from experiments.results_block import command_line, machine_line, write_block  # noqa: E402
 from search.config import config_from_dict  # noqa: E402
 from search.engine.run import search, start_run  # noqa: E402
 from search.training import tap_files  # noqa: E402
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.keep_cache:
             shutil.rmtree(tmp, ignore_errors=True)
     if not (args.smoke_test or args.no_write):
-        command = " ".join([".venv/bin/python", "experiments/bench_large.py", *(argv if argv is not None else sys.argv[1:])])
+        command = command_line("bench_large.py", argv)
         write_block("bench_large", "Large data", lines, command)
         print("wrote experiments/RESULTS.md")
 

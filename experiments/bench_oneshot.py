@@ -47,7 +47,7 @@ from experiments.bench_search import (  # noqa: E402
     score,
     table_path,
 )
-from experiments.results_block import machine_line, write_block  # noqa: E402
+from experiments.results_block import command_line, machine_line, write_block  # noqa: E402
 from search import pareto  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.engine.run import cost_function, prepare, reference_point  # noqa: E402
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_full:
             lines += bench_full(args)
     if not (args.smoke_test or args.no_write):
-        command = " ".join([".venv/bin/python", "experiments/bench_oneshot.py", *(argv if argv is not None else sys.argv[1:])])
+        command = command_line("bench_oneshot.py", argv)
         write_block("bench_oneshot", "One-shot", lines, command)
         say("wrote experiments/RESULTS.md")
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from experiments.results_block import RESULTS, machine_line, write_block  # noqa: E402
+from experiments.results_block import RESULTS, command_line, machine_line, write_block  # noqa: E402
 from fusion_ops import fusion_args, fusion_class, list_fusions  # noqa: E402
 from search.datasets import load_dataset  # noqa: E402
 from search.training.pretrain import BackbonesConfig, pretrain_backbones  # noqa: E402
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.only is None or config in args.only:
                 lines += bench_dataset(title, config, args)
     if not (args.smoke_test or args.no_write):
-        command = " ".join([".venv/bin/python", "experiments/bench_ops.py", *(argv if argv is not None else sys.argv[1:])])
+        command = command_line("bench_ops.py", argv)
         write_block("bench_ops", "Operators", lines, command)
         print(f"wrote {RESULTS.relative_to(ROOT)}")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.results_block import machine_line, write_block  # noqa: E402
+from experiments.results_block import command_line, machine_line, write_block  # noqa: E402
 
 SETTINGS = {"on (Ray's default)": "1", "off (fusion-nas)": "0"}
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [head, "", *report(rows, trials)]
     print("\n".join(lines), flush=True)
     if not (args.smoke_test or args.no_write):
-        command = " ".join(["python", "experiments/bench_ray_start.py", *(argv if argv is not None else sys.argv[1:])])
+        command = command_line("bench_ray_start.py", argv, python="python")
         write_block("bench_ray_start", "Search", lines, command)
         print("wrote experiments/RESULTS.md")
 

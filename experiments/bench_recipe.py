@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from experiments.bench_train import cell, setup  # noqa: E402
-from experiments.results_block import machine_line, write_block  # noqa: E402
+from experiments.results_block import command_line, machine_line, write_block  # noqa: E402
 from search.training.train import TrainConfig, evaluate_candidate  # noqa: E402
 from spaces.spec import ArchSpec  # noqa: E402
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         print(top, flush=True)
         lines = [top, "", *bench(args)]
     if not (args.smoke_test or args.no_write):
-        command = " ".join([".venv/bin/python", "experiments/bench_recipe.py", *(argv if argv is not None else sys.argv[1:])])
+        command = command_line("bench_recipe.py", argv)
         write_block("bench_recipe", "Training recipe", lines, command)
         print("wrote experiments/RESULTS.md")
 

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from experiments.results_block import machine_line, write_block  # noqa: E402
+from experiments.results_block import command_line, machine_line, write_block  # noqa: E402
 from search import objectives as objs_mod  # noqa: E402
 from search import pareto  # noqa: E402
 from search.config import Config, config_from_dict  # noqa: E402
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
             lines += part
         lines += ["### Ray overhead", "", *bench_overhead(args, tables["planted xor"], say=lambda s: print(s, flush=True))]
     if not (args.smoke_test or args.no_write):
-        command = " ".join([".venv/bin/python", "experiments/bench_search.py", *(argv if argv is not None else sys.argv[1:])])
+        command = command_line("bench_search.py", argv)
         write_block("bench_search", "Search", lines, command)
         print("wrote experiments/RESULTS.md")
 

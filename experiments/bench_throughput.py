@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from experiments.results_block import machine_line, write_block  # noqa: E402
+from experiments.results_block import command_line, machine_line, write_block  # noqa: E402
 from search.config import Config, config_from_dict  # noqa: E402
 from search.engine.inprocess import search_in_process  # noqa: E402
 from search.engine.run import prepare, search, start_run  # noqa: E402
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         lines = [head, "", *report(timings, all(a == asked[0] for a in asked), args.samples)]
         print("\n".join(lines), flush=True)
     if not (args.smoke_test or args.no_write):
-        command = " ".join(["python", "experiments/bench_throughput.py", *(argv if argv is not None else sys.argv[1:])])
+        command = command_line("bench_throughput.py", argv, python="python")
         write_block("bench_throughput", "Throughput", lines, command)
         print("wrote experiments/RESULTS.md")
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from experiments.results_block import machine_line, write_block  # noqa: E402
+from experiments.results_block import command_line, machine_line, write_block  # noqa: E402
 from search.datasets import load_dataset  # noqa: E402
 from search.training.pretrain import BackbonesConfig, pretrain_backbones  # noqa: E402
 from search.training.taps import TapCache  # noqa: E402
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         lines = [head, "", "### Speed: cached taps vs backbones run on every batch", "", *bench_speed(args), ""]
         lines += bench_gain(args)
     if not (args.smoke_test or args.no_write):
-        command = " ".join([".venv/bin/python", "experiments/bench_train.py", *(argv if argv is not None else sys.argv[1:])])
+        command = command_line("bench_train.py", argv)
         write_block("bench_train", "Training", lines, command)
         print("wrote experiments/RESULTS.md")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -15,6 +16,12 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 def machine_line() -> str:
     return (f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
             f"python {platform.python_version()}")
+
+
+def command_line(script: str, argv: list[str] | None, python: str = ".venv/bin/python") -> str:
+    """The command that reproduces a benchmark run: `python experiments/<script> ARGS` (ARGS: `argv`,
+    or this process's own arguments when `argv` is None)."""
+    return " ".join([python, f"experiments/{script}", *(argv if argv is not None else sys.argv[1:])])
 
 
 def write_block(name: str, section: str, lines: list[str], command: str, path: Path = RESULTS) -> None:

@@ -341,12 +341,13 @@ def assemble(
     for mod in sorted(parts["train"][0]):
         kind, buckets = (types or {}).get(mod, ("dense", 0))
         if kind != "dense":
-            raw = {s: parts[s][0][mod] for s in SPLITS}
+            for split in SPLITS:  # (N, F) or (N, T) int64, as the file holds them
+                raw_ids[split][mod] = np.asarray(parts[split][0][mod]).astype(np.int64).reshape(len(parts[split][1]), -1)
             given = {s: lengths[s][mod] for s in SPLITS if mod in lengths[s]}
-            codings[mod], codes, steps = code_modality(source, mod, kind, buckets, raw, given)
+            codings[mod], codes, steps = code_modality(source, mod, kind, buckets, {s: raw_ids[s][mod] for s in SPLITS},
+                                                       given)
             for split in SPLITS:
                 out[split][mod] = codes[split]
-                raw_ids[split][mod] = np.asarray(raw[split]).astype(np.int64).reshape(len(raw[split]), -1)
                 if steps:
                     lengths[split][mod] = steps[split]
             mean[mod], std[mod] = np.zeros((), np.float32), np.ones((), np.float32)

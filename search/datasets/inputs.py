@@ -88,12 +88,12 @@ def _overrides(source: str, overrides: Any, xs: Mapping[str, np.ndarray]) -> dic
 
 def code_modality(source: str, name: str, kind: str, buckets: int, parts: Mapping[str, np.ndarray],
                   lengths: Mapping[str, np.ndarray]) -> tuple[IdCoding, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Code one ID modality's splits (`parts[split]`, raw IDs) from its train split.
+    """Code one ID modality's splits (`parts[split]`, raw int64 IDs `(N, F)` or `(N, T)`) from its train split.
 
     Returns the coding, the float32 codes per split and the valid steps per split (text only:
     those given, or those counted from a pad ID)."""
     lengths_from = ("lengths" if lengths else "pad") if kind == "text" else ""
-    train = np.asarray(parts["train"]).astype(np.int64).reshape(len(parts["train"]), -1)
+    train = parts["train"]
     if lengths:  # the vocabulary of the valid tokens only: what lies past a length is never read
         train = np.where(np.arange(train.shape[1])[None, :] < lengths["train"][:, None], train, 0)
     try:
@@ -103,7 +103,7 @@ def code_modality(source: str, name: str, kind: str, buckets: int, parts: Mappin
     encoder = IdEncoder(coding)
     codes, steps = {}, {}
     for split, raw in parts.items():
-        x = torch.from_numpy(np.asarray(raw).astype(np.int64).reshape(len(raw), -1))
+        x = torch.from_numpy(raw)
         given = torch.from_numpy(lengths[split]) if lengths else None
         with torch.no_grad():
             c, n = encoder(x, given)

@@ -138,8 +138,7 @@ def id_columns(dataset: Dataset, split: str) -> tuple[Any, int]:
     for m in sorted(dataset.codings):
         codes = np.asarray(dataset.split(split)[0][m], dtype=np.int64)
         rows = dataset.codings[m].rows
-        offsets = np.cumsum([0, *rows[:-1]]) if len(rows) > 1 else np.zeros(codes.shape[1], np.int64)
-        cols = codes + offsets[None, :]
+        cols = codes + np.cumsum([0, *rows[:-1]])[None, :]  # text: one vocabulary, one offset for every step
         keep = codes > 0 if dataset.codings[m].type == "text" else np.ones(codes.shape, bool)
         r = np.broadcast_to(np.arange(len(codes))[:, None], codes.shape)
         blocks.append(sparse.csr_matrix((np.ones(int(keep.sum())), (r[keep], cols[keep])),
@@ -167,8 +166,8 @@ def linear_baseline(dataset: Dataset, holdout_rows: np.ndarray | None = None) ->
     one-hot, `design_matrix`); the val rows `holdout_rows` (the run's holdout,
     `TapCache.holdout_rows`) are scored apart, not used to choose the strength."""
     start = time.perf_counter()
-    (xtr, ytr), (xva, yva), (xte, yte) = ((design_matrix(dataset, s)[0], np.asarray(dataset.split(s)[1]))
-                                          for s in ("train", "val", "test"))
+    (xtr, reads), (xva, _), (xte, _) = (design_matrix(dataset, s) for s in ("train", "val", "test"))
+    ytr, yva, yte = (np.asarray(dataset.split(s)[1]) for s in ("train", "val", "test"))
     held = None
     if holdout_rows is not None and len(holdout_rows):
         keep = np.setdiff1d(np.arange(len(yva)), holdout_rows)
@@ -178,7 +177,7 @@ def linear_baseline(dataset: Dataset, holdout_rows: np.ndarray | None = None) ->
     runs = [{k: v for k, v in r.items() if k.startswith(("val_", "test_", "holdout_")) and k != "val_by_C"}]
     flops = r["flops_total"]
     if dataset.codings:  # a one-hot column costs a lookup when its ID is present: count the columns a sample reads
-        flops = flops // xtr.shape[1] * design_matrix(dataset, "train")[1]
+        flops = flops // xtr.shape[1] * reads
     return _record("logreg", "linear", "basic", runs, r["params_total"],
                    flops, None, start, C=r["C"], val_by_C=r["val_by_C"])
 

@@ -130,7 +130,8 @@ def resolve_backbone(cfg: BackbonesConfig, dataset: Dataset, modality: str) -> B
     with the table sizes of an `embedding` or `text` backbone read from the data's train split.
     A backbone that cannot read the modality's kind of input is a `ConfigError` naming the key."""
     bcfg = cfg.modalities.get(modality) or default_backbone(dataset.shapes[modality], dataset.input_type(modality))
-    kind, wants = dataset.input_type(modality), ID_KINDS.get(dataset.input_type(modality))
+    kind = dataset.input_type(modality)
+    wants = ID_KINDS.get(kind)
     where = f"backbones.modalities.{modality}.kind"
     if bcfg.kind in ID_KINDS.values() and bcfg.kind != wants:
         raise ConfigError(f"{where}: the {bcfg.kind} backbone reads {'token IDs' if bcfg.kind == 'text' else 'categorical IDs'}"
