@@ -29,8 +29,19 @@ def circulant_products(p: Tensor) -> Tensor:
     """
     d = p.shape[-1]
     a, b = ordered_pairs(p.shape[1])
+    if torch.onnx.is_in_onnx_export():  # ONNX has no real FFT: the same sums, written out
+        return cross_correlation(p[:, a], p[:, b])
     spec = torch.fft.rfft(p, dim=-1)  # (B, M, d//2+1)
     return torch.fft.irfft(spec[:, a].conj() * spec[:, b], n=d, dim=-1)  # (B, M(M-1), d)
+
+
+def cross_correlation(x: Tensor, t: Tensor) -> Tensor:
+    """`out[..., k] = sum_j x[..., j] t[..., (j + k) mod d]`, the circular cross-correlation by its
+    definition (`d²` multiplies: the form an ONNX export holds, `fusion_ops.formats`)."""
+    d = x.shape[-1]
+    steps = torch.arange(d, device=x.device)
+    shifted = t[..., (steps[:, None] + steps[None, :]) % d]  # [..., k, j] = t[..., (j + k) mod d]
+    return (x.unsqueeze(-2) * shifted).sum(-1)
 
 
 @register_fusion("circulant")

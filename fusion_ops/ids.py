@@ -106,8 +106,12 @@ def encode(x: Tensor, vocab: Sequence[Tensor], buckets: Sequence[int], text: boo
             out.append((2 if text else 1) + _hash(col, int(b)))
             continue
         v = v.to(col.device)
-        at = torch.searchsorted(v, col.contiguous()).clamp(max=max(len(v) - 1, 0))
-        known = (v[at] == col) if len(v) else torch.zeros_like(col, dtype=torch.bool)
+        if torch.onnx.is_in_onnx_export() and len(v):  # ONNX has no searchsorted: match every entry (B, V)
+            match = (col.unsqueeze(-1) == v).long()
+            at, known = (match * torch.arange(len(v), device=col.device)).sum(-1), match.sum(-1) > 0
+        else:
+            at = torch.searchsorted(v, col.contiguous()).clamp(max=max(len(v) - 1, 0))
+            known = (v[at] == col) if len(v) else torch.zeros_like(col, dtype=torch.bool)
         out.append(torch.where(known, at + (2 if text else 1), torch.full_like(col, TEXT_OOV if text else FIELD_OOV)))
     return out[0] if text else torch.stack(out, dim=1)
 
@@ -116,9 +120,10 @@ def compact(x: Tensor) -> tuple[Tensor, Tensor]:
     """Tokens `(B, T)` with pad ID 0 anywhere -> the non-zero tokens moved to the front in their
     order, zeros after them, and their count per sample `(B,)` (at least 1)."""
     keep = x != PAD
-    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # the kept steps first, in order
-    out = torch.gather(x, 1, order) * torch.gather(keep, 1, order)
-    return out, keep.sum(dim=1).clamp(min=1)
+    kept = keep.sum(dim=1, keepdim=True)
+    # where each step goes: a kept one after the kept ones before it, a pad after every kept one
+    to = torch.where(keep, keep.long().cumsum(1) - 1, kept + (~keep).long().cumsum(1) - 1)
+    return torch.zeros_like(x).scatter(1, to, x), kept.squeeze(1).clamp(min=1)
 
 
 def check_ids(source: str, name: str, x: np.ndarray) -> None:
@@ -151,7 +156,7 @@ class IdEncoder(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         x = x.long()
-        if x.numel() and int(x.min()) < 0:
+        if not torch.jit.is_tracing() and x.numel() and int(x.min()) < 0:  # a traced graph codes it as OOV
             raise ValueError(f"negative ID {int(x.min())}: IDs must be >= 0")
         text = self.coding_type == "text"
         if text and self.lengths_from == "pad":

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from fusion_ops.backbones import BackboneConfig, build_backbone
 from fusion_ops.base import lengths_key
 from fusion_ops.ids import IdCoding, IdEncoder
-from fusion_ops.model import FusionModel, build_model
+from fusion_ops.model import FusionModel, build_model, model_cost
 from spaces.spec import ArchSpec
 
 FORMAT = "fusion-nas-export"
@@ -151,10 +151,12 @@ class ExportedModel(nn.Module):
         return out
 
 
-def save_model(model: ExportedModel, out: str | Path, backbones: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def save_model(model: ExportedModel, out: str | Path, backbones: Mapping[str, Mapping[str, Any]],
+               formats: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Write `arch.yaml`, `weights.safetensors` and `model.json` of `model` into `out`; returns model.json.
 
-    `backbones[m]` is modality m's `BackboneConfig.to_dict()` (how to rebuild it).
+    `backbones[m]` is modality m's `BackboneConfig.to_dict()` (how to rebuild it); `formats`, the
+    graph files already written beside them (`search.export_formats`), go into model.json.
     """
     from safetensors.torch import save
 
@@ -177,7 +179,10 @@ def save_model(model: ExportedModel, out: str | Path, backbones: Mapping[str, Ma
         },
         # the token taps its vector operators read flattened (absent in older exports: none)
         "flat_taps": sorted(model.model.fusion.flat),
+        # parameters and forward FLOPs per sample (fusion_ops.cost), beside the graphs' latency in `formats`
+        "cost": {k: int(v) for k, v in model_cost(model.model).items()},
         "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
+        **({"formats": {k: dict(v) for k, v in formats.items()}} if formats else {}),
     }
     arch = model.spec.to_yaml().encode("utf-8")
     info["integrity"] = integrity(info, arch)
@@ -218,11 +223,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, trust_co
     from safetensors.torch import load
 
     path = Path(path)
-    info = _read_info(path)
-    arch = read_bounded(path / ARCH_FILE, MAX_TEXT_BYTES)
-    if info["version"] >= 2 and info.get("integrity") != integrity(info, arch):
-        raise ExportError(f"{path}: {MODEL_FILE} or {ARCH_FILE} was changed after export (the SHA-256 in "
-                          f"{MODEL_FILE}, 'integrity', does not match them); export it again")
+    info, arch = read_checked_info(path)
     code = code_named(info)
     if code and not trust_code:
         raise ExportError(f"{path / MODEL_FILE} names code to import and run ({'; '.join(code)}); load it only "
@@ -248,6 +249,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, trust_co
         return model.to(device).eval()
     except (RuntimeError, AssertionError) as err:  # torch without CUDA asserts
         raise ExportError(f"device: cannot put the model on {device} ({err})") from None
+
+
+def read_checked_info(path: Path) -> tuple[dict[str, Any], bytes]:
+    """`model.json` and the bytes of `arch.yaml` of the export in `path`, refused unless they match
+    the SHA-256 `model.json` holds over both ('integrity')."""
+    info = _read_info(path)
+    arch = read_bounded(path / ARCH_FILE, MAX_TEXT_BYTES)
+    if info["version"] >= 2 and info.get("integrity") != integrity(info, arch):
+        raise ExportError(f"{path}: {MODEL_FILE} or {ARCH_FILE} was changed after export (the SHA-256 in "
+                          f"{MODEL_FILE}, 'integrity', does not match them); export it again")
+    return info, arch
 
 
 def _read_info(path: Path) -> dict[str, Any]:

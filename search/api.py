@@ -109,14 +109,18 @@ class SearchResult:
 
     def export(self, out: str | Path, pick: str = "knee", *, retrain: bool = False,
                say: Say = lambda _m: None, max_params: int | None = None, max_flops: int | None = None,
-               max_latency_ms: float | None = None) -> Path:
+               max_latency_ms: float | None = None, formats: Sequence[str] = ("native",)) -> Path:
         """Train the picked trial again (knee, accuracy, smallest or a trial id; knee and accuracy
-        within the `max_*` bounds, among the confirmed candidates) and save it to `out`."""
+        within the `max_*` bounds, among the confirmed candidates) and save it to `out`, with
+        `formats` (onnx, torchscript) beside the native files; `pick="front"`: every front member."""
         from search.bounded_pick import Bounds
-        from search.export import export_run
+        from search.export import export_front, export_run
 
-        export_run(self.run_dir, pick, out, retrain=retrain, say=say, trust_code=self.trust_code,
-                   bounds=Bounds(max_params, max_flops, max_latency_ms))
+        if pick == "front":
+            export_front(self.run_dir, out, say=say, trust_code=self.trust_code, formats=formats)
+        else:
+            export_run(self.run_dir, pick, out, retrain=retrain, say=say, trust_code=self.trust_code,
+                       bounds=Bounds(max_params, max_flops, max_latency_ms), formats=formats)
         return Path(out)
 
     def resume(self, *, address: str | None = None, say: Say = print, progress: Progress | None = None,

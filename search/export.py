@@ -9,6 +9,7 @@ blocks the model runs included: the export stands alone), `model.json`, plus `me
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -29,11 +30,12 @@ from fusion_ops.load import (
     read_bounded,
     save_model,
 )
-from search.baselines import best_front_point
+from search.baselines import best_front_point, summary_line
 from search.bounded_pick import Bounds, pick_within
 from search.config import Config, config_from_dict, load_config
 from search.datasets import Dataset, load_dataset
 from search.engine.run import Prepared, prepare, record_spec, trial_train
+from search.export_formats import FILES, check_available, outputs_metrics, write_formats
 from search.objectives import OBJECTIVES, Objective
 from search.runstore.store import RunStore, front_from_trials, to_jsonable, utc_now
 from search.training.device import resolve_device, to_device
@@ -56,7 +58,7 @@ from spaces import ArchSpec, ConfigError
 from spaces.yaml_errors import in_file, read_yaml
 
 Say = Callable[[str], None]
-EXPORT_FILES = {"arch.yaml", "model.json", "weights.safetensors", "metrics.json", "README.md"}
+EXPORT_FILES = {"arch.yaml", "model.json", "weights.safetensors", "metrics.json", "README.md", *FILES.values()}
 FLOPS_NOTE = "forward FLOPs per sample, 2 per multiply-add; elementwise work not counted"
 
 # --pick NAME -> sort key over the front's trials (first = chosen) given the run's metric (its val
@@ -182,13 +184,15 @@ def _fit_last(module: torch.nn.Module, train: Split, val: Split, cfg: TrainConfi
 # ------------------------------------------------------------------ export
 def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool = False,
                say: Say = print, device: str | None = None, trust_code: bool = False,
-               bounds: Bounds | None = None) -> dict[str, Any]:
+               bounds: Bounds | None = None, formats: Sequence[str] = ("native",)) -> dict[str, Any]:
     """Export the trial `how` picks (within `bounds`, if any) from the run in `run_dir` into
     `out`; returns its metrics.json.
     It trains and scores on `device` (auto | cpu | cuda | cuda:N; default: where the run's trials
     trained, `trial_train`); the weights written are CPU tensors either way. Code the run's
-    config names (plugins, backbone factories) is imported only with `trust_code`."""
+    config names (plugins, backbone factories) is imported only with `trust_code`. `formats`
+    beyond native add graph files, checked on the test split (`search.export_formats`)."""
     out = Path(out)
+    check_available(formats)
     store = RunStore.open(run_dir)
     config = read_config(store.run_dir, trust_code)  # first: a run naming code stops here, having run none
     _check_out(out)
@@ -209,15 +213,87 @@ def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool 
     with torch_threads(config.search.cpus_per_trial):  # score as the trial did, in a worker of that size
         tests = raw_test_metrics(exported.to(where), config, prepared.dataset)
     exported.cpu()
+    out.mkdir(parents=True, exist_ok=True)
+    graphs = write_formats(exported, out, formats, *raw_test_split(exported, config, data), objs[0].name)
     info = save_model(exported, out, {m: resolve_backbone(config.backbones, data, m).to_dict()
-                                      for m in exported.modalities})
+                                      for m in exported.modalities}, graphs)
     metrics = _metrics(store, config, trial, front, how, retrain, exported, result, tests, objs[0])
+    metrics["formats"] = {"native": {}, **graphs}
+    metrics["data_sha256"] = data_fingerprint(data)
     store_json(out / "metrics.json", metrics)
     (out / "README.md").write_text(readme(metrics, exported, code_named(info)), encoding="utf-8")
     if metrics["reproduced"] is False:
         say(f"warning: test {metrics['metric']} {metrics['test_metric']:.4f} differs from the trial's "
             f"{metrics['reported']['test_metric']}")
     return metrics
+
+
+def export_front(run_dir: str | Path, out: str | Path, *, say: Say = print, device: str | None = None,
+                 trust_code: bool = False, formats: Sequence[str] = ("native",)) -> dict[str, Any]:
+    """`--pick front`: every member of the run's front exported into its own folder of `out`
+    (`01-<trial id>`, ..., in order of the run's metric, best first), each with a model card
+    (README.md: what it is, the data's fingerprint, its seeds, the baselines line, the config),
+    and `out/front.json` listing them: metrics as mean ± std over seeds, costs, folder."""
+    out = Path(out)
+    store = RunStore.open(run_dir)
+    config = read_config(store.run_dir, trust_code)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"--out {out}: give a new or empty directory for the front")
+    _check_out(out)
+    check_available(formats)
+    objs = store.objectives()
+    front = front_from_trials(store.trials(), store.reference, objs)
+    if not front["front"]:
+        raise ExportError(f"{store.run_dir}: the run has no front to export (no successful trial)")
+    metric = objs[0]
+    sign = -1.0 if metric.mode == "max" else 1.0
+    entries = sorted(front["front"], key=lambda e: sign * float(e["metrics"][metric.key]))
+    line = summary_line(front.get("baselines") or store.read_json("pareto.json").get("baselines") or {})
+    config_text = (store.run_dir / "config.yaml").read_text(encoding="utf-8")
+    members = []
+    for i, entry in enumerate(entries):
+        folder = f"{i + 1:02d}-{entry['trial_id']}"
+        say(f"[{i + 1}/{len(entries)}] {folder}")
+        m = export_run(store.run_dir, entry["trial_id"], out / folder, say=say, device=device,
+                       trust_code=trust_code, formats=formats)
+        em = entry["metrics"]
+        stats = {f"{split}_{metric.name}": {"mean": em[f"{split}_{metric.name}"], "std": _std(em, split, metric.name)}
+                 for split in ("val", "holdout", "test") if em.get(f"{split}_{metric.name}") is not None}
+        card = {"seeds": em.get("seeds", [em.get("seed")]), "unstable": em.get("unstable"), "baselines": line,
+                "data_sha256": m["data_sha256"], "config": config_text, "stats": stats}
+        (out / folder / "README.md").write_text(readme(m, load_model(out / folder, trust_code=trust_code),
+                                                       code_named(json.loads((out / folder / "model.json").read_text())),
+                                                       card), encoding="utf-8")
+        members.append({"folder": folder, "trial_id": entry["trial_id"], "arch": m["arch"], "knee": m["front"]["knee"],
+                        "unstable": em.get("unstable"), "n_seeds": em.get("n_seeds", 1), "seeds": card["seeds"],
+                        "metrics": stats, "params_total": m["params_total"], "flops_total": m["flops_total"],
+                        "latency_ms": em.get("latency_ms"), "exported_test_metric": m["test_metric"],
+                        "formats": sorted(m["formats"])})
+    listing = {"run_dir": str(store.run_dir), "run": config.name, "metric": metric.name, "baselines": line,
+               "data_sha256": m["data_sha256"], "members": members}
+    store_json(out / "front.json", listing)
+    return listing
+
+
+def _std(metrics: Mapping[str, Any], split: str, name: str) -> float:
+    """The std over seeds of `split`'s metric `name` (accuracy's is also kept as `<split>_std`); 0 for one seed."""
+    std = metrics.get(f"{split}_{name}_std", metrics.get(f"{split}_std") if name == "accuracy" else None)
+    return float(std or 0.0)
+
+
+def data_fingerprint(data: Dataset) -> str:
+    """SHA-256 over every split's arrays and labels, as the model trained and was scored on them."""
+    digest = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        xs = getattr(data, split)
+        for m in sorted(xs):
+            a = np.ascontiguousarray(xs[m])
+            digest.update(f"{split}/{m}/{a.dtype}/{a.shape}".encode())
+            digest.update(a.tobytes())
+        y = np.ascontiguousarray(getattr(data, f"y_{split}"))
+        digest.update(f"{split}/y/{y.dtype}/{y.shape}".encode())
+        digest.update(y.tobytes())
+    return digest.hexdigest()
 
 
 def _check_out(out: Path) -> None:
@@ -238,6 +314,17 @@ def raw_test_metrics(model: ExportedModel, config: Config, standardised: Dataset
     """Every test metric of `model`'s task (`test_<metric>`) on the config's data as stored on disk
     (before standardisation), the way a user feeds it; labels are checked against `standardised`
     when given. Classification's `test_accuracy` is computed exactly as a trial computes it."""
+    xs, y, task = raw_test_split(model, config, standardised)
+    out = outputs_metrics(task, predict(model, xs), y)
+    if task.name == "classification":
+        out["test_accuracy"] = accuracy(model, (xs, y))
+    return out
+
+
+def raw_test_split(model: ExportedModel, config: Config,
+                   standardised: Dataset | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, Task]:
+    """The test split as `model` takes it (raw values and IDs, `m:lengths`), its labels in the
+    units the model answers in, and the task (see `raw_test_metrics`)."""
     raw = load_dataset({**config.data, "normalize": "none"}, config.path.parent)
     missing = [m for m in model.modalities if m not in raw.shapes]
     if missing:
@@ -258,10 +345,7 @@ def raw_test_metrics(model: ExportedModel, config: Config, standardised: Dataset
     task = get_task(raw.task)
     if raw.target_scale is not None:  # the model answers in the targets' units: so must the labels
         y = y * torch.as_tensor(raw.target_scale[1]) + torch.as_tensor(raw.target_scale[0])
-    out = {f"test_{k}": v for k, v in task.metrics(predict(model, xs), y).items()}
-    if task.name == "classification":
-        out["test_accuracy"] = accuracy(model, (xs, y))
-    return out
+    return xs, y, task
 
 
 def raw_test_accuracy(model: ExportedModel, config: Config, standardised: Dataset | None = None) -> float:
@@ -323,9 +407,11 @@ def store_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def readme(m: Mapping[str, Any], model: ExportedModel, code: Sequence[str] = ()) -> str:
+def readme(m: Mapping[str, Any], model: ExportedModel, code: Sequence[str] = (),
+           card: Mapping[str, Any] | None = None) -> str:
     """The export's README.md: what the model is, where it sits on the front, how to load it
-    (`code`: the backbone factories loading imports and calls, `code_named`)."""
+    (`code`: the backbone factories loading imports and calls, `code_named`); with `card`
+    (`export_front`), a model card: the seeds' spread, the data, the baselines, the config."""
     trust, trust_flag, code_note = "", "", ""
     if code:
         trust, trust_flag = ", trust_code=True", " --trust-code"
@@ -383,6 +469,31 @@ Re-score on a config's test split: `fusion-nas evaluate THIS_FOLDER --config CON
 - `weights.safetensors`: all weights, the backbone blocks it runs included (tensors only: loading runs no code)
 - `model.json`: how to rebuild it, the weights' SHA-256, and `integrity`: the SHA-256 of model.json and arch.yaml
 - `metrics.json`: scores, costs and where the trial came from
+""" + ("" if card is None else _card(m, card))
+
+
+def _card(m: Mapping[str, Any], card: Mapping[str, Any]) -> str:
+    """The model card part of a front member's README."""
+    rows = "\n".join(f"| {k.replace('_', ' ')} | {v['mean']:.4f} ± {v['std'] or 0.0:.4f} |" for k, v in card["stats"].items())
+    warn = f"\n**Unstable:** {card['unstable']}\n" if card.get("unstable") else ""
+    return f"""
+## Model card
+
+Its run trained it with seeds {card['seeds']}; mean ± std over them (this folder holds seed {m['seed']}):
+
+| | |
+|---|---|
+{rows}
+{warn}
+- Data: SHA-256 `{card['data_sha256']}` over the train, val and test arrays and labels as the model read them
+  (`fusion-nas evaluate` on other data says so).
+- Against the baselines: {card['baselines']}
+
+The run's configuration:
+
+```yaml
+{card['config'].rstrip()}
+```
 """
 
 

@@ -20,7 +20,7 @@ import torch
 
 from fusion_ops.load import ExportError, load_model
 from search.engine.run import evaluate_trial, prepare, trial_context
-from search.export import export_run, pick_trial, read_config
+from search.export import export_front, export_run, pick_trial, read_config
 from search.runstore.store import front_from_trials, to_jsonable
 from spaces import ArchSpec
 from tests.test_report import CONFIG, KNEE, make_run, record, spec_dict
@@ -137,6 +137,73 @@ def test_export_writes_the_files_and_reproduces_the_trial(trained, exported):
                  "on the Pareto front of its run: 1st most accurate", f"{metrics['params_total']:,}",
                  "fusion-nas evaluate"):
         assert text in readme
+
+
+def test_export_formats_write_graphs_equal_to_pytorch_on_the_test_split(trained, tmp_path, capsys):
+    import numpy as np
+
+    from fusion_ops import formats
+    from search.export_formats import read_graph
+
+    out = tmp_path / "graphs"
+    assert _cli(["export", str(trained.run_dir), "--pick", "accuracy", "--out", str(out),
+                 "--format", "onnx", "--format", "torchscript"]) == 0
+    printed = capsys.readouterr().out
+    assert {"model.onnx", "model.torchscript.pt", "weights.safetensors"} <= {p.name for p in out.iterdir()}
+    info = json.loads((out / "model.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    native = metrics["test_accuracy"]
+    for fmt in ("onnx", "torchscript"):
+        g = info["formats"][fmt]
+        assert g["max_abs_diff_test"] <= 1e-4 and abs(g["test_accuracy"] - native) <= 1 / 200, g
+        assert f"{fmt}: {out}/{g['file']}, test accuracy" in printed
+    assert info["formats"]["onnx"]["opset"] == 17 and info["formats"]["onnx"]["latency_ms_batch1"] > 0
+    assert [i["name"] for i in info["formats"]["onnx"]["inputs"]] == ["m1", "m2"]
+    model = load_model(out)  # the native files load as before
+    session = formats.onnx_session(read_graph(out, "onnx"))
+    x = formats.example_inputs(model, batch=5, seed=3)
+    with torch.no_grad():
+        want = model({k: torch.as_tensor(v) for k, v in x.items()}).numpy()
+    assert np.abs(formats.run_onnx(session, x) - want).max() <= 1e-4
+
+
+def test_onnx_without_its_extra_is_one_usage_line_before_any_training(trained, tmp_path, monkeypatch):
+    from search.cli.common import UsageError
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setattr("search.export.prepare", lambda *a, **k: pytest.fail("nothing may train"))
+    with pytest.raises(UsageError, match=r"--format onnx needs the onnx package: pip install 'fusion-nas\[onnx\]'"):
+        _cli(["export", str(trained.run_dir), "--out", str(tmp_path / "o"), "--format", "onnx"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_pick_front_exports_every_member_with_a_listing_and_a_model_card(trained, tmp_path, capsys):
+    out = tmp_path / "front"
+    assert _cli(["export", str(trained.run_dir), "--pick", "front", "--out", str(out)]) == 0
+    listing = json.loads((out / "front.json").read_text())
+    front = json.loads(trained.pareto_path.read_text())
+    assert sorted(f["trial_id"] for f in listing["members"]) == sorted(front["trial_ids"])
+    vals = [f["metrics"]["val_accuracy"]["mean"] for f in listing["members"]]
+    assert vals == sorted(vals, reverse=True)  # best first
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f["folder"] for f in listing["members"]), "front.json"])
+    for f in listing["members"]:
+        trial = _trial(trained, f["trial_id"])["metrics"]
+        assert f["metrics"]["test_accuracy"] == {"mean": trial["test_accuracy"], "std": 0.0}
+        assert (f["params_total"], f["flops_total"]) == (trial["params_total"], trial["flops_total"])
+        assert f["exported_test_metric"] == trial["test_accuracy"]  # each export reproduces its trial
+        assert load_model(out / f["folder"]).arch_id == trial["arch_id"]
+        card = (out / f["folder"] / "README.md").read_text()
+        for text in ("## Model card", f"seeds {f['seeds']}", listing["data_sha256"], "Against the baselines: ",
+                     (trained.run_dir / "config.yaml").read_text().splitlines()[0]):
+            assert text in card, text
+    assert len(listing["data_sha256"]) == 64
+    assert f"front of {len(listing['members'])} exported to {out}" in capsys.readouterr().out
+    with pytest.raises(ExportError, match="give a new or empty directory for the front"):
+        export_front(trained.run_dir, out)
+    from search.cli.common import UsageError
+
+    with pytest.raises(UsageError, match="--pick front exports every front member"):
+        _cli(["export", str(trained.run_dir), "--pick", "front", "--out", str(tmp_path / "b"), "--max-params", "10"])
 
 
 FRESH = """
