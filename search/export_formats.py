@@ -43,6 +43,9 @@ def write_formats(model: ExportedModel, out: Path, formats: Sequence[str], xs: M
                   y: torch.Tensor, task: Task, metric: str) -> dict[str, dict[str, Any]]:
     """Write each of `formats` (other than native) into `out`; `model.json`'s `formats` entries.
     `xs`, `y`: the raw test split (`search.export.raw_test_split`); `metric`: the run's test metric."""
+    wanted = list(dict.fromkeys(f for f in formats if f != "native"))
+    if not wanted:
+        return {}
     model = model.cpu().eval()
     with torch.no_grad():
         reference = predict(model, dict(xs)).numpy()
@@ -51,7 +54,7 @@ def write_formats(model: ExportedModel, out: Path, formats: Sequence[str], xs: M
     with torch.no_grad(), torch_threads(1):  # as onnxruntime's: one thread
         torch_ms = F.latency_ms(F.Positional(model), one)
     infos: dict[str, dict[str, Any]] = {}
-    for fmt in dict.fromkeys(f for f in formats if f != "native"):
+    for fmt in wanted:
         if fmt == "onnx":
             data = F.onnx_bytes(model)
             session = F.onnx_session(data)

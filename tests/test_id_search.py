@@ -9,9 +9,11 @@ import pytest
 import torch
 import yaml
 
+from fusion_ops import formats
 from fusion_ops.load import load_model
 from search.datasets import load_dataset
 from search.engine.run import data_bounds
+from search.export_formats import read_graph
 from search.objectives import get
 from search.training.tasks import get_task
 from tests.cli_run import fusion_nas_here, run_dir_of
@@ -46,7 +48,8 @@ def test_a_search_of_ids_exports_a_model_that_reproduces_its_test_metric_from_th
     assert f"front best {metric}" in proc.stdout
     baselines = {b["name"] for b in json.loads((run / "baselines.json").read_text())}
     assert {"logreg", "late concat"} <= baselines and {f"{m} alone" for m in backbones} <= baselines
-    proc = fusion_nas_here("export", str(run), "--pick", "accuracy", "--out", "export", cwd=tmp_path)
+    proc = fusion_nas_here("export", str(run), "--pick", "accuracy", "--out", "export", "--format", "onnx",
+                           "--format", "torchscript", cwd=tmp_path)
     assert proc.returncode == 0 and "reproduces the trial's" in proc.stdout, proc.stdout + proc.stderr
     exported = json.loads((tmp_path / "export" / "metrics.json").read_text())
 
@@ -65,6 +68,13 @@ def test_a_search_of_ids_exports_a_model_that_reproduces_its_test_metric_from_th
         y = y * torch.as_tensor(raw.target_scale[1]) + torch.as_tensor(raw.target_scale[0])
     ours = get_task(raw.task).metrics(out, y)[metric]
     assert ours == pytest.approx(exported["test_metric"], abs=1e-5)
+    # the ONNX graph from the same raw IDs, lengths under their npz names: the same metric, no torch involved
+    session = formats.onnx_session(read_graph(tmp_path / "export", "onnx"))
+    graph = formats.run_onnx(session, {k.replace(":lengths", "_lengths"): np.asarray(v) for k, v in inputs.items()})
+    assert np.abs(graph - out.numpy()).max() <= 1e-4
+    assert get_task(raw.task).metrics(torch.from_numpy(graph), y)[metric] == pytest.approx(ours, abs=1e-4)
+    info = json.loads((tmp_path / "export" / "model.json").read_text())["formats"]
+    assert {"onnx", "torchscript"} <= set(info) and info["onnx"][f"test_{metric}"] == pytest.approx(ours, abs=1e-4)
 
 
 def test_mae_and_log_loss_are_bounded_by_what_the_constant_answer_scores():
