@@ -13,6 +13,7 @@ of the embeddings; `classic` adds every registered operator as its paper places 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -81,18 +82,25 @@ def best_front_point(front: Mapping[str, Any], metric: _objectives.Objective | N
 def dominating_member(front: Mapping[str, Any], baseline: Mapping[str, Any],
                       objs: Sequence[_objectives.Objective] | None = None) -> str | None:
     """The trial id of a front member that weakly dominates `baseline` in every objective it has
-    (default: val accuracy >=, params <=, FLOPs <=; equal values count), or None when none does.
-    An objective the baseline does not record (latency) is left out of the comparison; a member
-    marked unstable (its seeds disagree) never counts."""
+    (default: accuracy >=, params <=, FLOPs <=; equal values count), or None when none does.
+    The metric is judged on the run's holdout where the baseline has a holdout value (the search
+    chose its front on val, so a val lead can be the winner's curse; a member without a holdout
+    value then does not count), else on val. An objective the baseline does not record
+    (latency) is left out of the comparison; a member marked unstable (its seeds disagree)
+    never counts."""
     objs = [o for o in (objs or _objectives.get(_objectives.CLASSIC)) if baseline.get(o.key) is not None]
-    mine = [finite(baseline.get(o.key)) for o in objs]
-    if not objs or any(v is None for v in mine):
+    if not objs:
+        return None
+    held = holdout_key(objs[0])
+    keys = [held if finite(baseline.get(held)) is not None else objs[0].key] + [o.key for o in objs[1:]]
+    mine = [finite(baseline.get(k)) for k in keys]
+    if any(v is None for v in mine):
         return None
     for f in front.get("front") or ():
         m = f.get("metrics") or {}
         if m.get("unstable"):  # a mean over seeds that disagree is no evidence
             continue
-        theirs = [finite(m.get(o.key)) for o in objs]
+        theirs = [finite(m.get(k)) for k in keys]
         if all(t is not None and _sign(o) * t >= _sign(o) * b for o, t, b in zip(objs, theirs, mine, strict=True)):
             return str(f.get("trial_id"))
     return None
@@ -128,13 +136,41 @@ def compare(front: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]],
                 "baseline_val": finite(base.get(vkey)), "baseline_test": finite(base.get(tkey)),
                 "val_delta": dv, "test_delta": dt,
                 "beats_val": dv is not None and _sign(metric) * dv > 0,
-                "beats_test": dt is not None and _sign(metric) * dt > 0}
+                "beats_test": dt is not None and _sign(metric) * dt > 0,
+                **holdout_noise(m, base, metric)}
     classic = []
     for b in baselines:
         if b.get("panel") == "classic":
             by = dominating_member(front, b, objs)
             classic.append({"name": b["name"], "dominated": by is not None, "dominated_by": by})
     return {"best": best, "classic": classic, "n_baselines": len(baselines)}
+
+
+def holdout_noise(front: Mapping[str, Any], base: Mapping[str, Any], metric: _objectives.Objective) -> dict[str, Any]:
+    """Is the holdout difference (front minus baseline) larger than its noise? `noise` is 2
+    standard errors of the difference: each side's seed spread (std / sqrt(seeds)) and, for
+    accuracy, the sampling error of a proportion on the `holdout_n` samples, sqrt(p (1 - p) / n),
+    counted as independent (so the bound is conservative: the two models err on many of the
+    same samples). `cheaper`: the side with fewer parameters, the one to prefer within the noise.
+    Empty when a side has no holdout value, or nothing to measure the noise by (accuracy without
+    `holdout_n`; another metric without 2+ seeds on each side)."""
+    key = holdout_key(metric)
+    a, b = finite(front.get(key)), finite(base.get(key))
+    if a is None or b is None:
+        return {}
+    var = 0.0
+    for side, value in ((front, a), (base, b)):
+        std, k = finite(side.get(key + "_std")), int(side.get("n_seeds") or 1)
+        n = finite(side.get("holdout_n"))  # a mean over seeds, like every other number here
+        if metric.name == "accuracy" and n is not None and n > 0:
+            var += value * (1 - value) / n
+        elif metric.name == "accuracy" or std is None or k < 2:
+            return {}
+        var += (std or 0.0) ** 2 / max(k, 1)
+    noise = 2 * math.sqrt(var)
+    pf, pb = finite(front.get("params_total")), finite(base.get("params_total"))
+    cheaper = None if pf is None or pb is None or pf == pb else ("front" if pf < pb else "baseline")
+    return {"holdout_delta": a - b, "noise": noise, "beyond_noise": abs(a - b) > noise, "cheaper": cheaper}
 
 
 def summary_line(cmp: Mapping[str, Any]) -> str:
@@ -164,6 +200,15 @@ def summary_line(cmp: Mapping[str, Any]) -> str:
     held = ""  # both chosen on the holdout: say on what
     if b.get("front_holdout") is not None and b.get("baseline_holdout") is not None:
         held = f"; chosen on the holdout: {acc(b['front_holdout'])} vs {acc(b['baseline_holdout'])}"
+        if b.get("noise") is not None:
+            scale, unit = (100, " points") if metric == "accuracy" else (1, "")
+            size = f"{scale * b['holdout_delta']:+.{1 if scale == 100 else 3}f}{unit}"
+            if b["beyond_noise"]:
+                held += f", {size}, beyond the noise (±{scale * b['noise']:.{1 if scale == 100 else 3}f})"
+            else:
+                which = {"front": "the front's point", "baseline": b["baseline"]}.get(b.get("cheaper"))
+                held += (f", {size}, within the noise (±{scale * b['noise']:.{1 if scale == 100 else 3}f}): no better "
+                         f"than {b['baseline']}{f'; prefer the cheaper ({which})' if which else ''}")
     if metric != "accuracy":  # deltas of other metrics are not accuracy points
         return (f"front best {metric} {acc(b['front_val'])} val / {acc(b['front_test'])} test vs best baseline "
                 f"({b['baseline']}) {acc(b['baseline_val'])} / {acc(b['baseline_test'])} ({verdict}{held})")

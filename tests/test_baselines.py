@@ -3,6 +3,7 @@ what `fusion-nas search` / `show` print, and the report's marked points."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,44 @@ def test_compare_classic_weak_dominance():
     assert got == {"late equal": "b", "late cheap": None, "late good": None, "late mid": "a"}
     assert [c["dominated"] for c in cmp["classic"]] == [True, False, False, True]
     assert cmp["best"] is None  # no basic baseline to compare with
+
+
+def test_dominance_is_judged_on_the_holdout_where_the_baseline_has_one():
+    """The av_digits case of issue 23: a member ahead on val (where the search chose it) but
+    behind on the holdout dominates nothing; ahead on both, it does."""
+    front = {"front": [{"trial_id": "lucky", "metrics": {"val_accuracy": 0.92, "holdout_accuracy": 0.88,
+                                                          "params_total": 100, "flops_total": 100}},
+                       {"trial_id": "solid", "metrics": {"val_accuracy": 0.90, "holdout_accuracy": 0.91,
+                                                          "params_total": 500, "flops_total": 500}}]}
+    late = {**baseline("late concat", 0.90, 0.88, 400, 400, panel="classic", kind="classic"), "holdout_accuracy": 0.90}
+    assert bl.dominating_member(front, late) is None  # lucky: above on val, below on the holdout; solid: bigger
+    assert bl.dominating_member(front, {**late, "params_total": 600, "flops_total": 600}) == "solid"
+    assert bl.dominating_member(front, {**late, "holdout_accuracy": None}) == "lucky"  # no holdout: val decides
+    no_holdout = {"front": [{"trial_id": "x", "metrics": {"val_accuracy": 0.99, "params_total": 1, "flops_total": 1}}]}
+    assert bl.dominating_member(no_holdout, late) is None  # the baseline's holdout cannot be matched on val
+
+
+def test_the_holdout_difference_is_weighed_against_its_noise_by_the_formula():
+    """2 SE of the difference: seeds (std / sqrt(k)) and a proportion's sampling error on n samples."""
+    front = {"front": [{"trial_id": "a", "metrics": {"val_accuracy": 0.92, "test_accuracy": 0.85,
+                                                      "holdout_accuracy": 0.883, "holdout_accuracy_std": 0.01,
+                                                      "n_seeds": 3, "holdout_n": 108.0, "params_total": 9000,
+                                                      "flops_total": 1}}]}
+    late = {**baseline("late concat", 0.903, 0.876, 140_000, 5), "holdout_accuracy": 0.880,
+            "holdout_accuracy_std": 0.004, "n_seeds": 3, "holdout_n": 108.0}
+    b = bl.compare(front, [late])["best"]
+    want = 2 * math.sqrt(0.01**2 / 3 + 0.004**2 / 3 + 0.883 * 0.117 / 108 + 0.880 * 0.120 / 108)
+    assert b["noise"] == pytest.approx(want) and b["holdout_delta"] == pytest.approx(0.003)
+    assert not b["beyond_noise"] and b["cheaper"] == "front"
+    line = bl.summary_line({"best": b})
+    assert line.endswith("chosen on the holdout: 0.883 vs 0.880, +0.3 points, within the noise (±8.9): "
+                         "no better than late concat; prefer the cheaper (the front's point))"), line
+    big = bl.compare({"front": [{**front["front"][0], "metrics": {**front["front"][0]["metrics"],
+                                                                  "holdout_n": 100_000.0,
+                                                                  "holdout_accuracy_std": 0.0}}]},
+                     [{**late, "holdout_n": 100_000.0, "holdout_accuracy_std": 0.0, "holdout_accuracy": 0.70}])["best"]
+    assert big["beyond_noise"] and ", +18.3 points, beyond the noise (±0.4))" in bl.summary_line({"best": big})
+    assert "noise" not in bl.compare(FRONT, [baseline("logreg", 0.8, 0.8)])["best"]  # no holdout: nothing said
 
 
 def test_compare_an_empty_front():

@@ -89,6 +89,8 @@ def logistic_regression(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndar
         scored.append(("holdout", (scale(holdout[0]), holdout[1])))
     metrics = {f"{split}_{k}": v for split, (x, y) in scored
                for k, v in task.metrics(_outputs(model, x, task), torch.tensor(y)).items()}
+    if holdout is not None:
+        metrics["holdout_n"] = len(holdout[1])
     coef, intercept = _weights(model)
     return {"C": float(grid[i]), "val_by_C": dict(zip(map(float, grid), scores, strict=True)), **metrics,
             "params_total": int(coef + intercept), "flops_total": int(2 * coef)}

@@ -461,6 +461,8 @@ def evaluate_candidate(
         scores = task_metrics(task, head, splits)
         if task.name == "classification":  # as always: fit's best val accuracy, test accuracy
             scores.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(head, splits["test"]))
+        if "holdout" in splits:  # how many samples the holdout metrics rest on (their noise, search.baselines)
+            scores["holdout_n"] = len(splits["holdout"][1])
     return _metrics(spec, head, result, scores, backbones, taps.num_classes, start, train_cfg, task)
 
 
