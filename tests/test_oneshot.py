@@ -179,6 +179,26 @@ def strategy(seed: int = 0, run_dir: Path | None = None, **kw):
                          **{"steps_per_choice": 2, **kw})
 
 
+def test_the_supernet_trains_no_longer_than_the_runs_budget_of_candidates():
+    """Default steps per choice: 3/4 of a candidate's steps, cut to budget x candidate steps / choices."""
+    from search.oneshot.paths import n_choices
+    from search.training.train import step_budget
+
+    per_candidate = step_budget(len(TAPS.labels["train"]), FAST_TRAIN)
+    choices = n_choices(SPACE)
+    unbounded = make_strategy("oneshot", SPACE, seed=0, budget=None, cost_fn=cost, context=context())
+    assert unbounded.steps_per_choice() == round(0.75 * per_candidate)
+    for budget in (1, 2, 12, 10_000):
+        s = make_strategy("oneshot", SPACE, seed=0, budget=budget, cost_fn=cost, context=context())
+        want = max(1, min(round(0.75 * per_candidate), budget * per_candidate // choices))
+        assert s.steps_per_choice() == want, budget
+        assert s.steps_per_choice() * choices <= max(budget * per_candidate, choices)  # the run's steps, at most
+    small = make_strategy("oneshot", SPACE, seed=0, budget=1, cost_fn=cost, context=context())
+    assert small.steps_per_choice() < unbounded.steps_per_choice()  # the cut is real here
+    explicit = make_strategy("oneshot", SPACE, seed=0, budget=1, cost_fn=cost, context=context(), steps_per_choice=50)
+    assert explicit.steps_per_choice() == 50  # an explicit option is the user's
+
+
 def table(spec: ArchSpec) -> dict[str, float]:
     params, flops = cost(spec)
     return {"accuracy": 0.5 + 0.4 * ("tensor" in spec.ops) + 0.01 * len(spec.cells), "params": params, "flops": flops}

@@ -168,7 +168,7 @@ def lost_head(store: RunStore, address: str, num_samples: int, detail: str = "")
     return HeadLost(f"search.address: the Ray cluster at {address} is gone{why}; {how_far(store, num_samples)}")
 
 
-HEAD_CHECK_S = 2.0  # how often a search checks that its Ray head still answers
+HEAD_CHECK_S = 1.0  # how often a search checks that its Ray head still answers (2 misses end it: before Ray core gives up on its own)
 HURRY_S = 0.02  # how often once a signal came (it may have reached Ray's processes too)
 
 

@@ -41,12 +41,14 @@ from spaces.spec import ArchSpec
 
 FILE, WEIGHTS = "oneshot.json", "supernet.safetensors"
 REWALK = 10  # evolution: further mutations of a child the search has already scored
+RUN_SHARE = 1.0  # the supernet's steps at most this many times those of the run's candidates (steps_per_choice)
 GREEDY_MAX = 200  # a predicted front larger than this is queued by predicted metric, not greedy hypervolume
 
 
 class OneShotStrategy(Strategy):
     """Supernet-ranked search (see the module docstring). Options: `steps_per_choice` (fairness
-    rounds; default 3/4 of one candidate's step budget), `batch_size` (default: the run's rule),
+    rounds; default 3/4 of one candidate's step budget, at most the run's budget of candidate
+    steps over the space's choices: `steps_per_choice()`), `batch_size` (default: the run's rule),
     `exhaustive` (score every architecture of a space up to this size), `population` and
     `generations` (the evolution on larger spaces), `queue` (predicted candidates kept),
     `lr` (the supernet's learning rate; default the recipe's), `front_share` (the part of the
@@ -164,10 +166,20 @@ class OneShotStrategy(Strategy):
         return replace(cfg, batch_size=self.options["batch_size"], full_batch=0) if self.options["batch_size"] else cfg
 
     def steps_per_choice(self) -> int:
+        """The option, or 3/4 of one candidate's step budget, cut so that the supernet (one path a
+        step, `n_choices` steps a round) takes at most `RUN_SHARE` x the steps of the run's budget of
+        candidates: in a space of thousands of cells it would otherwise train far longer than the
+        whole search (issue 23: 12.5 minutes and no candidate, where mfas ended in 82 s)."""
+        from search.oneshot.paths import n_choices
         from search.training.train import step_budget
 
-        n = self.options["steps_per_choice"]
-        return n or max(1, round(0.75 * step_budget(len(self.context.taps.labels["train"]), self.context.train)))
+        if self.options["steps_per_choice"]:
+            return int(self.options["steps_per_choice"])
+        per_candidate = step_budget(len(self.context.taps.labels["train"]), self.context.train)
+        wanted = max(1, round(0.75 * per_candidate))
+        if self.budget is None:
+            return wanted
+        return max(1, min(wanted, int(RUN_SHARE * self.budget * per_candidate) // n_choices(self.space)))
 
     def fingerprint(self) -> str:
         """What decides the supernet's weights: the space, the seed, the recipe, the data's shapes and sizes."""
@@ -194,8 +206,10 @@ class OneShotStrategy(Strategy):
             net.load_state_dict(load_file(str(Path(ctx.run_dir or ".") / WEIGHTS)))
             info = {**saved, "loaded": True}
         else:
+            sized = "" if self.options["steps_per_choice"] or self.budget is None else (
+                f", no more steps than {self.budget} candidates take; search.options.steps_per_choice trains it longer")
             self._say(f"oneshot: training the supernet ({len(net.cell_keys)} cells, {len(net.head_keys)} heads, "
-                      f"{self.steps_per_choice()} steps per choice)")
+                      f"{self.steps_per_choice()} steps per choice{sized})")
             stats = train_supernet(net, self.space, ctx.taps, self.train_config(), seed=self.seed,
                                    steps_per_choice=self.steps_per_choice(), say=self._say)
             info = {"fingerprint": key, "steps": stats.steps, "seconds": stats.seconds, "first_loss": stats.first_loss,

@@ -394,9 +394,13 @@ def scored_splits(taps: TapCache, device: torch.device | None = None) -> dict[st
 
 
 def task_metrics(task: Task, model: nn.Module, splits: Mapping[str, Split]) -> dict[str, float]:
-    """`{split}_{metric}` of every task metric on each split (`val_auc`, `test_r2`, ...)."""
-    return {f"{name}_{k}": v for name, data in splits.items()
-            for k, v in task.metrics(predict(model, data[0]), data[1]).items()}
+    """`{split}_{metric}` of every task metric on each split (`val_auc`, `test_r2`, ...), and
+    `holdout_n`, the samples the holdout's metrics rest on (their noise: `search.baselines`)."""
+    out = {f"{name}_{k}": v for name, data in splits.items()
+           for k, v in task.metrics(predict(model, data[0]), data[1]).items()}
+    if "holdout" in splits:
+        out["holdout_n"] = len(splits["holdout"][1])
+    return out
 
 
 def pooled_taps(spec: ArchSpec) -> set[str]:
@@ -461,8 +465,6 @@ def evaluate_candidate(
         scores = task_metrics(task, head, splits)
         if task.name == "classification":  # as always: fit's best val accuracy, test accuracy
             scores.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(head, splits["test"]))
-        if "holdout" in splits:  # how many samples the holdout metrics rest on (their noise, search.baselines)
-            scores["holdout_n"] = len(splits["holdout"][1])
     return _metrics(spec, head, result, scores, backbones, taps.num_classes, start, train_cfg, task)
 
 
