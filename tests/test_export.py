@@ -177,33 +177,38 @@ def test_onnx_without_its_extra_is_one_usage_line_before_any_training(trained, t
     assert not (tmp_path / "o").exists()
 
 
-def test_pick_front_exports_every_member_with_a_listing_and_a_model_card(trained, tmp_path, capsys):
+def test_pick_front_exports_every_member_with_a_listing_and_a_model_card(tmp_path, capsys):
+    """The hand-made run's front has 5 members (made-up scores: each export is trained for real)."""
+    run = make_run(tmp_path)
     out = tmp_path / "front"
-    assert _cli(["export", str(trained.run_dir), "--pick", "front", "--out", str(out)]) == 0
+    assert _cli(["export", str(run.run_dir), "--pick", "front", "--out", str(out)]) == 0
     listing = json.loads((out / "front.json").read_text())
-    front = json.loads(trained.pareto_path.read_text())
+    front = json.loads(run.pareto_path.read_text())
     assert sorted(f["trial_id"] for f in listing["members"]) == sorted(front["trial_ids"])
-    vals = [f["metrics"]["val_accuracy"]["mean"] for f in listing["members"]]
-    assert vals == sorted(vals, reverse=True)  # best first
+    assert len(listing["members"]) == 5
+    assert [f["folder"] for f in listing["members"]] == ["01-A", "02-B", "03-E", "04-C", "05-H"]  # best val first
+    assert [f["knee"] for f in listing["members"]] == [f["trial_id"] == front["knee"] for f in listing["members"]]
     assert sorted(p.name for p in out.iterdir()) == sorted([*(f["folder"] for f in listing["members"]), "front.json"])
     for f in listing["members"]:
-        trial = _trial(trained, f["trial_id"])["metrics"]
+        trial = _trial(run, f["trial_id"])["metrics"]
+        assert f["metrics"]["val_accuracy"] == {"mean": trial["val_accuracy"], "std": 0.0}
         assert f["metrics"]["test_accuracy"] == {"mean": trial["test_accuracy"], "std": 0.0}
-        assert (f["params_total"], f["flops_total"]) == (trial["params_total"], trial["flops_total"])
-        assert f["exported_test_metric"] == trial["test_accuracy"]  # each export reproduces its trial
-        assert load_model(out / f["folder"]).arch_id == trial["arch_id"]
+        member = json.loads((out / f["folder"] / "metrics.json").read_text())
+        assert (f["params_total"], f["flops_total"], f["exported_test_metric"]) == (
+            member["params_total"], member["flops_total"], member["test_metric"])
+        assert load_model(out / f["folder"]).arch_id == _trial(run, f["trial_id"])["arch_id"]
         card = (out / f["folder"] / "README.md").read_text()
         for text in ("## Model card", f"seeds {f['seeds']}", listing["data_sha256"], "Against the baselines: ",
-                     (trained.run_dir / "config.yaml").read_text().splitlines()[0]):
+                     (run.run_dir / "config.yaml").read_text().splitlines()[0]):
             assert text in card, text
     assert len(listing["data_sha256"]) == 64
-    assert f"front of {len(listing['members'])} exported to {out}" in capsys.readouterr().out
+    assert f"front of 5 exported to {out}" in capsys.readouterr().out
     with pytest.raises(ExportError, match="give a new or empty directory for the front"):
-        export_front(trained.run_dir, out)
+        export_front(run.run_dir, out)
     from search.cli.common import UsageError
 
     with pytest.raises(UsageError, match="--pick front exports every front member"):
-        _cli(["export", str(trained.run_dir), "--pick", "front", "--out", str(tmp_path / "b"), "--max-params", "10"])
+        _cli(["export", str(run.run_dir), "--pick", "front", "--out", str(tmp_path / "b"), "--max-params", "10"])
 
 
 FRESH = """
