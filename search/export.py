@@ -184,7 +184,8 @@ def _fit_last(module: torch.nn.Module, train: Split, val: Split, cfg: TrainConfi
 # ------------------------------------------------------------------ export
 def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool = False,
                say: Say = print, device: str | None = None, trust_code: bool = False,
-               bounds: Bounds | None = None, formats: Sequence[str] = ("native",)) -> dict[str, Any]:
+               bounds: Bounds | None = None, formats: Sequence[str] = ("native",),
+               card: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Export the trial `how` picks (within `bounds`, if any) from the run in `run_dir` into
     `out`; returns its metrics.json.
     It trains and scores on `device` (auto | cpu | cuda | cuda:N; default: where the run's trials
@@ -210,19 +211,19 @@ def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool 
                                      seed=trial["metrics"].get("seed"), device=where)
     data = prepared.dataset
     exported = ExportedModel(model, data.mean, data.std, data.classes, data.task, data.target_scale, data.codings)
+    split = raw_test_split(exported, config, data)  # read once: the scores and the graphs' checks share it
     with torch_threads(config.search.cpus_per_trial):  # score as the trial did, in a worker of that size
-        tests = raw_test_metrics(exported.to(where), config, prepared.dataset)
+        tests = split_metrics(exported.to(where), *split)
     exported.cpu()
     out.mkdir(parents=True, exist_ok=True)
-    graphs = (write_formats(exported, out, formats, *raw_test_split(exported, config, data), objs[0].name)
-              if set(formats) - {"native"} else {})
+    graphs = write_formats(exported, out, formats, *split, objs[0].name)
     info = save_model(exported, out, {m: resolve_backbone(config.backbones, data, m).to_dict()
                                       for m in exported.modalities}, graphs)
     metrics = _metrics(store, config, trial, front, how, retrain, exported, result, tests, objs[0])
     metrics["formats"] = {"native": {}, **graphs}
     metrics["data_sha256"] = data_fingerprint(data)
     store_json(out / "metrics.json", metrics)
-    (out / "README.md").write_text(readme(metrics, exported, code_named(info)), encoding="utf-8")
+    (out / "README.md").write_text(readme(metrics, exported, code_named(info), card), encoding="utf-8")
     if metrics["reproduced"] is False:
         say(f"warning: test {metrics['metric']} {metrics['test_metric']:.4f} differs from the trial's "
             f"{metrics['reported']['test_metric']}")
@@ -249,22 +250,19 @@ def export_front(run_dir: str | Path, out: str | Path, *, say: Say = print, devi
     metric = objs[0]
     sign = -1.0 if metric.mode == "max" else 1.0
     entries = sorted(front["front"], key=lambda e: sign * float(e["metrics"][metric.key]))
-    line = summary_line(front.get("baselines") or store.read_json("pareto.json").get("baselines") or {})
+    line = summary_line(store.read_json("pareto.json").get("baselines") or {})
     config_text = (store.run_dir / "config.yaml").read_text(encoding="utf-8")
     members = []
     for i, entry in enumerate(entries):
         folder = f"{i + 1:02d}-{entry['trial_id']}"
         say(f"[{i + 1}/{len(entries)}] {folder}")
-        m = export_run(store.run_dir, entry["trial_id"], out / folder, say=say, device=device,
-                       trust_code=trust_code, formats=formats)
         em = entry["metrics"]
         stats = {f"{split}_{metric.name}": {"mean": em[f"{split}_{metric.name}"], "std": _std(em, split, metric.name)}
                  for split in ("val", "holdout", "test") if em.get(f"{split}_{metric.name}") is not None}
         card = {"seeds": em.get("seeds", [em.get("seed")]), "unstable": em.get("unstable"), "baselines": line,
-                "data_sha256": m["data_sha256"], "config": config_text, "stats": stats}
-        (out / folder / "README.md").write_text(readme(m, load_model(out / folder, trust_code=trust_code),
-                                                       code_named(json.loads((out / folder / "model.json").read_text())),
-                                                       card), encoding="utf-8")
+                "config": config_text, "stats": stats}
+        m = export_run(store.run_dir, entry["trial_id"], out / folder, say=say, device=device,
+                       trust_code=trust_code, formats=formats, card=card)
         members.append({"folder": folder, "trial_id": entry["trial_id"], "arch": m["arch"], "knee": m["front"]["knee"],
                         "unstable": em.get("unstable"), "n_seeds": em.get("n_seeds", 1), "seeds": card["seeds"],
                         "metrics": stats, "params_total": m["params_total"], "flops_total": m["flops_total"],
@@ -315,7 +313,11 @@ def raw_test_metrics(model: ExportedModel, config: Config, standardised: Dataset
     """Every test metric of `model`'s task (`test_<metric>`) on the config's data as stored on disk
     (before standardisation), the way a user feeds it; labels are checked against `standardised`
     when given. Classification's `test_accuracy` is computed exactly as a trial computes it."""
-    xs, y, task = raw_test_split(model, config, standardised)
+    return split_metrics(model, *raw_test_split(model, config, standardised))
+
+
+def split_metrics(model: ExportedModel, xs: Mapping[str, torch.Tensor], y: torch.Tensor, task: Task) -> dict[str, float]:
+    """`raw_test_metrics` on a split `raw_test_split` read."""
     out = outputs_metrics(task, predict(model, xs), y)
     if task.name == "classification":
         out["test_accuracy"] = accuracy(model, (xs, y))
@@ -486,7 +488,7 @@ Its run trained it with seeds {card['seeds']}; mean ± std over them (this folde
 |---|---|
 {rows}
 {warn}
-- Data: SHA-256 `{card['data_sha256']}` over the train, val and test arrays and labels as the model read them
+- Data: SHA-256 `{m['data_sha256']}` over the train, val and test arrays and labels as the model read them
   (`fusion-nas evaluate` on other data says so).
 - Against the baselines: {card['baselines']}
 
