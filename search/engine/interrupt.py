@@ -10,6 +10,7 @@ second signal, `SearchInterrupted` is raised at once.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -43,6 +44,8 @@ class Interrupts:
         self.signum: int | None = None
         self.since: float | None = None
         self.signalled = threading.Event()  # set at the first signal, for threads that watch for it
+        self.received: int | None = None  # that signal: known as it arrives (see `installed`), also
+        # while the main thread is held in Ray's native code, where the handler cannot run yet
         self.run_dir: Path | None = None  # set by `search.api` once the run directory exists: every
         # SearchInterrupted raised from then on carries it, wherever the signal lands (a second
         # Ctrl-C during Ray's shutdown or while the run's lock is released, too)
@@ -58,21 +61,44 @@ class Interrupts:
         return self.since is not None and time.monotonic() - self.since > self.grace_s
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.signalled.set()
+        self._note(signum)
         if self.signum is not None or not self._soft:
             forced, self.signum = self.signum is not None, self.signum or signum
             raise SearchInterrupted(self.signum, forced, self.run_dir)
         self.signum, self.since = signum, time.monotonic()
 
+    def _note(self, signum: int) -> None:
+        if self.received is None:
+            self.received = signum
+        self.signalled.set()
+
+    def _listen(self, fd: int) -> None:
+        """Read the signal numbers Python's C-level handler writes to the wakeup fd the moment a
+        signal arrives (the Python-level handler runs only once the main thread runs Python)."""
+        while data := os.read(fd, 64):
+            for signum in data:
+                if signum in SIGNALS:
+                    self._note(signum)
+        os.close(fd)
+
     @contextlib.contextmanager
     def installed(self) -> Iterator[Interrupts]:
-        """Handle SIGINT and SIGTERM here while the block runs; the old handlers afterwards."""
+        """Handle SIGINT and SIGTERM here while the block runs; the old handlers afterwards.
+        `signalled` and `received` are set as a signal arrives: a SIGTERM to the whole process
+        group ends the embedded Ray too, and Ray's core may end this process within milliseconds,
+        before the main thread runs the handler (`search.engine.ray_cluster.watch_head`)."""
         old = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        old_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        threading.Thread(target=self._listen, args=(read,), name="fusion-nas-signals", daemon=True).start()
         self._installed = True
         try:
             yield self
         finally:
             self._installed = False
+            signal.set_wakeup_fd(old_fd)
+            os.close(write)  # the listener reads the end of the pipe and ends
             for s, handler in old.items():
                 signal.signal(s, handler)
 

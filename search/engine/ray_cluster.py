@@ -169,7 +169,7 @@ def lost_head(store: RunStore, address: str, num_samples: int, detail: str = "")
 
 
 HEAD_CHECK_S = 1.0  # how often a search checks that its Ray head still answers (2 misses end it: before Ray core gives up on its own)
-HURRY_S = 0.02  # how often once a signal came (it may have reached Ray's processes too)
+HURRY_S = 0.002  # how often once a signal came (it may have reached Ray's processes too: one miss ends it)
 
 
 def watch_head(last_words: Callable[[], tuple[str, int]], signalled: threading.Event | None = None) -> threading.Event:
@@ -182,7 +182,8 @@ def watch_head(last_words: Callable[[], tuple[str, int]], signalled: threading.E
     The embedded Ray goes when its processes are signalled from outside: a SIGTERM to the whole
     process group (a job scheduler's, `kill -- -PGID`) reaches them too, and Ray's core ends
     this driver (exit 1) soon after its raylet is gone. So once `signalled` is set (by the
-    search's signal handler) the head is checked every `HURRY_S` instead of every `HEAD_CHECK_S`.
+    search's signal handler, as the signal arrives) the head is checked every `HURRY_S` instead of
+    every `HEAD_CHECK_S`, and one refused connection is enough.
     Set the returned event to stop watching."""
     gcs = ray.get_runtime_context().gcs_address  # also where "auto" and ray:// lead
     host, _, port = gcs.rpartition(":")
@@ -199,11 +200,11 @@ def watch_head(last_words: Callable[[], tuple[str, int]], signalled: threading.E
             if stop.is_set():
                 return
             try:
-                socket.create_connection((host, int(port)), timeout=HURRY_S if woken.is_set() else HEAD_CHECK_S).close()
+                socket.create_connection((host, int(port)), timeout=HEAD_CHECK_S / 4 if woken.is_set() else HEAD_CHECK_S).close()
                 misses = 0
             except OSError:
                 misses += 1
-            if misses >= 2 and not stop.is_set():
+            if misses >= (1 if woken.is_set() else 2) and not stop.is_set():
                 line, code = last_words()
                 print(f"\n{line}", file=sys.stderr, flush=True)
                 os._exit(code)

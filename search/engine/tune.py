@@ -351,8 +351,8 @@ class _InterruptStopper(Stopper):
 def _last_words(store: RunStore, address: str | None, num_samples: int,
                 interrupts: Interrupts | None) -> tuple[str, int]:
     """What a search says, and its exit code, when the Ray under it goes away (`watch_head`)."""
-    if interrupts is not None and interrupts.signum is not None:  # the signal reached Ray's processes too
-        return resume_hint(store), 128 + interrupts.signum
+    if interrupts is not None and interrupts.received is not None:  # the signal reached Ray's processes too
+        return resume_hint(store), 128 + interrupts.received
     if address:
         return f"fusion-nas: error: {lost_head(store, address, num_samples)}", 2
     return (f"fusion-nas: error: the embedded Ray stopped (its processes were ended from outside); "
