@@ -1,7 +1,7 @@
 """Exact parameter and FLOP counts of a module.
 
 FLOP convention (the same everywhere in fusion-nas, and stated in every report):
-forward FLOPs for the given batch, counted by `torch.utils.flop_counter` — 2 per
+forward FLOPs for the given batch, counted by `torch.utils.flop_counter`'s formulas — 2 per
 multiply-add of every matrix product (linear, matmul, bmm, convolution, attention).
 Elementwise work (activations, additions, normalisation, softmax, pooling) is not
 counted. Three kinds of work the stock counter misses are added here:
@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, bmm_flop, sdpa_flop_count
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import bmm_flop, flop_registry, sdpa_flop_count, shape_wrapper
 
 from fusion_ops.base import FusionOp
 
@@ -100,12 +101,48 @@ _EXTRA_FORMULAS: dict[Any, Any] = {
 }
 
 
-def count_flops(module: nn.Module, *inputs: Any, **kwargs: Any) -> int:
-    """Forward FLOPs of `module(*inputs, **kwargs)` for that batch (see the module docstring).
+_FORMULAS = {**flop_registry, **{op: shape_wrapper(f) for op, f in _EXTRA_FORMULAS.items()}}
+# what a dispatch mode is asked about a tensor's layout: no work, never counted (as FlopCounterMode)
+_QUERIES = {aten.sym_is_contiguous.default, aten.is_contiguous.default, aten.is_contiguous.memory_format,
+            aten.is_strides_like_format.default, aten.is_non_overlapping_and_dense.default, aten.size.default,
+            aten.sym_size.default, aten.stride.default, aten.sym_stride.default, aten.storage_offset.default,
+            aten.sym_storage_offset.default, aten.numel.default, aten.sym_numel.default, aten.dim.default,
+            torch.ops.prim.layout.default}
 
-    Runs in the caller's grad mode: under `no_grad`, torch 2.13's module tracker fails on
-    a parameter view fed to a submodule ("Expected gradient function to be set").
-    """
+
+class _FlopCount(TorchDispatchMode):
+    """The total of `torch.utils.flop_counter.FlopCounterMode`, by its formulas and its rule (an
+    op without a formula is decomposed where it can be, and its parts counted), without its
+    per-module tracking. torch wraps a dispatch mode in `torch._dynamo.disable` unless the mode
+    says it may be skipped: that wrapper imports `torch._dynamo` at its first call, 1.5 CPU s in
+    every process that counts (every Ray trial worker)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # counting runs eagerly, never under torch.compile: no wrapper needed
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _QUERIES:
+            return NotImplemented
+        if func not in _FORMULAS and func is not torch.ops.prim.device.default:
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
+        formula = _FORMULAS.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def count_flops(module: nn.Module, *inputs: Any, **kwargs: Any) -> int:
+    """Forward FLOPs of `module(*inputs, **kwargs)` for that batch (see the module docstring)."""
     interaction = 0
 
     def add_interaction(op: FusionOp, args: tuple[Any, ...]) -> None:
@@ -114,9 +151,9 @@ def count_flops(module: nn.Module, *inputs: Any, **kwargs: Any) -> int:
 
     hooks = [m.register_forward_pre_hook(add_interaction) for m in module.modules() if isinstance(m, FusionOp)]
     try:
-        with FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
+        with _FlopCount() as counter:
             module(*inputs, **kwargs)
     finally:
         for h in hooks:
             h.remove()
-    return int(counter.get_total_flops()) + interaction
+    return int(counter.total) + interaction

@@ -173,9 +173,11 @@ def test_a_search_runs_across_two_nodes_and_each_trial_names_its_node(tmp_path, 
     n = 4
     raw = {**CONFIG, "name": "two",
            "backbones": {**CONFIG["backbones"], "cache_dir": str(tmp_path / "cache"), "pretrain": {"epochs": 1}},
-           "train": {"epochs": 3, "min_steps": 40, "max_steps": 80},
+           # candidates of ~1 s: the first node's trial actor must not finish them all before the
+           # second node's has started (~3 s); and no packs, which could hold them all
+           "train": {"epochs": 1000, "min_steps": 1000, "max_steps": 1000, "patience": 1000},
            "search": {"strategy": "random", "num_samples": n, "confirm": 0, "baselines": "none",
-                      "max_concurrent": 2, "runs_dir": str(tmp_path / "runs")}}
+                      "max_concurrent": 2, "pack": 1, "runs_dir": str(tmp_path / "runs")}}
     cfg = tmp_path / "two.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     out = subprocess.run([sys.executable, "-m", "search", "search", str(cfg), "--address", two_nodes.address],
@@ -187,7 +189,7 @@ def test_a_search_runs_across_two_nodes_and_each_trial_names_its_node(tmp_path, 
     assert len(trials) == n and all(t["status"] == "ok" for t in trials), trials
     nodes = [t["metrics"]["node"] for t in trials]  # every record names the node that trained it
     assert all(len(node["id"]) == 56 and node["ip"] for node in nodes)
-    assert len({node["id"] for node in nodes}) == 2  # both nodes trained candidates
+    assert len({node["id"] for node in nodes}) == 2, [t["metrics"].get("seconds") for t in trials]  # both nodes trained candidates
     for name in ("config.yaml", "trials.jsonl", "pareto.json", "report.html", "reference.json"):
         assert (run_dir / name).is_file(), name
     assert store.read_json("pareto.json")["front"]
@@ -264,7 +266,7 @@ def drive(run_dir: str, n: int, address: str, resume: bool, shared: dict, storag
 def test_a_lost_worker_node_costs_only_its_running_trial_and_a_resume_reruns_it(tmp_path, two_nodes) -> None:
     n, shared_fs = 6, tmp_path / "shared"  # `search.storage` on a path every node would mount
     store = RunStore.create(tmp_path / "runs", "lost", {"n": n})
-    shared = {"bonus": 0.0, "sleep": 0.4, "hold_on": two_nodes.worker, "hold": str(tmp_path / "hold"),
+    shared = {"bonus": 0.0, "sleep": 1.0, "hold_on": two_nodes.worker, "hold": str(tmp_path / "hold"),
               "held": str(tmp_path / "held")}
     code = ("import sys; from tests.test_cluster import drive; "
             f"drive({str(store.run_dir)!r}, {n}, {two_nodes.address!r}, sys.argv[1] == 'resume', {shared!r}, "

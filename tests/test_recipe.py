@@ -114,8 +114,13 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_step_by_step():
     real = T._adam
 
     def spy(params, c):
-        opt = real(params, c)
-        opt.register_step_pre_hook(lambda o, *_: seen.append(o.param_groups[0]["lr"]))
+        opt, step = real(params, c), None
+
+        def spied() -> None:
+            seen.append(opt.lr)
+            step()
+
+        opt.step, step = spied, opt.step
         return opt
 
     with pytest.MonkeyPatch.context() as mp:
@@ -170,10 +175,14 @@ def test_grad_clip_bounds_the_global_norm_the_optimiser_sees(monkeypatch, clip):
     real = T._adam
 
     def spy(params, c):
-        opt = real(params, c)
-        opt.register_step_pre_hook(
-            lambda o, *_: norms.append(float(torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(p.grad) for g in o.param_groups for p in g["params"]])))))
+        opt, step = real(params, c), None
+
+        def spied() -> None:
+            norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad)
+                                                                     for p in opt.params if p.grad is not None]))))
+            step()
+
+        opt.step, step = spied, opt.step
         return opt
 
     monkeypatch.setattr(T, "_adam", spy)

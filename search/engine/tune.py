@@ -92,15 +92,16 @@ _WARM = False  # set once this worker process has paid its one-off costs (see `w
 
 def warm_up() -> None:
     """Pay a worker process's one-off costs before its first candidate, so that they never
-    count in a candidate's seconds: the first `torch.optim.Adam` step imports `torch._dynamo`
-    (~2 s), and the first FLOP count loads its formulas."""
+    count in a candidate's seconds: the first backward pass and optimiser step, and the first
+    FLOP count."""
     global _WARM
     if _WARM:
         return
     from fusion_ops import count_flops
+    from search.training.adam import Adam
 
     layer = torch.nn.Linear(4, 2)
-    optimiser = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    optimiser = Adam(layer.parameters(), lr=1e-3)
     layer(torch.zeros(3, 4)).square().mean().backward()
     optimiser.step()
     count_flops(layer, torch.zeros(1, 4))

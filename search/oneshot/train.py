@@ -24,6 +24,7 @@ from fusion_ops.backbones import seeded_init
 from fusion_ops.base import auxiliary_loss
 from fusion_ops.supernet import CellKey, HeadKey, Supernet, path_keys
 from search.oneshot.paths import covering_specs, fair_paths, n_choices
+from search.training.adam import Adam
 from search.training.taps import TapCache
 from search.training.train import TrainConfig, _adam, batch_size_for, lr_at, task_of, torch_threads
 from spaces.space import SearchSpace
@@ -72,7 +73,7 @@ def train_supernet(net: Supernet, space: SearchSpace, taps: TapCache, cfg: Train
     batch, budget = batch_size_for(n, cfg), step_budget(space, steps_per_choice)
     # one Adam per module: a step touches only the modules on its path (the same updates as one
     # Adam over all of them, which skips parameters without a gradient, at a fraction of the cost)
-    opts: dict[int, torch.optim.Optimizer] = {}  # made when a module first trains
+    opts: dict[int, Adam] = {}  # made when a module first trains
     paths = fair_paths(space, random.Random(seed))
     shuffle = torch.Generator().manual_seed(seed)
     counts: dict[CellKey, int] = dict.fromkeys(net.cell_keys, 0)
@@ -112,8 +113,7 @@ def train_supernet(net: Supernet, space: SearchSpace, taps: TapCache, cfg: Train
                 torch.nn.utils.clip_grad_norm_([p for m in active for p in m.parameters() if p.grad is not None],
                                                cfg.grad_clip)
             for opt in steppers:
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step, budget, cfg)
+                opt.lr = lr_at(step, budget, cfg)
                 opt.step()
             losses.append(value)
             for k in path.cells:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from search.training.adam import Adam
+
 
 class Surrogate:
     """Predicts accuracy from encoded specs: `fit(x, y)`, then `predict(x) -> (mean, std)`."""
@@ -69,7 +71,7 @@ class Surrogate:
         weights = torch.zeros(self.members, n).scatter_add_(1, draws, torch.ones(self.members, n))  # (M, N)
         if self.members == 1:
             weights = torch.ones(1, n)
-        opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        opt = Adam(params, lr=self.lr, weight_decay=self.weight_decay, fused=False)  # torch.optim.Adam's default on the CPU
         losses = []
         for _ in range(self.steps):
             err = (self._forward(params, x_t) - y_t) ** 2  # (M, N)
