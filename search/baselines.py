@@ -201,13 +201,13 @@ def summary_line(cmp: Mapping[str, Any]) -> str:
     if b.get("front_holdout") is not None and b.get("baseline_holdout") is not None:
         held = f"; chosen on the holdout: {acc(b['front_holdout'])} vs {acc(b['baseline_holdout'])}"
         if b.get("noise") is not None:
-            scale, unit = (100, " points") if metric == "accuracy" else (1, "")
-            size = f"{scale * b['holdout_delta']:+.{1 if scale == 100 else 3}f}{unit}"
+            scale, digits, unit = (100, 1, " points") if metric == "accuracy" else (1, 3, "")
+            size, noise = f"{scale * b['holdout_delta']:+.{digits}f}{unit}", f"±{scale * b['noise']:.{digits}f}"
             if b["beyond_noise"]:
-                held += f", {size}, beyond the noise (±{scale * b['noise']:.{1 if scale == 100 else 3}f})"
+                held += f", {size}, beyond the noise ({noise})"
             else:
                 which = {"front": "the front's point", "baseline": b["baseline"]}.get(b.get("cheaper"))
-                held += (f", {size}, within the noise (±{scale * b['noise']:.{1 if scale == 100 else 3}f}): no better "
+                held += (f", {size}, within the noise ({noise}): no better "
                          f"than {b['baseline']}{f'; prefer the cheaper ({which})' if which else ''}")
     if metric != "accuracy":  # deltas of other metrics are not accuracy points
         return (f"front best {metric} {acc(b['front_val'])} val / {acc(b['front_test'])} test vs best baseline "

@@ -182,36 +182,68 @@ def _fit_last(module: torch.nn.Module, train: Split, val: Split, cfg: TrainConfi
 
 
 # ------------------------------------------------------------------ export
+class _Run:
+    """What an export reads of its run, read once for all the members of a front: the record and
+    its front, the config, then on first use the prepared data (backbones, tap cache), the raw
+    data as stored on disk, and the data's SHA-256 (`data_fingerprint`)."""
+
+    def __init__(self, run_dir: str | Path, trust_code: bool) -> None:
+        self.store = RunStore.open(run_dir)
+        self.config = read_config(self.store.run_dir, trust_code)  # first: a run naming code stops here, having run none
+        self.trials = self.store.trials()
+        self.objs = self.store.objectives()
+        self.front = front_from_trials(self.trials, self.store.reference, self.objs)
+        self._prepared: Prepared | None = None
+        self._raw: Dataset | None = None
+        self._fingerprint: str | None = None
+
+    def prepared(self, say: Say) -> Prepared:
+        if self._prepared is None:
+            self._prepared = prepare(self.config, say)
+        return self._prepared
+
+    def raw(self) -> Dataset:
+        if self._raw is None:
+            self._raw = load_raw(self.config)
+        return self._raw
+
+    def fingerprint(self, say: Say) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = data_fingerprint(self.prepared(say).dataset)
+        return self._fingerprint
+
+
 def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool = False,
                say: Say = print, device: str | None = None, trust_code: bool = False,
-               bounds: Bounds | None = None, formats: Sequence[str] = ("native",),
-               card: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               bounds: Bounds | None = None, formats: Sequence[str] = ("native",)) -> dict[str, Any]:
     """Export the trial `how` picks (within `bounds`, if any) from the run in `run_dir` into
     `out`; returns its metrics.json.
     It trains and scores on `device` (auto | cpu | cuda | cuda:N; default: where the run's trials
     trained, `trial_train`); the weights written are CPU tensors either way. Code the run's
     config names (plugins, backbone factories) is imported only with `trust_code`. `formats`
     beyond native add graph files, checked on the test split (`search.export_formats`)."""
-    out = Path(out)
     check_available(formats)
-    store = RunStore.open(run_dir)
-    config = read_config(store.run_dir, trust_code)  # first: a run naming code stops here, having run none
-    _check_out(out)
-    trials = store.trials()
-    objs = store.objectives()
-    front = front_from_trials(trials, store.reference, objs)
-    trial = pick_trial(trials, front, how, objs[0], bounds, objs)
+    run = _Run(run_dir, trust_code)
+    _check_out(Path(out))
+    return _export(run, how, Path(out), retrain=retrain, say=say, device=device, bounds=bounds, formats=formats)
+
+
+def _export(run: _Run, how: str, out: Path, *, retrain: bool, say: Say, device: str | None,
+            bounds: Bounds | None, formats: Sequence[str], card: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`export_run` of a run already read (`card`: a front member's model card, `export_front`)."""
+    store, config, objs = run.store, run.config, run.objs
+    trial = pick_trial(run.trials, run.front, how, objs[0], bounds, objs)
     with in_file(store.trials_path):
         spec = record_spec(trial)
     where = resolve_device(device or trial_train(config).device, say, "--device" if device else "train.device")
     say(f"trial {trial['trial_id']}: {spec.describe()}")
-    prepared = prepare(config, say)
+    prepared = run.prepared(say)
     say("retraining on train+val" if retrain else "training it again as its trial did")
     model, result = train_for_export(spec, prepared, retrain=retrain, epochs=trial["metrics"].get("best_epoch"),
                                      seed=trial["metrics"].get("seed"), device=where)
     data = prepared.dataset
     exported = ExportedModel(model, data.mean, data.std, data.classes, data.task, data.target_scale, data.codings)
-    split = raw_test_split(exported, config, data)  # read once: the scores and the graphs' checks share it
+    split = raw_test_split(exported, run.raw(), data)  # the scores and the graphs' checks share it
     with torch_threads(config.search.cpus_per_trial):  # score as the trial did, in a worker of that size
         tests = split_metrics(exported.to(where), *split)
     exported.cpu()
@@ -219,9 +251,9 @@ def export_run(run_dir: str | Path, how: str, out: str | Path, *, retrain: bool 
     graphs = write_formats(exported, out, formats, *split, objs[0].name)
     info = save_model(exported, out, {m: resolve_backbone(config.backbones, data, m).to_dict()
                                       for m in exported.modalities}, graphs)
-    metrics = _metrics(store, config, trial, front, how, retrain, exported, result, tests, objs[0])
+    metrics = _metrics(store, config, trial, run.front, how, retrain, exported, result, tests, objs[0])
     metrics["formats"] = {"native": {}, **graphs}
-    metrics["data_sha256"] = data_fingerprint(data)
+    metrics["data_sha256"] = run.fingerprint(say)
     store_json(out / "metrics.json", metrics)
     (out / "README.md").write_text(readme(metrics, exported, code_named(info), card), encoding="utf-8")
     if metrics["reproduced"] is False:
@@ -237,14 +269,12 @@ def export_front(run_dir: str | Path, out: str | Path, *, say: Say = print, devi
     (README.md: what it is, the data's fingerprint, its seeds, the baselines line, the config),
     and `out/front.json` listing them: metrics as mean ± std over seeds, costs, folder."""
     out = Path(out)
-    store = RunStore.open(run_dir)
-    config = read_config(store.run_dir, trust_code)
+    run = _Run(run_dir, trust_code)
+    store, config, objs, front = run.store, run.config, run.objs, run.front
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"--out {out}: give a new or empty directory for the front")
     _check_out(out)
     check_available(formats)
-    objs = store.objectives()
-    front = front_from_trials(store.trials(), store.reference, objs)
     if not front["front"]:
         raise ExportError(f"{store.run_dir}: the run has no front to export (no successful trial)")
     metric = objs[0]
@@ -261,8 +291,8 @@ def export_front(run_dir: str | Path, out: str | Path, *, say: Say = print, devi
                  for split in ("val", "holdout", "test") if em.get(f"{split}_{metric.name}") is not None}
         card = {"seeds": em.get("seeds", [em.get("seed")]), "unstable": em.get("unstable"), "baselines": line,
                 "config": config_text, "stats": stats}
-        m = export_run(store.run_dir, entry["trial_id"], out / folder, say=say, device=device,
-                       trust_code=trust_code, formats=formats, card=card)
+        m = _export(run, entry["trial_id"], out / folder, retrain=False, say=say, device=device, bounds=None,
+                    formats=formats, card=card)
         members.append({"folder": folder, "trial_id": entry["trial_id"], "arch": m["arch"], "knee": m["front"]["knee"],
                         "unstable": em.get("unstable"), "n_seeds": em.get("n_seeds", 1), "seeds": card["seeds"],
                         "metrics": stats, "params_total": m["params_total"], "flops_total": m["flops_total"],
@@ -313,7 +343,7 @@ def raw_test_metrics(model: ExportedModel, config: Config, standardised: Dataset
     """Every test metric of `model`'s task (`test_<metric>`) on the config's data as stored on disk
     (before standardisation), the way a user feeds it; labels are checked against `standardised`
     when given. Classification's `test_accuracy` is computed exactly as a trial computes it."""
-    return split_metrics(model, *raw_test_split(model, config, standardised))
+    return split_metrics(model, *raw_test_split(model, load_raw(config), standardised))
 
 
 def split_metrics(model: ExportedModel, xs: Mapping[str, torch.Tensor], y: torch.Tensor, task: Task) -> dict[str, float]:
@@ -324,11 +354,15 @@ def split_metrics(model: ExportedModel, xs: Mapping[str, torch.Tensor], y: torch
     return out
 
 
-def raw_test_split(model: ExportedModel, config: Config,
+def load_raw(config: Config) -> Dataset:
+    """The config's data as stored on disk: not standardised, IDs as the files hold them."""
+    return load_dataset({**config.data, "normalize": "none"}, config.path.parent)
+
+
+def raw_test_split(model: ExportedModel, raw: Dataset,
                    standardised: Dataset | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, Task]:
-    """The test split as `model` takes it (raw values and IDs, `m:lengths`), its labels in the
-    units the model answers in, and the task (see `raw_test_metrics`)."""
-    raw = load_dataset({**config.data, "normalize": "none"}, config.path.parent)
+    """The test split of `raw` (`load_raw`) as `model` takes it (raw values and IDs, `m:lengths`),
+    its labels in the units the model answers in, and the task (see `raw_test_metrics`)."""
     missing = [m for m in model.modalities if m not in raw.shapes]
     if missing:
         raise ExportError(f"the data has no modality {missing[0]!r}; the model reads {', '.join(model.modalities)}")
