@@ -36,7 +36,7 @@ def _train(make, steps: int = 12) -> list[torch.Tensor]:
     opt = make(list(net.parameters()))
     x = torch.randn(16, 5)
     for s in range(steps):
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         net[:3](x).square().mean().backward()
         lr = 0.01 * (1 + s % 3)
         if isinstance(opt, Adam):

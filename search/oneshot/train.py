@@ -107,7 +107,7 @@ def train_supernet(net: Supernet, space: SearchSpace, taps: TapCache, cfg: Train
                     opts[id(m)] = _adam(list(m.parameters()), cfg)
             steppers = [opts[id(m)] for m in active if id(m) in opts]
             for opt in steppers:
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_([p for m in active for p in m.parameters() if p.grad is not None],

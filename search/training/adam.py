@@ -38,12 +38,10 @@ class Adam:
         self._kernel = getattr(torch, kernel, None) if fused else None
         self.state: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # index -> (step, exp_avg, exp_avg_sq)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
+        """Gradients to None (torch.optim's default): a parameter the next backward pass skips gets no step."""
         for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
+            p.grad = None
 
     def _state(self, i: int, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if i not in self.state:

@@ -330,7 +330,7 @@ def _one_epoch(model: nn.Module, opt: Adam, params: list[nn.Parameter], xs: Mapp
         reason = run.check_loss(loss.item(), params)
         if reason:
             return reason
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
