@@ -170,11 +170,11 @@ def head_only(cluster) -> TwoNodes:
 
 
 def test_a_search_runs_across_two_nodes_and_each_trial_names_its_node(tmp_path, two_nodes) -> None:
-    n = 4
+    n = 6
     raw = {**CONFIG, "name": "two",
            "backbones": {**CONFIG["backbones"], "cache_dir": str(tmp_path / "cache"), "pretrain": {"epochs": 1}},
-           # candidates of ~1 s: the first node's trial actor must not finish them all before the
-           # second node's has started (~3 s); and no packs, which could hold them all
+           # candidates of ~1 s: the first node's trial worker must not finish them all before the
+           # second node's has started (~3 s, more under load); and no packs, which could hold them all
            "train": {"epochs": 1000, "min_steps": 1000, "max_steps": 1000, "patience": 1000},
            "search": {"strategy": "random", "num_samples": n, "confirm": 0, "baselines": "none",
                       "max_concurrent": 2, "pack": 1, "runs_dir": str(tmp_path / "runs")}}
@@ -241,8 +241,17 @@ def test_a_killed_driver_resumes_on_a_cluster_joined_by_address(tmp_path, two_no
 
 # ---- a worker node lost under a running trial ----------------------------------------
 def evaluate_held(spec: ArchSpec, shared: Any) -> dict[str, Any]:
-    """A quick fake candidate; on the marked node, once `hold` exists, it says so and never ends."""
-    if os.environ.get(NODE_VAR) == shared["hold_on"] and Path(shared["hold"]).exists():
+    """A quick fake candidate; on the marked node, once `hold` exists, it says so and never ends.
+    Elsewhere it first waits (up to a minute) for the marked node's first candidate: that node's
+    trial worker starts seconds after the head's, which could train every candidate alone."""
+    marked = os.environ.get(NODE_VAR) == shared["hold_on"]
+    if marked:
+        Path(shared["marked_up"]).touch()
+    else:
+        deadline = time.monotonic() + 60
+        while not Path(shared["marked_up"]).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if marked and Path(shared["hold"]).exists():
         part = Path(shared["held"] + ".part")  # written whole, then renamed: the test reads it as soon as it exists
         part.write_text(json.dumps({"node": this_node(), "arch_id": spec.arch_id}))
         part.replace(shared["held"])
@@ -266,8 +275,8 @@ def drive(run_dir: str, n: int, address: str, resume: bool, shared: dict, storag
 def test_a_lost_worker_node_costs_only_its_running_trial_and_a_resume_reruns_it(tmp_path, two_nodes) -> None:
     n, shared_fs = 6, tmp_path / "shared"  # `search.storage` on a path every node would mount
     store = RunStore.create(tmp_path / "runs", "lost", {"n": n})
-    shared = {"bonus": 0.0, "sleep": 1.0, "hold_on": two_nodes.worker, "hold": str(tmp_path / "hold"),
-              "held": str(tmp_path / "held")}
+    shared = {"bonus": 0.0, "sleep": 0.4, "hold_on": two_nodes.worker, "hold": str(tmp_path / "hold"),
+              "held": str(tmp_path / "held"), "marked_up": str(tmp_path / "worker_up")}
     code = ("import sys; from tests.test_cluster import drive; "
             f"drive({str(store.run_dir)!r}, {n}, {two_nodes.address!r}, sys.argv[1] == 'resume', {shared!r}, "
             f"{str(shared_fs)!r})")
