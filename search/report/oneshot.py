@@ -9,8 +9,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scipy.stats import kendalltau
-
 from search.objectives import Objective
 from search.runstore.store import candidate_records
 
@@ -42,6 +40,8 @@ def predicted_vs_trained(run_dir: Path, trials: Sequence[Mapping[str, Any]],
     rows.sort(key=lambda r: (r["order"] is None, r["order"] or 0))
     tau = None
     if len(rows) >= 3:
+        from scipy.stats import kendalltau  # ~0.7 s to import: only for a one-shot run, never for `show`
+
         tau = float(kendalltau([r["predicted"] for r in rows], [r["trained"] for r in rows])[0])
         tau = None if math.isnan(tau) else tau
     return {"rows": rows, "tau": tau, "supernet": saved.get("supernet", {}), "ranking": saved.get("ranking", {})}
