@@ -154,6 +154,12 @@ def from_stored(data: Mapping[str, Any] | None) -> tuple[Objective, ...]:
     return get((data or {}).get("objectives") or CLASSIC)
 
 
+def measures_latency(objs: Sequence[Objective]) -> bool:
+    """Whether a run on `objs` must measure each candidate's latency (~20 timed forward passes
+    per candidate, so only a run that searches on it pays for them)."""
+    return any(o.key == OBJECTIVES["latency"].key for o in objs)
+
+
 def metric_of(objs: Sequence[Objective]) -> Objective:
     """The run's metric (always first)."""
     return objs[0]

@@ -189,6 +189,7 @@ def test_each_task_end_to_end_through_the_cli(task, tmp_path, capsys, monkeypatc
     assert len(records) == 3 and all(r["status"] == "ok" for r in records), [r["reason"] for r in records]
     for r in records:  # every metric of the task is recorded for val and test
         assert {f"{s}_{m}" for s in ("val", "test") for m in objectives.TASK_METRICS[task]} <= set(r["metrics"])
+        assert "latency_ms" not in r["metrics"]  # not an objective here: no candidate pays for timing it
     if task != "classification":
         assert f"val, test: {metric}" in out
     if task == "regression":  # the baselines use the same loss and metric
@@ -235,13 +236,20 @@ def test_a_bad_task_metric_or_objective_is_one_line_and_exit_2(tmp_path, capsys,
 @pytest.mark.usefixtures("ray_local")
 def test_latency_is_a_fourth_objective(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = config(tmp_path, {**PLANTED, "task": "additive"}, objectives=["params", "flops", "latency"])
+    path = config(tmp_path, {**PLANTED, "task": "additive"}, objectives=["params", "flops", "latency"],
+                  baselines="basic")
+    raw = yaml.safe_load(path.read_text())
+    raw["space"]["widths"] = [8, 32]  # 32: the late concat baseline's width, so it joins as a candidate
+    path.write_text(yaml.safe_dump(raw))
     assert main(["search", str(path)]) == 0
     out = capsys.readouterr().out
     run_dir = Path(out.strip().splitlines()[-1].split(": ", 1)[1])
     pareto = json.loads((run_dir / "pareto.json").read_text())
     assert pareto["objectives"]["objectives"] == ["accuracy", "params", "flops", "latency"]
     assert all(len(f["objectives"]) == 4 and f["metrics"]["latency_ms"] > 0 for f in pareto["front"])
+    trials = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
+    assert any(t.get("baseline") for t in trials)  # late concat joined as a candidate: measured like the rest
+    assert all(t["metrics"]["latency_ms"] > 0 for t in trials if t["status"] == "ok"), trials
     assert "latency ms" in out
     assert main(["report", str(run_dir)]) == 0
     page = (run_dir / "report.html").read_text()

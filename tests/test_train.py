@@ -146,10 +146,14 @@ def test_metrics_are_complete_exact_and_repeatable(planted):
     _, backbones, _, taps = planted("xor")
     spec = ArchSpec("hybrid", (cell(["m1@0", "m2@1"], "tensor", proj_dim=2), cell(["m1@2", "m2@2"], "concat")))
     cfg = TrainConfig(epochs=3, patience=3, seed=5)
-    a, b = (evaluate_candidate(spec, taps, cfg, backbones=backbones) for _ in range(2))
+    a, b = (evaluate_candidate(spec, taps, cfg, backbones=backbones, latency=True) for _ in range(2))
     timing = {"seconds", "seconds_per_epoch", "latency_ms", "latency_batch_ms"}  # measured: they vary
     assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
     assert 0 < a["latency_ms"] < 1000 and 0 < a["latency_batch_ms"] and a["latency_batch"] == cfg.batch_size
+    unmeasured = evaluate_candidate(spec, taps, cfg, backbones=backbones)  # latency is not a run's objective
+    assert set(a) - set(unmeasured) == {"latency_ms", "latency_batch_ms", "latency_batch", "latency_threads"}
+    assert {k: v for k, v in unmeasured.items() if k not in timing} == {k: v for k, v in a.items() if k in unmeasured
+                                                                         and k not in timing}
     assert a["status"] == "ok" and a["reason"] == "" and a["arch_id"] == spec.arch_id and a["epochs"] == 3
     assert a["seconds"] > 0 and math.isclose(a["seconds_per_epoch"] * 3, a["seconds"], rel_tol=0.5)
     assert {k: a[k] for k in ("params_total", "params_fusion", "flops_total", "flops_fusion")} == candidate_cost(

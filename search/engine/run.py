@@ -60,6 +60,7 @@ class TrialContext:
     train: TrainConfig
     dataset: Dataset | None = None  # only when backbones train end to end (freeze: false)
     plugins: tuple[str, ...] = ()  # imported in the trial's process before it builds anything
+    latency: bool = False  # measure each candidate's latency (~20 forward passes): when it is an objective
 
 
 def prepare(config: Config, say: Say = print, dataset: Dataset | None = None) -> Prepared:
@@ -122,10 +123,11 @@ def tap_cache(config: Config, dataset: Dataset, backbones: Mapping[str, Backbone
     return taps
 
 
-def trial_context(prepared: Prepared) -> TrialContext:
+def trial_context(prepared: Prepared, objs: Sequence[Objective] = ()) -> TrialContext:
+    """What each trial of a run with objectives `objs` needs."""
     frozen = prepared.config.backbones.freeze
     return TrialContext(prepared.taps, prepared.backbones, trial_train(prepared.config),
-                        None if frozen else prepared.dataset, prepared.config.plugins)
+                        None if frozen else prepared.dataset, prepared.config.plugins, objectives.measures_latency(objs))
 
 
 def trial_train(config: Config) -> TrainConfig:
@@ -145,9 +147,11 @@ def evaluate_trial(spec: ArchSpec, ctx: TrialContext, report: Callable[[int, flo
 
     load_plugins(ctx.plugins)  # a Ray worker is a fresh process: plugin operators register here too
     if ctx.dataset is not None:
-        metrics = evaluate_with_backbones(spec, ctx.dataset, ctx.backbones, ctx.train, freeze=False, seed=seed)
+        metrics = evaluate_with_backbones(spec, ctx.dataset, ctx.backbones, ctx.train, freeze=False, seed=seed,
+                                          latency=ctx.latency)
     else:
-        metrics = evaluate_candidate(spec, ctx.taps, ctx.train, backbones=ctx.backbones, report=report, seed=seed)
+        metrics = evaluate_candidate(spec, ctx.taps, ctx.train, backbones=ctx.backbones, report=report, seed=seed,
+                                     latency=ctx.latency)
     node = this_node()
     return metrics if node is None else {**metrics, "node": node}
 
@@ -267,7 +271,8 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
     s = config.search
     objs = run_objectives(store, config, prepared.dataset)
     baselines = ensure_baselines(store, prepared.dataset, prepared.backbones, prepared.taps, trial_train(config),
-                                 panel=s.baselines, n_seeds=seeds_of(s), say=say)
+                                 panel=s.baselines, n_seeds=seeds_of(s), latency=objectives.measures_latency(objs),
+                                 say=say)
     seed_baselines(store, baselines, config.space, say)
     cost = cost_function(prepared)
     if store.reference is None:
@@ -279,7 +284,7 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
                              objectives=objs, context=context, **s.options)
     share_import_paths()
     return run_search(
-        evaluate=evaluate_trial, shared=trial_context(prepared), strategy=strategy,
+        evaluate=evaluate_trial, shared=trial_context(prepared, objs), strategy=strategy,
         num_samples=s.num_samples, store=store, cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial,
         max_concurrent=s.max_concurrent or None, address=s.address or None,
         scheduler=None if s.scheduler == "none" else s.scheduler, resume=resume,

@@ -235,16 +235,16 @@ def unimodal_baseline(modality: str, backbone: Backbone, taps: TapCache, cfg: Tr
 
 def spec_baseline(name: str, kind: str, panel: str, spec: ArchSpec, taps: TapCache, cfg: TrainConfig,
                   backbones: Mapping[str, Backbone], n_seeds: int,
-                  trained: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                  trained: dict[str, dict[str, Any]] | None = None, latency: bool = False) -> dict[str, Any]:
     """A baseline that is an ArchSpec, trained and costed exactly like a candidate, once per seed
     (`cfg.seed`, `+ 1`, ...: a confirmed candidate's seeds); `seed_runs` keeps each seed's metrics, as a
     trial records them (`search.baselines.seed_trials`). A spec already in `trained` (by arch
-    id) is not trained again (training is deterministic)."""
+    id) is not trained again (training is deterministic). `latency`: measure it too, as the run's trials do."""
     if trained is not None and spec.arch_id in trained:
         return {**trained[spec.arch_id], "name": name, "kind": kind, "panel": panel}
     start = time.perf_counter()
-    runs = [evaluate_candidate(spec, taps, dataclasses.replace(cfg, seed=cfg.seed + s), backbones=backbones)
-            for s in range(n_seeds)]
+    runs = [evaluate_candidate(spec, taps, dataclasses.replace(cfg, seed=cfg.seed + s), backbones=backbones,
+                               latency=latency) for s in range(n_seeds)]
     costed = [r for r in runs if "params_total" in r]
     reasons = sorted({r["reason"] for r in runs if r["status"] != "ok"})
     scored = [{k: v for k, v in r.items() if k.startswith(("val_", "test_", "holdout_"))} for r in runs]
@@ -287,9 +287,10 @@ def _record(name: str, kind: str, panel: str, runs: Sequence[Mapping[str, float]
 
 # ------------------------------------------------------------------ a run's baselines
 def train_baselines(dataset: Dataset, backbones: Mapping[str, Backbone], taps: TapCache, cfg: TrainConfig, *,
-                    panel: str = "basic", n_seeds: int = 1, say: Say = print) -> list[dict[str, Any]]:
+                    panel: str = "basic", n_seeds: int = 1, latency: bool = False,
+                    say: Say = print) -> list[dict[str, Any]]:
     """Every baseline of `panel` (`basic`, or `classic` = basic + one late cell per registered
-    operator), each reported by `say` as it finishes."""
+    operator), each reported by `say` as it finishes; `latency`: the spec baselines measure it."""
     if panel not in bl.PANELS:
         raise ValueError(f"unknown baselines panel {panel!r}; known: {', '.join(bl.PANELS)}")
     if panel == "none":
@@ -305,11 +306,11 @@ def train_baselines(dataset: Dataset, backbones: Mapping[str, Backbone], taps: T
         *(lambda m=m: unimodal_baseline(m, backbones[m], taps, cfg, n_seeds) for m in sorted(backbones)),
         lambda: linear_baseline(dataset, taps.holdout_rows),
         lambda: spec_baseline("late concat", "late_concat", "basic", late_spec("concat", needed), taps, cfg,
-                              backbones, n_seeds, trained),
+                              backbones, n_seeds, trained, latency),
     ]
     if panel == "classic":
         jobs += [lambda op=op: spec_baseline(f"classic {op}", "classic", "classic", late_spec(op, needed), taps,
-                                             cfg, backbones, n_seeds, trained) for op in list_fusions()]
+                                             cfg, backbones, n_seeds, trained, latency) for op in list_fusions()]
     say(f"baselines ({panel} panel, {n_seeds} seed{'s' if n_seeds > 1 else ''} each): {len(jobs)} to train")
     out = []
     for job in jobs:
@@ -334,7 +335,7 @@ def describe(record: Mapping[str, Any]) -> str:
 
 
 def ensure_baselines(store: RunStore, dataset: Dataset, backbones: Mapping[str, Backbone], taps: TapCache,
-                     cfg: TrainConfig, *, panel: str = "basic", n_seeds: int = 1,
+                     cfg: TrainConfig, *, panel: str = "basic", n_seeds: int = 1, latency: bool = False,
                      say: Say = print) -> list[dict[str, Any]] | None:
     """The run's baselines: those stored in `baselines.json` (a resumed run never retrains
     them), else trained now and written there. None when `panel` is `none`."""
@@ -344,6 +345,6 @@ def ensure_baselines(store: RunStore, dataset: Dataset, backbones: Mapping[str, 
         return stored
     if panel == "none":
         return None
-    records = train_baselines(dataset, backbones, taps, cfg, panel=panel, n_seeds=n_seeds, say=say)
+    records = train_baselines(dataset, backbones, taps, cfg, panel=panel, n_seeds=n_seeds, latency=latency, say=say)
     store.write_json(bl.FILE, records)
     return records

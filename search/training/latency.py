@@ -3,7 +3,8 @@
 Latency is measured, not counted: per candidate, on the trial's device and with the
 trial's thread count, the median wall time of repeated forward passes of the model as
 it would be deployed (the backbone blocks it runs, then cells and head; `FusionModel` on
-raw inputs), after warm-up, at batch 1 and at the training batch size. Weights do not
+raw inputs), after warm-up, at batch 1 and at the training batch size. Only a run whose
+objectives hold `latency` measures it (`search.objectives.measures_latency`). Weights do not
 change the time, so an untrained copy is timed. It is known only after a trial ran, so
 strategies treat it as unknown before training (`search.objectives`: `known_before`).
 """

@@ -435,13 +435,15 @@ def evaluate_candidate(
     backbones: Mapping[str, Backbone] | None = None,
     report: Report | None = None,
     seed: int | None = None,
+    latency: bool = False,
 ) -> dict[str, Any]:
     """Train `spec` on cached taps and score it: accuracies, exact params/FLOPs, time per epoch.
 
     It trains with `candidate_config(train_cfg, spec, seed)`, on its `device` (`resolve_device`). Keys: arch_id, seed, status
     (ok | failed | diverged), reason, val_accuracy, test_accuracy, params_fusion, flops_fusion,
     params_total, flops_total (with the `backbones` the taps came from; else equal to the
-    fusion part), epochs, steps, best_epoch, seconds, seconds_per_epoch.
+    fusion part), epochs, steps, best_epoch, seconds, seconds_per_epoch; with `latency` (a run
+    whose objectives hold it), also the measured latency (`search.training.latency`).
     A spec that cannot be built gives status failed, a diverging run diverged, not an exception.
     """
     train_cfg = candidate_config(train_cfg, spec, seed)
@@ -461,7 +463,7 @@ def evaluate_candidate(
         scores = task_metrics(task, head, splits)
         if task.name == "classification":  # as always: fit's best val accuracy, test accuracy
             scores.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(head, splits["test"]))
-    return _metrics(spec, head, result, scores, backbones, taps.num_classes, start, train_cfg, task)
+    return _metrics(spec, head, result, scores, backbones, taps.num_classes, start, train_cfg, task, latency)
 
 
 def _failed(spec: ArchSpec, reason: str, start: float, seed: int, task: str = "classification") -> dict[str, Any]:
@@ -473,7 +475,7 @@ def _failed(spec: ArchSpec, reason: str, start: float, seed: int, task: str = "c
 
 def _metrics(spec: ArchSpec, head: FusionHead, result: FitResult, scores: Mapping[str, float],
              backbones: Mapping[str, Backbone] | None, num_classes: int, start: float,
-             cfg: TrainConfig, task: Task) -> dict[str, Any]:
+             cfg: TrainConfig, task: Task, latency: bool) -> dict[str, Any]:
     out = _failed(spec, result.reason, start, cfg.seed, task.name)
     ok = result.status == "ok"
     with torch.enable_grad():  # count_flops must run with grad on (see fusion_ops.cost)
@@ -496,7 +498,7 @@ def _metrics(spec: ArchSpec, head: FusionHead, result: FitResult, scores: Mappin
         best_epoch=result.best_epoch,
         seconds_per_epoch=result.seconds / max(result.epochs, 1),
     )
-    if ok:  # measured, not counted: the `latency` objective (search.training.latency)
+    if ok and latency:  # measured, not counted: the `latency` objective (search.training.latency)
         out.update(candidate_latency(spec, head, backbones, num_classes, cfg.batch_size, cfg.threads))
     return out
 
@@ -527,6 +529,7 @@ def evaluate_with_backbones(
     freeze: bool = True,
     report: Report | None = None,
     seed: int | None = None,
+    latency: bool = False,
 ) -> dict[str, Any]:
     """Like `evaluate_candidate`, but the backbones run on every batch (`FusionModel.forward(inputs)`).
 
@@ -552,4 +555,5 @@ def evaluate_with_backbones(
         scores = task_metrics(task, model, {"val": val, "test": test})
         if task.name == "classification":
             scores.update(val_accuracy=result.val_accuracy, test_accuracy=accuracy(model, test))
-    return _metrics(spec, model.fusion, result, scores, backbones, dataset.num_classes, start, train_cfg, task)
+    return _metrics(spec, model.fusion, result, scores, backbones, dataset.num_classes, start, train_cfg, task,
+                    latency)
