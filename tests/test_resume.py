@@ -79,10 +79,10 @@ def _main_trials(store: RunStore) -> list[dict]:
 
 
 def _interrupt_after(proc: subprocess.Popen, store: RunStore, n: int, signum: int,
-                     group: bool = False, again_after: float | None = None) -> tuple[int, str, float]:
+                     group: bool = False, again_after: float | None = None) -> tuple[int, str, str, float]:
     """Send `signum` once the run has `n` strategy trials recorded (`group`: to the process and
     its embedded Ray's processes, as a job scheduler does; `again_after` seconds: a second time,
-    as an impatient user does); the exit code, stderr and the seconds from the signal to the exit."""
+    as an impatient user does); the exit code, stdout, stderr and the seconds from the signal to the exit."""
     deadline = time.monotonic() + 300  # Ray start-up and pretraining first: slow on a loaded machine
     while len(_main_trials(store)) < n:
         assert proc.poll() is None, proc.communicate()
@@ -94,11 +94,18 @@ def _interrupt_after(proc: subprocess.Popen, store: RunStore, n: int, signum: in
         time.sleep(again_after)
         if proc.poll() is None:
             proc.send_signal(signum)
-    _, err = proc.communicate(timeout=90)
-    return proc.returncode, err, time.monotonic() - sent
+    out, err = proc.communicate(timeout=90)
+    return proc.returncode, out, err, time.monotonic() - sent
 
 
-def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_path, capsys):
+RAY_LINES = ("Started a local Ray instance", "Token authentication", "Wrote the latest version", "INFO", "WARNING",
+             "View detailed results", "Configuration for experiment")
+
+
+@pytest.mark.usefixtures("ray_local")  # the last two resumes run in this process, on the shared Ray
+def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_path, capfd):
+    """Two real `fusion-nas search` processes interrupted, then resumed to the end in this process;
+    a torn record line is trained again, and so is a torn confirmation seed's."""
     raw = {**SMALL, "backbones": {**SMALL["backbones"], "cache_dir": str(tmp_path / "cache")},
            "train": {"epochs": 100000, "min_steps": 400, "max_steps": 400, "patience": 100000},
            "search": {**SMALL["search"], "num_samples": 3, "confirm": 1, "max_concurrent": 1,
@@ -113,7 +120,7 @@ def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_p
     store = RunStore.open(next((tmp_path / "runs").glob("*/*/config.yaml")).parent)
     hint = re.compile(rf"interrupted: (\d) of 3 trials; resume with fusion-nas search --resume {store.run_dir}\n$")
 
-    code, err, _ = _interrupt_after(first, store, 1, signal.SIGINT, again_after=0.2)  # Ctrl-C twice
+    code, _, err, _ = _interrupt_after(first, store, 1, signal.SIGINT, again_after=0.2)  # Ctrl-C twice
     assert code == 130 and hint.search(err), err
     assert 1 <= int(hint.search(err).group(1)) < 3
     kept = store.trials_path.read_bytes()
@@ -122,20 +129,22 @@ def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_p
     kept = torn[: torn.rfind(b"\n") + 1]
 
     second = _cli("search", "--resume", str(store.run_dir))
-    code, err, seconds = _interrupt_after(second, store, len(_main_trials(store)) + 1, signal.SIGTERM, group=True)
+    code, out, err, seconds = _interrupt_after(second, store, len(_main_trials(store)) + 1, signal.SIGTERM,
+                                               group=True)
     assert code == 143 and hint.search(err), err
     assert seconds < 30, seconds  # Ray died with the group: the driver does not wait 60 s for its GCS
     assert "torn or unparsable line(s) (line " in err and "Fatal Python error" not in err
+    for ray_line in RAY_LINES:
+        assert ray_line not in out + err, out + err  # the terminal shows the product's lines only
+    assert "Started a local Ray instance" in store.ray_log_path.read_text()  # Ray's go to the run
     assert store.trials_path.read_bytes().startswith(kept)
     kept = store.trials_path.read_bytes()
 
-    third = _cli("search", "--resume", str(store.run_dir))
-    out, err = third.communicate(timeout=180)
-    assert third.returncode == 0, err
-    for ray_line in ("Started a local Ray instance", "Token authentication", "Wrote the latest version", "INFO",
-                     "WARNING", "View detailed results", "Configuration for experiment"):
-        assert ray_line not in out + err, out + err  # the terminal shows the product's lines only
-    assert "Started a local Ray instance" in (store.run_dir / "ray.log").read_text()  # Ray's go to the run
+    capfd.readouterr()
+    assert main(["search", "--resume", str(store.run_dir)]) == 0
+    out, err = capfd.readouterr()  # the file descriptors: Ray's and Tune's own writes too
+    for ray_line in RAY_LINES:
+        assert ray_line not in out + err, out + err
     assert store.trials_path.read_bytes().startswith(kept)  # every earlier record kept, byte for byte
 
     records = store.trials()
@@ -150,7 +159,24 @@ def test_sigint_and_sigterm_stop_with_the_hint_and_resume_finishes_exactly(tmp_p
     assert any(r.get("confirm") for r in records)
     assert confirmation_todo(records, store.reference, 1, cfg.train.seed) == []  # the front is confirmed
     assert main(["show", str(store.run_dir)]) == 0
-    assert "torn or unparsable line(s)" in capsys.readouterr().err  # show says so too
+    assert "torn or unparsable line(s)" in capfd.readouterr().err  # show says so too
+
+    # a crash mid-write of the last record, a confirmation seed's: the resume trains that seed again
+    def front() -> dict[str, list]:
+        entries = json.loads(store.pareto_path.read_text())["front"]
+        return {candidate_key(e): sorted(e["metrics"]["seeds"]) for e in entries}
+
+    before = front()
+    assert before and all(len(seeds) == 2 for seeds in before.values()), before
+    lines = [ln for ln in store.trials_path.read_bytes().splitlines(keepends=True) if ln.endswith(b"}\n")]
+    last = json.loads(lines[-1])
+    assert last.get("confirm"), last  # the run ends on a confirmation seed: tear that one
+    store.trials_path.write_bytes(b"".join(lines[:-1]) + lines[-1][:60])
+    assert main(["search", "--resume", str(store.run_dir)]) == 0
+    assert "torn or unparsable line(s)" in capfd.readouterr().err
+    assert front() == before  # the seed was trained again: the same candidates, each on 2 seeds
+    seeds = [(candidate_key(t), t["seed"]) for t in store.trials()]
+    assert (candidate_key(last), last["seed"]) in seeds and len(set(seeds)) == len(seeds)
 
 
 def test_resuming_a_run_whose_cluster_head_is_gone_fails_at_once(tmp_path, capsys):
@@ -164,31 +190,3 @@ def test_resuming_a_run_whose_cluster_head_is_gone_fails_at_once(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"search.address: nothing answers at 127.0.0.1:{port}" in err, err
     assert time.monotonic() - start < 6 and not (store.run_dir / "baselines.json").exists()  # before any work
-
-
-@pytest.mark.usefixtures("ray_local")  # the search and its resume share one embedded Ray
-def test_a_torn_confirmation_seed_is_trained_again_on_resume(tmp_path, capsys):
-    raw = {**SMALL, "search": {**SMALL["search"], "num_samples": 6, "confirm": 2, "max_concurrent": 1,
-                               "runs_dir": str(tmp_path / "runs")}}
-    path = tmp_path / "confirm.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    assert main(["search", str(path)]) == 0
-    store = RunStore.open(next((tmp_path / "runs").glob("*/*/config.yaml")).parent)
-
-    def front() -> dict[str, list]:
-        entries = json.loads(store.pareto_path.read_text())["front"]
-        return {candidate_key(e): sorted(e["metrics"]["seeds"]) for e in entries}
-
-    before = front()
-    assert len(before) >= 2 and all(len(seeds) == 3 for seeds in before.values()), before
-    lines = store.trials_path.read_bytes().splitlines(keepends=True)
-    last = json.loads(lines[-1])
-    assert last.get("confirm"), last  # the run ends on a confirmation seed: tear that one
-    store.trials_path.write_bytes(b"".join(lines[:-1]) + lines[-1][:60])  # a crash mid-write
-    capsys.readouterr()
-
-    assert main(["search", "--resume", str(store.run_dir)]) == 0
-    assert "torn or unparsable line(s)" in capsys.readouterr().err
-    assert front() == before  # the seed was trained again: the same candidates, each on 3 seeds
-    seeds = [(candidate_key(t), t["seed"]) for t in store.trials()]
-    assert (candidate_key(last), last["seed"]) in seeds and len(set(seeds)) == len(seeds)
