@@ -77,6 +77,7 @@ def test_mfas_and_nsga2_ask_distinct_specs_from_the_table():
         assert len(asked) == len(set(asked)) == 8, name
 
 
+@pytest.mark.usefixtures("ray_local")  # its Ray search on the shared Ray
 def test_bench_search_smoke_test_prints_the_tables_and_leaves_results_alone():
     results = ROOT / "experiments" / "RESULTS.md"
     before = results.read_bytes() if results.exists() else None
