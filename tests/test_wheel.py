@@ -76,7 +76,7 @@ def test_wheel_installs_and_runs_init_and_a_search_from_an_empty_folder(tmp_path
     cfg["backbones"]["pretrain"] = {"epochs": 1, "patience": 1}
     cfg["space"] = {"stages": ["late"], "ops": {"concat": {}}, "widths": [8, 16], "activations": ["relu"]}
     cfg["train"] = {"max_steps": 10, "min_steps": 0, "eval_every": 5}
-    cfg["search"].update(strategy="random", num_samples=2, confirm=0, baselines="none")
+    cfg["search"].update(strategy="random", num_samples=2, confirm=0, baselines="none", max_concurrent=1)
     (work / "fusion-nas.yaml").write_text(yaml.safe_dump(cfg))
     try:
         proc = run(str(venv / "bin" / "fusion-nas"), "search", "fusion-nas.yaml")
