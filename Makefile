@@ -41,9 +41,11 @@ typecheck: $(VENV)/.installed
 # Two pytest-xdist workers (the 2 cores). --dist loadscope runs each module on one worker, in one
 # go, so its module-scoped fixtures (an embedded Ray, a search run once) start once; the slowest
 # modules are handed out first (tests/conftest.py). TEST_WORKERS=0: one process.
+# PYTHONDONTWRITEBYTECODE cleared: with it set (as on some machines), every pytest worker rewrote
+# the test modules' asserts anew at each run (~4 s of its collection) instead of reading the cache.
 TEST_WORKERS ?= 2
 test: check-lock lint typecheck
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 search: $(VENV)/.installed
 	$(VENV)/bin/fusion-nas search experiments/configs/av_digits.yaml
