@@ -50,7 +50,7 @@ from search.training import tap_files  # noqa: E402
 CONFIG = ROOT / "experiments" / "configs" / "bench_large.yaml"
 GIB = 2**30
 SMOKE = {"data": {"n_train": 3500, "n_val": 500, "n_test": 500, "d": 8},
-         "widths": [32, 24], "pretrain": {"max_steps": 20}, "num_samples": 2}
+         "widths": [32, 24], "pretrain": {"max_steps": 20}, "num_samples": 2, "max_concurrent": 1}
 
 
 def bench_config(tmp: Path, smoke: bool, backbone_cache: str | None) -> Any:
@@ -60,7 +60,7 @@ def bench_config(tmp: Path, smoke: bool, backbone_cache: str | None) -> Any:
         raw["backbones"]["pretrain"].update(SMOKE["pretrain"])
         for m in raw["backbones"]["modalities"].values():
             m["widths"] = SMOKE["widths"]
-        raw["search"]["num_samples"] = SMOKE["num_samples"]
+        raw["search"].update(num_samples=SMOKE["num_samples"], max_concurrent=SMOKE["max_concurrent"])
     raw["backbones"]["cache_dir"] = backbone_cache or str(tmp / "backbones")
     raw["search"].update(tap_dir=str(tmp / "taps"), runs_dir=str(tmp / "runs"))
     return config_from_dict(raw, CONFIG)
