@@ -201,9 +201,10 @@ def test_a_search_runs_across_two_nodes_and_each_trial_names_its_node(tmp_path, 
 
 # ---- a killed driver, resumed on the cluster it joined by address ---------------------
 def drive_slowly(run_dir: str, n: int, address: str, resume: bool) -> None:
-    """The driver the subprocesses run: a slow search of `n` trials on the cluster at `address`, one
-    trial at a time (one trial worker per driver: ~3.5 CPU s of imports each)."""
-    run_search(evaluate=evaluate_slowly, shared={"bonus": 0.0, "sleep": 0.5}, strategy=RandomStrategy(seed=5),
+    """The driver the subprocesses run: a search of `n` trials on the cluster at `address`, one trial
+    at a time (one trial worker per driver: ~3.5 CPU s of imports each), slow unless it resumes."""
+    run_search(evaluate=evaluate_slowly, shared={"bonus": 0.0, "sleep": 0.0 if resume else 0.5},
+               strategy=RandomStrategy(seed=5),
                num_samples=n, store=RunStore.open(run_dir), address=address, resume=resume, max_concurrent=1)
 
 

@@ -298,8 +298,8 @@ def test_an_interrupt_mid_pack_keeps_what_finished_and_resume_runs_only_the_rest
     before = lines(store)
     assert 2 <= len(before) < 8 and all(r["status"] == "ok" for r in before), before  # each pack cut after one more
     kept = store.trials_path.read_bytes()
-    out = run_search(evaluate=evaluate_slowly, shared=shared, strategy=strategy(budget=n), num_samples=n, store=store,
-                     pack=4, max_concurrent=1, resume=True)  # the rest, by one trial worker (~3.5 CPU s each)
+    out = run_search(evaluate=evaluate_slowly, shared={**shared, "sleep": 0.0}, strategy=strategy(budget=n),
+                     num_samples=n, store=store, pack=4, max_concurrent=1, resume=True)  # the rest, by one worker
     assert store.trials_path.read_bytes().startswith(kept)
     assert len(lines(store)) == n and no_repeats(lines(store))
     assert sorted(r["candidate_id"] for r in out) == sorted(first_asks(n))  # none lost, none twice
