@@ -195,7 +195,7 @@ def data_bounds(objs: Sequence[Objective], dataset: Dataset) -> list[Objective]:
     if dataset.task == "regression":
         constant = torch.zeros(len(y), dataset.num_classes)
     elif dataset.task == "multilabel":
-        p = torch.as_tensor(dataset.y_train, dtype=torch.float64).mean(0).clamp(1e-6, 1 - 1e-6)
+        p = torch.tensor(dataset.y_train, dtype=torch.float64).mean(0).clamp(1e-6, 1 - 1e-6)  # a copy: the labels may be read-only
         constant = torch.log(p / (1 - p)).expand(len(y), -1)
     else:
         freq = torch.bincount(torch.tensor(dataset.y_train), minlength=dataset.num_classes).double() + 1.0
