@@ -123,11 +123,11 @@ def tap_cache(config: Config, dataset: Dataset, backbones: Mapping[str, Backbone
     return taps
 
 
-def trial_context(prepared: Prepared, objs: Sequence[Objective] = ()) -> TrialContext:
-    """What each trial of a run with objectives `objs` needs."""
+def trial_context(prepared: Prepared, latency: bool = False) -> TrialContext:
+    """What each trial needs (`latency`: the run's objectives hold it, see `objectives.measures_latency`)."""
     frozen = prepared.config.backbones.freeze
     return TrialContext(prepared.taps, prepared.backbones, trial_train(prepared.config),
-                        None if frozen else prepared.dataset, prepared.config.plugins, objectives.measures_latency(objs))
+                        None if frozen else prepared.dataset, prepared.config.plugins, latency)
 
 
 def trial_train(config: Config) -> TrainConfig:
@@ -270,9 +270,9 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
     prepared = prepare(config, say, dataset)
     s = config.search
     objs = run_objectives(store, config, prepared.dataset)
+    latency = objectives.measures_latency(objs)  # timed by the trials and the baselines that join them, or by none
     baselines = ensure_baselines(store, prepared.dataset, prepared.backbones, prepared.taps, trial_train(config),
-                                 panel=s.baselines, n_seeds=seeds_of(s), latency=objectives.measures_latency(objs),
-                                 say=say)
+                                 panel=s.baselines, n_seeds=seeds_of(s), latency=latency, say=say)
     seed_baselines(store, baselines, config.space, say)
     cost = cost_function(prepared)
     if store.reference is None:
@@ -284,7 +284,7 @@ def search(config: Config, store: RunStore, *, resume: bool = False, say: Say = 
                              objectives=objs, context=context, **s.options)
     share_import_paths()
     return run_search(
-        evaluate=evaluate_trial, shared=trial_context(prepared, objs), strategy=strategy,
+        evaluate=evaluate_trial, shared=trial_context(prepared, latency), strategy=strategy,
         num_samples=s.num_samples, store=store, cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial,
         max_concurrent=s.max_concurrent or None, address=s.address or None,
         scheduler=None if s.scheduler == "none" else s.scheduler, resume=resume,
