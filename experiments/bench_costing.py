@@ -115,7 +115,8 @@ def mfas_batches(prepared: Prepared, cost: Cost, batches: int, max_candidates: i
         spent[0] += time.perf_counter() - start
         return out
 
-    s = MFASStrategy(prepared.config.space, seed=0, cost_fn=timed, max_candidates=max_candidates)
+    # refine=0: the second batch is level 1, the one scored by the costs (the refinement batch scores nothing)
+    s = MFASStrategy(prepared.config.space, seed=0, cost_fn=timed, max_candidates=max_candidates, refine=0)
     out, asked = [], []
     while len(out) < batches:
         built, spent[0] = len(s.batches), 0.0
@@ -137,7 +138,7 @@ def mfas_table(prepared: Prepared, batches: int, max_candidates: int) -> list[st
         raise AssertionError("the two cost functions led mfas to different specs: their costs differ")
     rows = ["| batch | level | scored by costs | s before (costing s) | s after (costing s) |", "|---|---|---|---|---|"]
     for i, (b, a) in enumerate(zip(before, after, strict=True)):
-        rows.append(f"| {i} | {b[0]} | {'yes' if b[1] else 'no (first batch: random)'} | "
+        rows.append(f"| {i} | {b[0]} | {'yes' if b[1] else 'no (first batch: hand-made and drawn)'} | "
                     f"{b[2]:.2f} ({b[3]:.2f}) | {a[2]:.2f} ({a[3]:.2f}) |")
         print(rows[-1], flush=True)
     return rows

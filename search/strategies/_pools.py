@@ -14,6 +14,7 @@ or nearby settings, so the search explores them as it explores cells.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable, Collection, Sequence
@@ -69,6 +70,19 @@ class Pool:
         specs = (self[i] for i in rng.sample(range(len(self)), min(k, len(self))))
         return list({s.candidate_id: s for s in specs}.values())
 
+    def draw_by_segment(self, rng: random.Random, k: int) -> list[ArchSpec]:
+        """Up to `k` distinct specs, each segment (a stage, in `one_cell_pool`) drawn as often as
+        the others while it has specs left, uniformly within it: a small stage is covered as
+        fully as a big one (what `SearchSpace.sample` does for random search)."""
+        orders = [rng.sample(range(n), min(n, k)) for n, _ in self._segments]
+        picked: dict[str, ArchSpec] = {}
+        while len(picked) < k and any(orders):
+            for (_, build), order in zip(self._segments, orders, strict=True):
+                if order and len(picked) < k:
+                    spec = build(order.pop())
+                    picked.setdefault(spec.candidate_id, spec)
+        return list(picked.values())
+
 
 def one_cell_pool(space: SearchSpace) -> Pool:
     """MFAS level 0: every canonical one-cell spec of every stage (early with each trunk, late,
@@ -80,6 +94,45 @@ def one_cell_pool(space: SearchSpace) -> Pool:
         heads = space.heads(stage)
         segments.append((len(table) * len(heads), partial(_one_cell, stage, table, heads)))
     return Pool(segments)
+
+
+def handmade_specs(space: SearchSpace) -> list[ArchSpec]:
+    """The one-cell models a user writes first, as far as `space` holds them: each operator at
+    its default arguments (the first searched value where the default is not searched), on the
+    raw inputs (early, no trunk where the space allows it) and on the embeddings (late), at the
+    middle width and the first activation; canonical, without training settings (see
+    `sampled_train`): the early ones in operator order, then the late ones."""
+    fixed = {stage: space.stage_depths(stage) for stage in ("early", "late")
+             if stage in space.stages or "hybrid" in space.stages}
+    width, act = sorted(space.widths)[len(space.widths) // 2], space.activations[0]
+    head = () if () in space.trunks else min(space.trunks, key=lambda t: (len(t), sum(t)))
+    specs: dict[str, ArchSpec] = {}
+    for stage, depths in fixed.items():
+        for op in space.ops:
+            args = tuple((a.name, a.default if a.default in values else values[0]) for a, values in op.args)
+            assert depths is not None
+            cell = CellSpec(taps=tuple(make_tap(m, d) for m, d in depths.items()), op=op.name, width=width,
+                            activation=act, args=args)
+            built = ArchSpec(stage if stage in space.stages else "hybrid", (cell,), head if stage == "early" else ())
+            spec = space.canonical(built)
+            if space.contains(spec):
+                specs.setdefault(spec.candidate_id, spec)
+    return list(specs.values())
+
+
+def one_cell_neighbours(space: SearchSpace, spec: ArchSpec) -> list[ArchSpec]:
+    """The specs that differ from the one-cell `spec` only in its width, in one argument of its
+    operator, or (early) in its trunk: what a user tries next with a model that works, each
+    canonical and in `space`, with `spec`'s training settings."""
+    cell, out = spec.cells[0], []
+    out += [dataclasses.replace(cell, width=w) for w in space.widths if w != cell.width]
+    for name, values in space.op_map[cell.op].values().items():
+        out += [dataclasses.replace(cell, args=tuple({**cell.op_args, name: v}.items()))
+                for v in values if v != cell.op_args.get(name)]
+    specs = [ArchSpec(spec.stage, (c,), spec.head, spec.train) for c in out]
+    if spec.stage == "early":
+        specs += [ArchSpec("early", spec.cells, h, spec.train) for h in space.heads("early") if h != spec.head]
+    return [s for s in map(space.canonical, specs) if space.contains(s)]
 
 
 def _one_cell(stage: str, table: CellTable, heads: tuple[tuple[int, ...], ...], i: int) -> ArchSpec:

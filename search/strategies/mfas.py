@@ -2,7 +2,14 @@
 
 As in MFAS, the search runs rounds over progression levels. Level 0 is every one-cell
 spec (early with each trunk, late, one-cell hybrid; each model once, see
-`SearchSpace.canonical`); the first batch is a random part of it (MFAS trains all of it).
+`SearchSpace.canonical`). MFAS trains all of it first; here the first batch is the one-cell
+models a user writes by hand (`handmade_specs`: each operator at its default arguments, on
+the raw inputs and on the embeddings; `handmade=False` leaves them out), then a part of
+level 0 drawn stage by stage, so the few early and late specs are covered as fully as the
+many one-cell hybrids (drawn uniformly over specs, they were mostly hybrids: on the bench
+spaces that missed the cheap end of the front; experiments/RESULTS.md, "Search"). The
+second batch refines: the neighbours of the best one-cell spec so far (another width,
+argument or trunk; `refine` best specs, 0: none), what a user tries next with a model that works.
 Level l >= 1 takes the top-K observed chains of at least l cells (hybrid specs, and the
 one-cell specs without a trunk: a late spec is the one-cell chain on the last taps) and
 sets their cell l to every possible cell (an append for an l-cell chain, MFAS's re-choice
@@ -25,6 +32,7 @@ The surrogate sees the settings through `SearchSpace.encode`.
 """
 from __future__ import annotations
 
+import itertools
 import random
 from collections import deque
 from collections.abc import Sequence
@@ -35,11 +43,21 @@ from search import objectives as _objectives
 from search.objectives import Objective
 from search.pareto import non_dominated_sort
 from search.strategies._base import CostFn, Strategy
-from search.strategies._pools import one_cell_pool, position_pool, sampled_train, varied_train
+from search.strategies._pools import (
+    handmade_specs,
+    one_cell_neighbours,
+    one_cell_pool,
+    position_pool,
+    sampled_train,
+    varied_train,
+)
 from search.strategies._sampling import SIGMA, T0, TF, hypervolume_gains, sample_k, temperature
 from search.strategies.surrogate import Surrogate
 from spaces.space import SearchSpace
 from spaces.spec import ArchSpec
+
+TOP_K = 5  # the chains a level unfolds (5 and 8 beat the batch size, 15, on both bench spaces: RESULTS.md)
+REFINED = 1  # the best one-cell specs whose neighbours the refinement batch tries (3 cost hypervolume: experiments/RESULTS.md)
 
 
 class MFASStrategy(Strategy):
@@ -65,11 +83,13 @@ class MFASStrategy(Strategy):
         tf: float = TF,
         sigma: float = SIGMA,
         surrogate_steps: int = 200,
+        handmade: bool = True,
+        refine: int = REFINED,
     ) -> None:
         super().__init__(space, seed=seed, budget=budget, cost_fn=cost_fn, objectives=objectives)
         if batch_size < 1 or max_candidates < 1:
             raise ValueError("mfas: batch_size and max_candidates must be >= 1")
-        self.batch_size, self.top_k = batch_size, top_k or batch_size
+        self.batch_size, self.top_k = batch_size, top_k or min(batch_size, TOP_K)
         default_initial = max(batch_size, budget // 4) if budget else 2 * batch_size
         self.initial = initial or default_initial
         self.max_candidates, self.explore, self.floor = max_candidates, explore, floor
@@ -80,6 +100,8 @@ class MFASStrategy(Strategy):
         self._levels = space.max_cells if "hybrid" in space.stages else 1
         self._round = self._level = self._step = 0
         self._pool0 = one_cell_pool(space)
+        self._handmade = handmade_specs(space) if handmade else []
+        self.refine = refine
         self.surrogate = Surrogate(space.encode_length, seed=seed, steps=surrogate_steps)
         self._fitted_on = -1
         self.fit_losses: list[float] = []
@@ -109,10 +131,16 @@ class MFASStrategy(Strategy):
         return k
 
     def _next_batch(self) -> list[ArchSpec]:
-        if self._step == 0:  # MFAS trains the whole first level; here a random part of it
-            drawn = sampled_train(self.space, self._pool0.draw(self._rng, self._room(self.initial)), self._rng)
+        if self._step == 0:  # the hand-made models, then level 0 drawn stage by stage
+            k = self._room(max(self.initial, len(self._handmade)))
+            first = self._handmade[:k]
+            taken = {s.candidate_id for s in first}
+            rest = [s for s in self._pool0.draw_by_segment(self._rng, k) if s.candidate_id not in taken]
+            drawn = sampled_train(self.space, (first + rest)[:k], self._rng)
             batch = list({s.candidate_id: s for s in drawn if self.is_new(s)}.values())
             return self._record(batch, temp=float("inf"))
+        if self._step == 1 and self._handmade and self.refine and (batch := self._refine(self._room(self.batch_size))):
+            return self._record(batch, temp=float("inf"), level=0)
         for _ in range(self._levels):  # a level with nothing to expand yet is skipped
             candidates = self._candidates(self._level)
             if candidates:
@@ -121,11 +149,29 @@ class MFASStrategy(Strategy):
             self._advance()
         return []
 
-    def _record(self, batch: list[ArchSpec], temp: float) -> list[ArchSpec]:
-        self.batches.append({"round": self._round, "level": self._level, "size": len(batch), "temperature": temp})
+    def _record(self, batch: list[ArchSpec], temp: float, level: int | None = None) -> list[ArchSpec]:
+        """Log a batch; a level-`level` batch outside the rounds (the refinement) leaves the round where it is."""
+        self.batches.append({"round": self._round, "level": self._level if level is None else level,
+                             "size": len(batch), "temperature": temp})
         self._step += 1
-        self._advance()
+        if level is None:
+            self._advance()
         return batch
+
+    def _refine(self, k: int) -> list[ArchSpec]:
+        """Up to `k` neighbours (`one_cell_neighbours`: another width, argument or trunk) of the
+        `refine` best one-cell specs told so far, taken in turn: the hand-made model that
+        works, at the widths and settings the user would try next (on planted shift, the
+        hand-made circulant scored 0.983 val at width 32 and 0.995 at 16 or 64)."""
+        tops = sorted((r for r in self._successes() if len(r[0].cells) == 1), key=lambda r: -r[1])[: self.refine]
+        lists = [[s for s in varied_train(self.space, one_cell_neighbours(self.space, spec), self._rng)
+                  if self.is_new(s)] for spec, _, _ in tops]
+        picked: dict[str, ArchSpec] = {}
+        for group in itertools.zip_longest(*lists):
+            for s in group:
+                if s is not None and len(picked) < k:
+                    picked.setdefault(s.candidate_id, s)
+        return list(picked.values())
 
     def _advance(self) -> None:
         self._level += 1
