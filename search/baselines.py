@@ -39,44 +39,61 @@ def holdout_key(metric: _objectives.Objective) -> str:
     return "holdout_" + metric.key.removeprefix("val_")
 
 
+RANKS = ("mean", "lcb")  # how the answer is ranked over its seeds (`search.rank`)
+
+
+def ranked_value(m: Mapping[str, Any], key: str, metric: _objectives.Objective, rank: str = "mean") -> float:
+    """`m[key]` (a mean over seeds) as `rank` ranks it, higher is better: the mean, or (`lcb`)
+    its lower confidence bound mean - std/sqrt(k) over the k seeds (`<key>_std`, `n_seeds`;
+    one seed or no std: the mean), so a candidate whose seeds spread is ranked below one as
+    good on average whose seeds agree. Negated for a metric to minimise."""
+    value = _sign(metric) * float(m[key])
+    if rank == "lcb":
+        std, k = finite(m.get(f"{key}_std")), int(m.get("n_seeds") or 1)
+        value -= (std or 0.0) / math.sqrt(k)
+    return value
+
+
 def _choose(items: Sequence[Mapping[str, Any]], metric: _objectives.Objective,
-            metrics_of: Any = lambda x: x, tie: Any = lambda m: ()) -> Mapping[str, Any] | None:
+            metrics_of: Any = lambda x: x, tie: Any = lambda m: (), rank: str = "mean") -> Mapping[str, Any] | None:
     """The item whose metrics (`metrics_of(item)`) are best on the holdout when every item has
-    a holdout value, else on val; then by val; then by `tie(metrics)`. None when `items` is empty."""
+    a holdout value, else on val (each as `rank` ranks it: `ranked_value`); then by val; then
+    by `tie(metrics)`. None when `items` is empty."""
     if not items:
         return None
     held = holdout_key(metric)
     by_holdout = all(finite(metrics_of(x).get(held)) is not None for x in items)
 
-    def rank(x: Mapping[str, Any]) -> tuple[float, ...]:
+    def order(x: Mapping[str, Any]) -> tuple[float, ...]:
         m = metrics_of(x)
-        first = (_sign(metric) * float(m[held]),) if by_holdout else ()
-        return (*first, _sign(metric) * float(m[metric.key]), *tie(m))
+        first = (ranked_value(m, held, metric, rank),) if by_holdout else ()
+        return (*first, ranked_value(m, metric.key, metric, rank), *tie(m))
 
-    return max(items, key=rank)
+    return max(items, key=order)
 
 
-def best_basic(baselines: Sequence[Mapping[str, Any]], metric: _objectives.Objective | None = None
-               ) -> Mapping[str, Any] | None:
+def best_basic(baselines: Sequence[Mapping[str, Any]], metric: _objectives.Objective | None = None,
+               rank: str = "mean") -> Mapping[str, Any] | None:
     """The basic-panel baseline with the best (mean) holdout metric when each has one, else val
     metric (default accuracy): chosen as the front's best point is (`best_front_point`)."""
     metric = metric or _objectives.OBJECTIVES["accuracy"]
     return _choose([b for b in baselines if b.get("panel") == "basic" and finite(b.get(metric.key)) is not None],
-                   metric)
+                   metric, rank=rank)
 
 
-def best_front_point(front: Mapping[str, Any], metric: _objectives.Objective | None = None
-                     ) -> Mapping[str, Any] | None:
+def best_front_point(front: Mapping[str, Any], metric: _objectives.Objective | None = None,
+                     rank: str = "mean") -> Mapping[str, Any] | None:
     """The search's answer: of the front members whose seeds agree (not marked `unstable`,
-    `search.runstore.store.mark_unstable`), the one with the best (mean) holdout metric when every
+    `search.runstore.store.mark_unstable`), the one with the best holdout metric when every
     member has one (`search.holdout`: val samples no training or strategy saw, so the choice
-    is not the luckiest of many on the same val samples), else the best val metric; ties:
-    the better val metric, then the cheaper in params. None for an empty front."""
+    is not the luckiest of many on the same val samples), else the best val metric, each
+    ranked over its seeds as `rank` says (`search.rank`: the mean, or its lower confidence
+    bound); ties: the better val metric, then the cheaper in params. None for an empty front."""
     metric = metric or _objectives.OBJECTIVES["accuracy"]
     members = [f for f in front.get("front") or () if finite((f.get("metrics") or {}).get(metric.key)) is not None
                and not (f.get("metrics") or {}).get("unstable")]  # seeds that disagree: never the answer
     return _choose(members, metric, lambda f: f["metrics"],
-                   lambda m: (-(finite(m.get("params_total")) or 0.0),))
+                   lambda m: (-(finite(m.get("params_total")) or 0.0),), rank=rank)
 
 
 def dominating_member(front: Mapping[str, Any], baseline: Mapping[str, Any],
@@ -112,19 +129,21 @@ def _delta(a: Any, b: Any) -> float | None:
 
 
 def compare(front: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]],
-            objs: Sequence[_objectives.Objective] | None = None) -> dict[str, Any]:
+            objs: Sequence[_objectives.Objective] | None = None, rank: str = "mean",
+            trials: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Did the search earn its cost? `front` as `store.front_from_trials` returns it.
 
     `best`: the front's best point against the best basic baseline, each chosen on the
     holdout when there is one, else on val (`best_front_point`, `best_basic`): their val,
     test and holdout metrics, the differences (front minus baseline) and `beats_val` /
-    `beats_test` (strictly higher). `classic`: for each classic-panel
-    baseline, the id of a front member that weakly dominates it (`dominated_by`), or None.
+    `beats_test` (strictly higher). With the run's `trials`, `answer` is the run's answer
+    (`answer_trial`) and `answer_is_baseline` whether it is that baseline. `classic`: for each
+    classic-panel baseline, the id of a front member that weakly dominates it (`dominated_by`), or None.
     """
     objs = tuple(objs or _objectives.get(_objectives.CLASSIC))
     metric = objs[0]
     vkey, tkey = metric.key, "test_" + metric.key.removeprefix("val_")
-    top, base = best_front_point(front, metric), best_basic(baselines, metric)
+    top, base = best_front_point(front, metric, rank), best_basic(baselines, metric, rank)
     best: dict[str, Any] | None = None
     if top is not None and base is not None:
         m = top["metrics"]
@@ -138,12 +157,48 @@ def compare(front: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]],
                 "beats_val": dv is not None and _sign(metric) * dv > 0,
                 "beats_test": dt is not None and _sign(metric) * dt > 0,
                 **holdout_noise(m, base, metric)}
+        if trials is not None:
+            best["answer"] = _answer(best, top, trials)
+            best["answer_is_baseline"] = best["answer"] != top.get("trial_id")
     classic = []
     for b in baselines:
         if b.get("panel") == "classic":
             by = dominating_member(front, b, objs)
             classic.append({"name": b["name"], "dominated": by is not None, "dominated_by": by})
     return {"best": best, "classic": classic, "n_baselines": len(baselines)}
+
+
+def _answer(best: Mapping[str, Any], top: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> Any:
+    """`compare`'s `best` turned into the run's answer: the best basic baseline's own trial when it
+    is a candidate the run trained (`seed_trials`) and the front's best point does not beat it
+    beyond the noise on the holdout while it is the cheaper, or it beats that point beyond the
+    noise; else the front's best point."""
+    if best.get("noise") is None:
+        return top.get("trial_id")
+    behind = best["beyond_noise"] and _sign(_objectives.OBJECTIVES[best["metric"]]) * best["holdout_delta"] < 0
+    level = not best["beyond_noise"] and best.get("cheaper") == "baseline"
+    if behind or level:
+        own = [t for t in trials if t.get("baseline") == best["baseline"] and not t.get("confirm")
+               and t.get("status") == "ok"]
+        if own:
+            return own[0].get("trial_id")
+    return top.get("trial_id")
+
+
+def answer_trial(front: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]] | None,
+                 trials: Sequence[Mapping[str, Any]], objs: Sequence[_objectives.Objective] | None = None,
+                 rank: str = "mean") -> Any:
+    """The trial id of the run's answer (None for an empty front): the front's best point
+    (`best_front_point`), unless the best basic baseline is a candidate the run trained (the
+    late concat of the embeddings, `seed_trials`) and, on the holdout, that point does not beat
+    it beyond the noise while the baseline is the cheaper (the run prefers the cheaper model
+    when the two cannot be told apart), or it beats that point beyond the noise."""
+    objs = tuple(objs or _objectives.get(_objectives.CLASSIC))
+    top = best_front_point(front, objs[0], rank)
+    if top is None:
+        return None
+    best = compare(front, baselines or [], objs, rank, trials)["best"] if baselines else None
+    return best["answer"] if best else top.get("trial_id")
 
 
 def holdout_noise(front: Mapping[str, Any], base: Mapping[str, Any], metric: _objectives.Objective) -> dict[str, Any]:
@@ -209,6 +264,8 @@ def summary_line(cmp: Mapping[str, Any]) -> str:
                 which = {"front": "the front's point", "baseline": b["baseline"]}.get(b.get("cheaper"))
                 held += (f", {size}, within the noise ({noise}): no better "
                          f"than {b['baseline']}{f'; prefer the cheaper ({which})' if which else ''}")
+            if b.get("answer_is_baseline"):
+                held += f"; the run's answer is {b['baseline']} (trial {b['answer']})"
     if metric != "accuracy":  # deltas of other metrics are not accuracy points
         return (f"front best {metric} {acc(b['front_val'])} val / {acc(b['front_test'])} test vs best baseline "
                 f"({b['baseline']}) {acc(b['baseline_val'])} / {acc(b['baseline_test'])} ({verdict}{held})")

@@ -62,8 +62,8 @@ def confirmed(trials: Sequence[Mapping[str, Any]], objs: Sequence[Objective]) ->
     return [c for c in ok if int(c["metrics"].get("n_seeds") or 1) == most]
 
 
-def pick_within(trials: Sequence[Mapping[str, Any]], how: str, bounds: Bounds, objs: Sequence[Objective]
-                ) -> dict[str, Any]:
+def pick_within(trials: Sequence[Mapping[str, Any]], how: str, bounds: Bounds, objs: Sequence[Objective],
+                rank: str = "mean") -> dict[str, Any]:
     """The trial record `how` (accuracy | knee) picks among the confirmed candidates that meet
     every bound; ExportError (one line) when the pick or a bound cannot be honoured."""
     metric = objs[0]
@@ -88,7 +88,7 @@ def pick_within(trials: Sequence[Mapping[str, Any]], how: str, bounds: Bounds, o
         raise ExportError(f"{flag} {fmt.format(bound)}: no confirmed candidate meets the bounds; the closest is "
                           f"trial {near['trial_id']} at {fmt.format(near['metrics'][key])}, {over:.0%} over")
     if how == "accuracy":
-        chosen = best_front_point({"front": fits}, metric)
+        chosen = best_front_point({"front": fits}, metric, rank)
     else:
         chosen = fits[pareto.knee_point(objective_points(fits, objs))]
     if chosen is None:

@@ -20,6 +20,7 @@ from typing import Any
 from fusion_ops import fusion_args, list_fusions
 from search import objectives
 from search.baselines import PANELS as BASELINE_PANELS
+from search.baselines import RANKS
 from search.datasets import DataError, list_datasets, load_dataset
 from search.engine.packing import AUTO, Pack, check_pack
 from search.runstore.store import check_run_name
@@ -96,6 +97,8 @@ class SearchSettings:
     # front (search.baselines.best_front_point); off when that is under 100 samples
     holdout: float = 0.3
     baselines: str = "basic"  # which baselines train before the search (search.baselines.PANELS)
+    # how the answer is ranked over its seeds: mean, or lcb = mean - std/sqrt(seeds) (search.baselines.ranked_value)
+    rank: str = "mean"
     metric: str = ""  # the task metric the search optimises ("": the task's default, search.objectives)
     objectives: tuple[str, ...] = ()  # objective names (search.objectives.OBJECTIVES); (): metric, params, flops
     options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the strategy
@@ -121,6 +124,7 @@ class SearchSettings:
         object.__setattr__(out, "options", dict(out.options))
         _choice(out.scheduler, SCHEDULERS, f"{where}.scheduler")
         _choice(out.baselines, BASELINE_PANELS, f"{where}.baselines")
+        _choice(out.rank, RANKS, f"{where}.rank")
         _choice(out.tap_cache, tap_files.MODES, f"{where}.tap_cache")
         _choice(out.tap_dtype, tap_files.DTYPES, f"{where}.tap_dtype")
         for key, low in (("num_samples", 1), ("cpus_per_trial", 1), ("max_concurrent", 0), ("seed", 0),

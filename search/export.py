@@ -30,7 +30,7 @@ from fusion_ops.load import (
     read_bounded,
     save_model,
 )
-from search.baselines import best_front_point, summary_line
+from search.baselines import answer_trial, summary_line
 from search.bounded_pick import Bounds, pick_within
 from search.config import Config, config_from_dict, load_config
 from search.datasets import Dataset, load_dataset
@@ -71,16 +71,20 @@ PICKS: dict[str, Callable[[Mapping[str, Any], Callable[[Mapping[str, Any]], floa
 
 def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], how: str,
                metric: Objective | None = None, bounds: Bounds | None = None,
-               objs: Sequence[Objective] | None = None) -> dict[str, Any]:
-    """The trial `how` names: `knee` (of the front, never an unstable candidate), `accuracy` (the run's answer,
-    `search.baselines.best_front_point`: the best holdout metric when the run has a holdout,
-    else the best val metric — the run's `metric`, accuracy by default — then fewest params), `smallest` (fewest params, then best
-    val metric), or a trial id. The metric is always the validation one: test never chooses.
+               objs: Sequence[Objective] | None = None, rank: str = "mean",
+               baselines: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The trial `how` names: `knee` (of the front, never an unstable candidate), `accuracy` (the
+    run's answer, `search.baselines.answer_trial`: the front's best point — the best holdout
+    metric when the run has a holdout, else the best val metric, the run's `metric` (accuracy by
+    default) ranked as `rank` says (`search.rank`), then fewest params — or, given the run's
+    `baselines`, the best basic one's own trial when it was trained as a candidate and the
+    front's point does not beat it beyond the holdout's noise while it is cheaper),
+    `smallest` (fewest params, then best val metric), or a trial id. The metric is always the validation one: test never chooses.
     With `bounds` (`search.bounded_pick`), `accuracy` and `knee` pick among the confirmed
     candidates within them (`objs`: the run's objectives)."""
     metric = metric or OBJECTIVES["accuracy"]
     if bounds is not None and bounds.any():
-        return pick_within(trials, how, bounds, objs or [metric, OBJECTIVES["params"], OBJECTIVES["flops"]])
+        return pick_within(trials, how, bounds, objs or [metric, OBJECTIVES["params"], OBJECTIVES["flops"]], rank)
     sign = -1.0 if metric.mode == "max" else 1.0
     by_id = {str(t["trial_id"]): dict(t) for t in trials}
     if how in ("knee", *PICKS):
@@ -90,7 +94,8 @@ def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], ho
         if how == "knee":
             chosen = front.get("knee")
         elif how == "accuracy":  # the run's answer: chosen on the holdout when the run has one
-            chosen = (best_front_point(front, metric) or {}).get("trial_id")
+            chosen = answer_trial(front, baselines, trials, objs or [metric, OBJECTIVES["params"], OBJECTIVES["flops"]],
+                                  rank)
         else:
             chosen = min(front["front"], key=lambda t: PICKS[how](t["metrics"], lambda m: sign * m[metric.key]))["trial_id"]
         if chosen is None:
@@ -232,7 +237,7 @@ def _export(run: _Run, how: str, out: Path, *, retrain: bool, say: Say, device: 
             bounds: Bounds | None, formats: Sequence[str], card: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`export_run` of a run already read (`card`: a front member's model card, `export_front`)."""
     store, config, objs = run.store, run.config, run.objs
-    trial = pick_trial(run.trials, run.front, how, objs[0], bounds, objs)
+    trial = pick_trial(run.trials, run.front, how, objs[0], bounds, objs, run.store.rank(), run.store.baselines())
     with in_file(store.trials_path):
         spec = record_spec(trial)
     where = resolve_device(device or trial_train(config).device, say, "--device" if device else "train.device")

@@ -18,6 +18,7 @@ from fusion_ops.backbones import BackboneConfig, build_backbone
 from search import baselines as bl
 from search.cli import main
 from search.datasets import load_dataset
+from search.export import pick_trial
 from search.report import data as report_data
 from search.runstore.store import RunStore
 from search.training import baselines_fit as bf
@@ -209,6 +210,38 @@ def test_the_holdout_difference_is_weighed_against_its_noise_by_the_formula():
                      [{**late, "holdout_n": 100_000.0, "holdout_accuracy_std": 0.0, "holdout_accuracy": 0.70}])["best"]
     assert big["beyond_noise"] and ", +18.3 points, beyond the noise (±0.4))" in bl.summary_line({"best": big})
     assert "noise" not in bl.compare(FRONT, [baseline("logreg", 0.8, 0.8)])["best"]  # no holdout: nothing said
+
+
+def test_the_answer_is_the_cheaper_late_concat_when_the_front_cannot_be_told_from_it():
+    """Issue 23's av_digits case: the front's point leads the late concat by 0.3 points on a
+    108-sample holdout (noise ±8.9) while the late concat, trained in the run as a candidate, is
+    the cheaper: the run's answer is the late concat. Beyond the noise, or with a baseline that
+    is no candidate of the run (logreg), or a dearer one, the front's point stays the answer."""
+    def run(front_holdout=0.883, late_params=5000, n=108.0, trained=True, name="late concat"):
+        top = {"trial_id": "a", "metrics": {"val_accuracy": 0.92, "test_accuracy": 0.85,
+                                            "holdout_accuracy": front_holdout, "holdout_accuracy_std": 0.01,
+                                            "n_seeds": 3, "holdout_n": n, "params_total": 9000, "flops_total": 1}}
+        late = {**baseline(name, 0.903, 0.876, late_params, 5), "holdout_accuracy": 0.880,
+                "holdout_accuracy_std": 0.004, "n_seeds": 3, "holdout_n": n}
+        # the late concat's seeds as a run records them (search.baselines.seed_trials); a front member's trial
+        trials = [{"trial_id": "a", "status": "ok"}] + ([
+            {"trial_id": "b0s0", "status": "ok", "baseline": name},
+            {"trial_id": "b0s1", "status": "ok", "baseline": name, "confirm": True}] if trained else [])
+        return {"front": [top]}, [late], trials
+
+    front, base, trials = run()
+    assert bl.answer_trial(front, base, trials) == "b0s0"
+    b = bl.compare(front, base, trials=trials)["best"]
+    assert b["answer"] == "b0s0" and b["answer_is_baseline"]
+    assert bl.summary_line({"best": b}).endswith(
+        "no better than late concat; prefer the cheaper (late concat); the run's answer is late concat (trial b0s0))")
+    assert pick_trial(trials + [{"trial_id": "x"}], {"trial_ids": ["a"], **front}, "accuracy",
+                      baselines=base)["trial_id"] == "b0s0"  # what `export --pick accuracy` exports
+    assert bl.answer_trial(*run(front_holdout=0.98)) == "a"  # +10 points: beyond the noise
+    assert bl.answer_trial(*run(front_holdout=0.70, n=100_000.0)) == "b0s0"  # behind beyond the noise
+    assert bl.answer_trial(*run(late_params=20_000)) == "a"  # within the noise, but the front's is cheaper
+    assert bl.answer_trial(*run(trained=False, name="logreg")) == "a"  # not a candidate of the run
+    assert bl.answer_trial(front, None, trials) == "a" and "answer" not in bl.compare(front, base)["best"]
 
 
 def test_compare_an_empty_front():

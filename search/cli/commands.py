@@ -181,7 +181,7 @@ def _print_front(result: SearchResult, trials: list[dict[str, Any]]) -> None:
     print(front_table(front_rows(front, objs), objs[0].name))
     stored = result.store.baselines()
     if stored:
-        cmp = compare(front, stored, objs)
+        cmp = compare(front, stored, objs, rank=result.store.rank(), trials=trials)
         print(baselines_table(stored, cmp, objs[0].name))
         print(summary_line(cmp))
 

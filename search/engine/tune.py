@@ -272,7 +272,8 @@ class StoreCallback(tune.Callback):
             return
         store.append_trial(record)
         self._records[record["trial_id"]] = record
-        front = store.write_pareto(front_from_trials(self._records.values(), store.reference, store.objectives()))
+        records = list(self._records.values())
+        front = store.write_pareto(front_from_trials(records, store.reference, store.objectives()), records)
         hook = _PROGRESS.get(self.run_dir)
         n_confirm = sum(not counts_to_budget(r) and not r.get("lost_node")  # seeds and seeded baselines
                         for r in self._records.values())

@@ -42,7 +42,7 @@ def drawn(store: RunStore, *, fill_costs: bool = True, say: Say = lambda _msg: N
     points = data.trial_points(candidate_records(trials), front, costs, objs)  # a confirmed candidate: one point
     hist = data.history([t for t in trials if not t.get("confirm")], store.reference, objs)
     stored = store.baselines() or []
-    comparison = compare(front, stored, objs)
+    comparison = compare(front, stored, objs, rank=store.rank(), trials=trials)
     return Drawn(objs, front, points, hist, stored, comparison, data.baseline_points(stored, comparison, objs))
 
 

@@ -299,6 +299,12 @@ class RunStore:
         path = self.run_dir / _objectives.FILE
         return _objectives.from_stored(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None)
 
+    def rank(self) -> str:
+        """How the run ranks its answer over seeds (`search.rank` of `config.yaml`; `mean` for a
+        run from before it, or one whose value this version does not know)."""
+        rank = ((self.config().get("search") or {}) if self.config_path.is_file() else {}).get("rank", "mean")
+        return rank if rank in _baselines.RANKS else "mean"
+
     def task(self) -> str:
         """The run's task (`objectives.json`); classification for a run from before it."""
         path = self.run_dir / _objectives.FILE
@@ -309,13 +315,15 @@ class RunStore:
         path = self.run_dir / _baselines.FILE
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
-    def write_pareto(self, front: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Write `pareto.json` (by default the front of the stored trials) and return it; with
-        `baselines.json` present, its `baselines` key says whether the front beats them."""
-        data = dict(front) if front is not None else front_from_trials(self.trials(), self.reference,
-                                                                       self.objectives())
+    def write_pareto(self, front: Mapping[str, Any] | None = None,
+                     trials: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """Write `pareto.json` (by default the front of the stored trials, or of `trials`) and
+        return it; with `baselines.json` present, its `baselines` key says whether the front
+        beats them, and which trial is the run's answer (`search.baselines.answer_trial`)."""
+        trials = self.trials() if trials is None else list(trials)
+        data = dict(front) if front is not None else front_from_trials(trials, self.reference, self.objectives())
         if (stored := self.baselines()) is not None:
-            data["baselines"] = _baselines.compare(data, stored, self.objectives())
+            data["baselines"] = _baselines.compare(data, stored, self.objectives(), rank=self.rank(), trials=trials)
         self.write_json(self.pareto_path.name, data)
         return data
 
