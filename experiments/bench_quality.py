@@ -4,9 +4,11 @@ For each dataset, with the smallest config a user would write (`name` and `data`
 other setting is the default: mfas, every operator, the default training recipe and
 `search.confirm`), it compares on the same train/val/test split:
 
-(a) the search: the run's answer among its confirmed front (`best_front_point`: the best mean
+(a) the search: the run's answer (`answer_trial`: among its confirmed front, the best mean
     accuracy on the run's holdout, the part of val no training or strategy sees, when the val
-    split is large enough for one, else the best mean val accuracy), scored by its mean test accuracy; searches of 64 candidates with 3 search seeds, run
+    split is large enough for one, else the best mean val accuracy; the cheaper late concat
+    when the holdout cannot tell them apart), scored by its mean test accuracy, and what it
+    would be with `search.rank: lcb`; searches of 64 candidates with 3 search seeds, run
     in-process (`search.engine.inprocess`: the same strategy, confirmation and records as a Ray
     run, one candidate after another); "budget 32" is the same search stopped after 32
     candidates, its front confirmed there;
@@ -15,7 +17,7 @@ other setting is the default: mfas, every operator, the default training recipe 
 (c) an oracle: the best (on val) of a small grid over operators x lr x weight decay x width,
     early (raw inputs) and late, each trained with a long recipe, scored on test.
 
-Usage: .venv/bin/python experiments/bench_quality.py [--smoke-test] [--no-write] [--jobs 2]
+Usage: .venv/bin/python experiments/bench_quality.py [--smoke-test] [--no-write] [--jobs 2] [--data-seed N]
 The full run replaces the "bench_quality" block of experiments/RESULTS.md.
 """
 from __future__ import annotations
@@ -41,11 +43,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from experiments.results_block import machine_line, write_block  # noqa: E402
-from search.baselines import best_basic, best_front_point, seed_trials  # noqa: E402
+from search.baselines import answer_trial, best_basic, seed_trials  # noqa: E402
 from search.config import config_from_dict  # noqa: E402
 from search.engine.inprocess import search_in_process  # noqa: E402
 from search.engine.run import Prepared, cost_function, evaluate_trial, prepare, reference_point, trial_context  # noqa: E402
-from search.runstore.store import front_from_trials  # noqa: E402
+from search.runstore.store import candidate_records, front_from_trials  # noqa: E402
 from search.strategies import make_strategy  # noqa: E402
 from search.training.baselines_fit import seeds_of, train_baselines  # noqa: E402
 from search.training.train import TrainConfig, evaluate_candidate  # noqa: E402
@@ -87,14 +89,23 @@ def prepared(name: str, data: dict[str, Any], smoke: bool) -> Prepared:
     return _PREPARED[name]
 
 
-def best_point(name: str, seed: int, budget: int, records: list[dict[str, Any]], start: float) -> dict[str, Any]:
-    """The run's answer among the confirmed front of `records` (`best_front_point`: the best mean
-    holdout accuracy when the run has a holdout, else the best mean val accuracy)."""
-    best = best_front_point(front_from_trials(records))  # the answer a run gives (its holdout picks it)
-    assert best is not None, "an empty front"
+def answer(records: list[dict[str, Any]], baselines: list[dict[str, Any]], rank: str) -> dict[str, Any]:
+    """The run's answer (`answer_trial`: the confirmed front's best mean holdout accuracy when the
+    run has a holdout, else the best mean val accuracy, ranked as `rank` says; the late concat
+    instead when the holdout cannot tell them apart and it is the cheaper), its seeds averaged."""
+    tid = answer_trial(front_from_trials(records), baselines, records, rank=rank)
+    assert tid is not None, "an empty front"
+    return next(c for c in candidate_records(records) if c["trial_id"] == tid)
+
+
+def best_point(name: str, seed: int, budget: int, records: list[dict[str, Any]], start: float,
+               baselines: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's answer, and what it would be with `search.rank: lcb`."""
+    best, lcb = answer(records, baselines, "mean"), answer(records, baselines, "lcb")
     m = best["metrics"]
     return {"dataset": name, "seed": seed, "budget": budget, "val": m["val_accuracy"], "test": m["test_accuracy"],
             "holdout": m.get("holdout_accuracy"), "n_seeds": m["n_seeds"], "arch": ArchSpec.from_dict(best["spec"]).describe(),
+            "lcb_test": lcb["metrics"]["test_accuracy"], "lcb_arch": ArchSpec.from_dict(lcb["spec"]).describe(),
             "trials": len(records), "seconds": time.perf_counter() - start}
 
 
@@ -113,9 +124,9 @@ def one_search(name: str, data: dict[str, Any], seed: int, budgets: tuple[int, .
     records = search_in_process(
         lambda spec, seed=None: evaluate_trial(spec, ctx, seed=seed), strategy, max(budgets),
         confirm=cfg.search.confirm, base_seed=cfg.train.seed, reference=reference_point(cfg.space, cost, seed),
-        checkpoints=budgets, on_checkpoint=lambda n, recs: out.append(best_point(name, seed, n, recs, start)),
+        checkpoints=budgets, on_checkpoint=lambda n, recs: out.append(best_point(name, seed, n, recs, start, rows)),
         seeded=seed_trials(rows, cfg.space))
-    return [*out, best_point(name, seed, max(budgets), records, start)]
+    return [*out, best_point(name, seed, max(budgets), records, start, rows)]
 
 
 def long_recipe(cfg: TrainConfig, **over: Any) -> TrainConfig:
@@ -174,20 +185,24 @@ def baseline(name: str, data: dict[str, Any], smoke: bool) -> dict[str, Any]:
 def table(searches: list[dict], baselines: list[dict], oracles: list[dict], budgets: tuple[int, ...]) -> list[str]:
     head = "| dataset | " + " | ".join(f"search, budget {b} (test, mean ± std of 3 seeds)" for b in budgets)
     top = budgets[-1]
-    lines = [head + f" | best baseline (test) | oracle (test) | search {top} − baseline | search {top} − oracle |",
-             "|---|" + "---|" * (len(budgets) + 4)]
+    lines = [head + f" | best baseline (test) | oracle (test) | search {top} − baseline | search {top} − oracle "
+                    f"| worst seed {top} − oracle | search {top} with `rank: lcb` (test) |",
+             "|---|" + "---|" * (len(budgets) + 6)]
     for b in baselines:
         name = b["dataset"]
         o = next((o for o in oracles if o["dataset"] == name), None)  # None: not run (--only)
-        cells, last = [], None
+        cells, last, tests = [], 0.0, []
         for budget in budgets:
             tests = [s["test"] for s in searches if s["dataset"] == name and s["budget"] == budget]
             last = statistics.mean(tests)
             sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
             cells.append(f"{last:.3f} ± {sd:.3f}")
-        oracle_cells = ("-", "-") if o is None else (f"{o['test']:.3f}", f"{100 * (last - o['test']):+.1f} pts")
+        oracle_cells = ("-", "-", "-") if o is None else (
+            f"{o['test']:.3f}", f"{100 * (last - o['test']):+.1f} pts", f"{100 * (min(tests) - o['test']):+.1f} pts")
+        lcb = [s["lcb_test"] for s in searches if s["dataset"] == name and s["budget"] == top and "lcb_test" in s]
+        lcb_cell = f"{statistics.mean(lcb):.3f}" if lcb else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {b['test']:.3f} ({b['name']}) | {oracle_cells[0]} | "
-                     f"{100 * (last - b['test']):+.1f} pts | {oracle_cells[1]} |")
+                     f"{100 * (last - b['test']):+.1f} pts | {oracle_cells[1]} | {oracle_cells[2]} | {lcb_cell} |")
     return lines
 
 
@@ -197,7 +212,8 @@ def details(searches: list[dict], oracles: list[dict]) -> list[str]:
         held = f", holdout {s['holdout']:.3f}" if s.get("holdout") is not None else ""
         out.append(f"- {s['dataset']}, budget {s['budget']}, seed {s['seed']}: val {s['val']:.3f}{held}, "
                    f"test {s['test']:.3f} ({s['n_seeds']} seeds, {s['trials']} trials, {s['seconds']:.0f} s): "
-                   f"`{s['arch']}`")
+                   f"`{s['arch']}`" + (f"; with `rank: lcb`: test {s['lcb_test']:.3f}, `{s['lcb_arch']}`"
+                                       if s.get("lcb_arch", s["arch"]) != s["arch"] else ""))
     out += ["", "Oracles (best of the grid on val; test: mean of 3 training seeds):", ""]
     out += [f"- {o['dataset']}: val {o['val']:.3f}, test {o['test']:.3f} of {o['n']} ({o['seconds']:.0f} s): "
             f"`{o['arch']}`" for o in oracles]
@@ -232,9 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, help=f"search seeds 0..N-1 (default {len(SEEDS)})")
     ap.add_argument("--cache", help="keep each finished job's result here as JSON; a rerun reuses them")
     ap.add_argument("--only", choices=("search", "oracle", "baseline"), nargs="*", help="run only these jobs")
+    ap.add_argument("--data-seed", type=int, help="generate the planted sets with this seed instead (data never seen)")
     args = ap.parse_args(argv)
     datasets = SMOKE if args.smoke_test else {k: v for k, v in DATASETS.items()
                                                if not args.datasets or k in args.datasets}
+    if args.data_seed is not None:
+        datasets = {k: {**v, "seed": args.data_seed} if v["kind"] == "planted" else v for k, v in datasets.items()}
     budgets, seeds = ((2, 4), (0,)) if args.smoke_test else (tuple(args.budgets or BUDGETS),
                                                            tuple(range(args.seeds)) if args.seeds else SEEDS)
     smoke = args.smoke_test
@@ -261,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     baselines = [r for fn, r in results if fn is baseline]
     lines = [machine_line(), "", *table(searches, baselines, oracles, budgets), *details(searches, oracles)]
     print("\n".join(lines))
-    if not args.smoke_test and not args.no_write and budgets == BUDGETS and seeds == SEEDS:
+    if not args.smoke_test and not args.no_write and budgets == BUDGETS and seeds == SEEDS and args.data_seed is None:
         cmd = "python experiments/bench_quality.py" + (f" --datasets {' '.join(args.datasets)}" if args.datasets else "")
         write_block("bench_quality", "Search quality: the front against baselines and an oracle", lines, cmd)
     return 0

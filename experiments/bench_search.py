@@ -16,7 +16,9 @@
    `prepare` (pretraining, tap cache) timed apart.
 
 Usage: .venv/bin/python experiments/bench_search.py [--smoke-test] [--no-write]
-The full run replaces the generated part of the "Search" section of experiments/RESULTS.md.
+       [--strategies mfas random] [--variants '{"refine": 0}' ...] [--no-overhead] [--seeds 0 1 2 ...]
+The full run replaces the generated part of the "Search" section of experiments/RESULTS.md; a run
+with --strategies, --variants or --no-overhead only prints (its table is a part).
 """
 from __future__ import annotations
 
@@ -157,10 +159,12 @@ def references(table: Table) -> dict[str, np.ndarray]:
 
 # ---- 2. strategies on the table ----------------------------------------------------------
 def drive(name: str, space: SearchSpace, table: Table, budget: int, seed: int,
-          cost: Callable[[ArchSpec], tuple[int, int]] | None, context: StrategyContext | None = None) -> list[str]:
+          cost: Callable[[ArchSpec], tuple[int, int]] | None, context: StrategyContext | None = None,
+          options: Mapping[str, Any] | None = None) -> list[str]:
     """Ask `budget` specs of strategy `name` one at a time, telling each its table row; the arch ids asked.
-    `context`: the run's data, for a strategy that trains something itself (oneshot)."""
-    strategy = make_strategy(name, space, seed=seed, budget=budget, cost_fn=cost, context=context)
+    `context`: the run's data, for a strategy that trains something itself (oneshot); `options`:
+    keyword arguments of the strategy (`search.options`)."""
+    strategy = make_strategy(name, space, seed=seed, budget=budget, cost_fn=cost, context=context, **(options or {}))
     asked = []
     for _ in range(budget):
         if strategy.done:
@@ -187,8 +191,10 @@ def mean_std(values: list[float]) -> str:
 
 
 def strategy_rows(config: Config, prepared: Prepared, table: Table, budgets: list[int], seeds: list[int],
-                  say: Say = print) -> list[str]:
-    """The strategy x budget table of one dataset, as markdown lines."""
+                  say: Say = print, strategies: list[str] | None = None,
+                  variants: list[dict[str, Any]] | None = None) -> list[str]:
+    """The strategy x budget table of one dataset, as markdown lines: every registered strategy
+    (or `strategies`), each also with every options mapping of `variants` (`search.options`)."""
     refs = references(table)
     exhaustive_hv = {k: pareto.hypervolume(points(table.values()), ref) for k, ref in refs.items()}
     cost = cost_function(prepared)
@@ -196,16 +202,19 @@ def strategy_rows(config: Config, prepared: Prepared, table: Table, budgets: lis
     lines = ["| strategy | budget | HV / exhaustive HV (default ref) | HV / exhaustive HV (nadir ref) "
              "| best-accuracy spec found | best val accuracy found | strategy s per search |", "|---|---|---|---|---|---|---|"]
     say("\n".join(lines))
-    for name in list_strategies():
+    runs_of = [(name, opts) for name in (strategies or list_strategies())
+               for opts in ({}, *(variants or ())) if not opts or name != "random"]
+    for name, opts in runs_of:
+        label = name + (" " + ", ".join(f"{k}: {json.dumps(v)}" for k, v in opts.items()) if opts else "")
         for budget in budgets:
             runs = []
             start = time.perf_counter()
             for seed in seeds:
-                runs.append(score(drive(name, config.space, table, budget, seed, cost, context), table, refs,
+                runs.append(score(drive(name, config.space, table, budget, seed, cost, context, opts), table, refs,
                                   exhaustive_hv))
             seconds = (time.perf_counter() - start) / len(seeds)
             found = sum(int(r["best_found"]) for r in runs)
-            lines.append(f"| {name} | {budget} | {mean_std([r['default'] for r in runs])} | "
+            lines.append(f"| {label} | {budget} | {mean_std([r['default'] for r in runs])} | "
                          f"{mean_std([r['nadir'] for r in runs])} | {found}/{len(seeds)} | "
                          f"{mean_std([r['best_accuracy'] for r in runs])} | {seconds:.2f} |")
             say(lines[-1])
@@ -256,7 +265,7 @@ def bench_dataset(title: str, file: str, args: argparse.Namespace, say: Say = pr
         f"{cost_mismatches(prepared, table)} of {len(table)} specs.", "",
     ]
     say("\n".join(lines))
-    lines += strategy_rows(config, prepared, table, args.budgets, args.seeds, say)
+    lines += strategy_rows(config, prepared, table, args.budgets, args.seeds, say, args.strategies, args.variants)
     return [*lines, ""], table
 
 
@@ -345,7 +354,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table-dir", default=str(Path(tempfile.gettempdir()) / "fusion-nas-bench-search"),
                         help="where the exhaustive tables are cached as JSON")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    parser.add_argument("--strategies", nargs="*", help="these strategies only (default: every registered one)")
+    parser.add_argument("--variants", nargs="*", type=json.loads, default=[],
+                        help="options (a JSON mapping each) every strategy but random also runs with")
+    parser.add_argument("--no-overhead", action="store_true", help="skip the real Ray search (part 3)")
     args = parser.parse_args(argv)
+    args.no_write = args.no_write or bool(args.strategies or args.variants or args.no_overhead)  # a partial table
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         args.runs_dir = str(Path(tmp) / "runs")
@@ -358,7 +372,9 @@ def main(argv: list[str] | None = None) -> None:
         for title, file in DATASETS.items():
             part, tables[title] = bench_dataset(title, file, args, say=lambda s: print(s, flush=True))
             lines += part
-        lines += ["### Ray overhead", "", *bench_overhead(args, tables["planted xor"], say=lambda s: print(s, flush=True))]
+        if not args.no_overhead:
+            lines += ["### Ray overhead", "", *bench_overhead(args, tables["planted xor"],
+                                                             say=lambda s: print(s, flush=True))]
     if not (args.smoke_test or args.no_write):
         command = command_line("bench_search.py", argv)
         write_block("bench_search", "Search", lines, command)

@@ -77,6 +77,22 @@ def test_mfas_and_nsga2_ask_distinct_specs_from_the_table():
         assert len(asked) == len(set(asked)) == 8, name
 
 
+def test_a_variant_passes_its_options_to_the_strategy(monkeypatch):
+    bench, space = load_bench(), tiny_space()
+    table = fake_table(space)
+    cost = lambda s: (table[s.arch_id]["params_total"], table[s.arch_id]["flops_total"])  # noqa: E731
+    plain = bench.drive("mfas", space, table, 6, seed=0, cost=cost)
+    bare = bench.drive("mfas", space, table, 6, seed=0, cost=cost, options={"handmade": False})
+    handmade = [s.arch_id for s in bench.make_strategy("mfas", space, seed=0)._handmade]
+    assert plain[: len(handmade)] == handmade and bare[: len(handmade)] != handmade
+    said = []
+    prepared = type("P", (), {"taps": None})()
+    monkeypatch.setattr(bench, "cost_function", lambda _p: cost)
+    config = type("C", (), {"space": space, "train": None})()
+    lines = bench.strategy_rows(config, prepared, table, [4], [0], said.append, ["mfas", "random"], [{"refine": 0}])
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| mfas", "| mfas refine: 0", "| random"]
+
+
 @pytest.mark.usefixtures("ray_local")  # its Ray search on the shared Ray
 def test_bench_search_smoke_test_prints_the_tables_and_leaves_results_alone():
     results = ROOT / "experiments" / "RESULTS.md"
