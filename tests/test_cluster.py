@@ -173,9 +173,10 @@ def test_a_search_runs_across_two_nodes_and_each_trial_names_its_node(tmp_path, 
     n = 6
     raw = {**CONFIG, "name": "two",
            "backbones": {**CONFIG["backbones"], "cache_dir": str(tmp_path / "cache"), "pretrain": {"epochs": 1}},
-           # candidates of ~1 s: the first node's trial worker must not finish them all before the
-           # second node's has started (~3 s, more under load); and no packs, which could hold them all
-           "train": {"epochs": 1000, "min_steps": 1000, "max_steps": 1000, "patience": 1000},
+           # candidates of ~2-5 s: the first node's trial worker must not finish them all before the
+           # second node's has started (~3 s, and more than the 12 s of 6 candidates of 1,000 steps
+           # once, on a loaded CI machine); and no packs, which could hold them all
+           "train": {"epochs": 2500, "min_steps": 2500, "max_steps": 2500, "patience": 2500},
            "search": {"strategy": "random", "num_samples": n, "confirm": 0, "baselines": "none",
                       "max_concurrent": 2, "pack": 1, "runs_dir": str(tmp_path / "runs")}}
     cfg = tmp_path / "two.yaml"
