@@ -89,19 +89,14 @@ def prepared(name: str, data: dict[str, Any], smoke: bool) -> Prepared:
     return _PREPARED[name]
 
 
-def answer(records: list[dict[str, Any]], baselines: list[dict[str, Any]], rank: str) -> dict[str, Any]:
-    """The run's answer (`answer_trial`: the confirmed front's best mean holdout accuracy when the
-    run has a holdout, else the best mean val accuracy, ranked as `rank` says; the late concat
-    instead when the holdout cannot tell them apart and it is the cheaper), its seeds averaged."""
-    tid = answer_trial(front_from_trials(records), baselines, records, rank=rank)
-    assert tid is not None, "an empty front"
-    return next(c for c in candidate_records(records) if c["trial_id"] == tid)
-
-
 def best_point(name: str, seed: int, budget: int, records: list[dict[str, Any]], start: float,
-               baselines: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run's answer, and what it would be with `search.rank: lcb`."""
-    best, lcb = answer(records, baselines, "mean"), answer(records, baselines, "lcb")
+                baselines: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's answer (`answer_trial`: the confirmed front's best mean holdout accuracy when the
+    run has a holdout, else the best mean val accuracy; the late concat instead when the holdout
+    cannot tell them apart and it is the cheaper), its seeds averaged, and what it would be with
+    `search.rank: lcb`."""
+    front, candidates = front_from_trials(records), {c["trial_id"]: c for c in candidate_records(records)}
+    best, lcb = (candidates[answer_trial(front, baselines, records, rank=rank)] for rank in ("mean", "lcb"))
     m = best["metrics"]
     return {"dataset": name, "seed": seed, "budget": budget, "val": m["val_accuracy"], "test": m["test_accuracy"],
             "holdout": m.get("holdout_accuracy"), "n_seeds": m["n_seeds"], "arch": ArchSpec.from_dict(best["spec"]).describe(),

@@ -194,11 +194,11 @@ def answer_trial(front: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]
     it beyond the noise while the baseline is the cheaper (the run prefers the cheaper model
     when the two cannot be told apart), or it beats that point beyond the noise."""
     objs = tuple(objs or _objectives.get(_objectives.CLASSIC))
+    best = compare(front, baselines, objs, rank, trials)["best"] if baselines else None
+    if best is not None:  # the front and the basic baselines both had a best point
+        return best["answer"]
     top = best_front_point(front, objs[0], rank)
-    if top is None:
-        return None
-    best = compare(front, baselines or [], objs, rank, trials)["best"] if baselines else None
-    return best["answer"] if best else top.get("trial_id")
+    return None if top is None else top.get("trial_id")
 
 
 def holdout_noise(front: Mapping[str, Any], base: Mapping[str, Any], metric: _objectives.Objective) -> dict[str, Any]:

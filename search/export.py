@@ -83,8 +83,9 @@ def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], ho
     With `bounds` (`search.bounded_pick`), `accuracy` and `knee` pick among the confirmed
     candidates within them (`objs`: the run's objectives)."""
     metric = metric or OBJECTIVES["accuracy"]
+    objs = objs or [metric, OBJECTIVES["params"], OBJECTIVES["flops"]]
     if bounds is not None and bounds.any():
-        return pick_within(trials, how, bounds, objs or [metric, OBJECTIVES["params"], OBJECTIVES["flops"]], rank)
+        return pick_within(trials, how, bounds, objs, rank)
     sign = -1.0 if metric.mode == "max" else 1.0
     by_id = {str(t["trial_id"]): dict(t) for t in trials}
     if how in ("knee", *PICKS):
@@ -94,8 +95,7 @@ def pick_trial(trials: Sequence[Mapping[str, Any]], front: Mapping[str, Any], ho
         if how == "knee":
             chosen = front.get("knee")
         elif how == "accuracy":  # the run's answer: chosen on the holdout when the run has one
-            chosen = answer_trial(front, baselines, trials, objs or [metric, OBJECTIVES["params"], OBJECTIVES["flops"]],
-                                  rank)
+            chosen = answer_trial(front, baselines, trials, objs, rank)
         else:
             chosen = min(front["front"], key=lambda t: PICKS[how](t["metrics"], lambda m: sign * m[metric.key]))["trial_id"]
         if chosen is None:
@@ -198,6 +198,7 @@ class _Run:
         self.trials = self.store.trials()
         self.objs = self.store.objectives()
         self.front = front_from_trials(self.trials, self.store.reference, self.objs)
+        self.rank, self.baselines = self.store.rank(), self.store.baselines()  # what `--pick accuracy` weighs
         self._prepared: Prepared | None = None
         self._raw: Dataset | None = None
         self._fingerprint: str | None = None
@@ -237,7 +238,7 @@ def _export(run: _Run, how: str, out: Path, *, retrain: bool, say: Say, device: 
             bounds: Bounds | None, formats: Sequence[str], card: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`export_run` of a run already read (`card`: a front member's model card, `export_front`)."""
     store, config, objs = run.store, run.config, run.objs
-    trial = pick_trial(run.trials, run.front, how, objs[0], bounds, objs, run.store.rank(), run.store.baselines())
+    trial = pick_trial(run.trials, run.front, how, objs[0], bounds, objs, run.rank, run.baselines)
     with in_file(store.trials_path):
         spec = record_spec(trial)
     where = resolve_device(device or trial_train(config).device, say, "--device" if device else "train.device")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from functools import partial
 
 from spaces.space import SearchSpace
@@ -74,14 +74,20 @@ class Pool:
         """Up to `k` distinct specs, each segment (a stage, in `one_cell_pool`) drawn as often as
         the others while it has specs left, uniformly within it: a small stage is covered as
         fully as a big one (what `SearchSpace.sample` does for random search)."""
-        orders = [rng.sample(range(n), min(n, k)) for n, _ in self._segments]
-        picked: dict[str, ArchSpec] = {}
-        while len(picked) < k and any(orders):
-            for (_, build), order in zip(self._segments, orders, strict=True):
-                if order and len(picked) < k:
-                    spec = build(order.pop())
-                    picked.setdefault(spec.candidate_id, spec)
-        return list(picked.values())
+        return in_turn([map(build, reversed(rng.sample(range(n), min(n, k)))) for n, build in self._segments], k)
+
+
+def in_turn(groups: Sequence[Iterable[ArchSpec]], k: int) -> list[ArchSpec]:
+    """Up to `k` distinct specs (by candidate id), one from each group in turn while it has any
+    left (the groups are read lazily, only as far as needed)."""
+    picked: dict[str, ArchSpec] = {}
+    for row in itertools.zip_longest(*groups):
+        for spec in row:
+            if spec is not None and len(picked) < k:
+                picked.setdefault(spec.candidate_id, spec)
+        if len(picked) >= k:
+            break
+    return list(picked.values())
 
 
 def one_cell_pool(space: SearchSpace) -> Pool:

@@ -32,7 +32,6 @@ The surrogate sees the settings through `SearchSpace.encode`.
 """
 from __future__ import annotations
 
-import itertools
 import random
 from collections import deque
 from collections.abc import Sequence
@@ -45,6 +44,7 @@ from search.pareto import non_dominated_sort
 from search.strategies._base import CostFn, Strategy
 from search.strategies._pools import (
     handmade_specs,
+    in_turn,
     one_cell_neighbours,
     one_cell_pool,
     position_pool,
@@ -164,14 +164,8 @@ class MFASStrategy(Strategy):
         works, at the widths and settings the user would try next (on planted shift, the
         hand-made circulant scored 0.983 val at width 32 and 0.995 at 16 or 64)."""
         tops = sorted((r for r in self._successes() if len(r[0].cells) == 1), key=lambda r: -r[1])[: self.refine]
-        lists = [[s for s in varied_train(self.space, one_cell_neighbours(self.space, spec), self._rng)
-                  if self.is_new(s)] for spec, _, _ in tops]
-        picked: dict[str, ArchSpec] = {}
-        for group in itertools.zip_longest(*lists):
-            for s in group:
-                if s is not None and len(picked) < k:
-                    picked.setdefault(s.candidate_id, s)
-        return list(picked.values())
+        return in_turn([[s for s in varied_train(self.space, one_cell_neighbours(self.space, spec), self._rng)
+                         if self.is_new(s)] for spec, _, _ in tops], k)
 
     def _advance(self) -> None:
         self._level += 1
