@@ -35,7 +35,7 @@ from experiments.results_block import command_line, machine_line, write_block  #
 from fusion_ops import FusionHead, build_backbone, count_flops, count_params, deepest_taps  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.datasets import load_dataset  # noqa: E402
-from search.engine.run import Prepared, _backbone_cost, cost_function  # noqa: E402
+from search.engine.run import Prepared, cost_function, cost_of_backbone  # noqa: E402
 from search.strategies import MFASStrategy  # noqa: E402
 from search.training.taps import TapCache  # noqa: E402
 from spaces.spec import ArchSpec, make_tap  # noqa: E402
@@ -54,7 +54,7 @@ def setup(config_file: str) -> Prepared:
 
 def old_cost_function(prepared: Prepared) -> Cost:
     """`cost_function` before per-cell counts: one whole `FusionHead` built and counted per spec."""
-    backbone_cost = {(m, d): _backbone_cost(b.lean(d)) for m, b in prepared.backbones.items() for d in b.depths}
+    backbone_cost = {(m, d): cost_of_backbone(b.lean(d)) for m, b in prepared.backbones.items() for d in b.depths}
     cache: dict[str, tuple[int, int]] = {}
     flat = prepared.taps.flat_taps()
 

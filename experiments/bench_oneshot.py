@@ -51,8 +51,8 @@ from experiments.results_block import command_line, machine_line, write_block  #
 from search import pareto  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.engine.run import cost_function, prepare, reference_point  # noqa: E402
-from search.oneshot.train import Scorer  # noqa: E402
 from search.strategies import StrategyContext, make_strategy  # noqa: E402
+from search.strategies.supernet.train import Scorer  # noqa: E402
 from search.training.train import evaluate_candidate  # noqa: E402
 
 STRATEGIES = ("oneshot", "mfas", "nsga2", "random")

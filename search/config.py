@@ -22,7 +22,6 @@ from search import objectives
 from search.baselines import PANELS as BASELINE_PANELS
 from search.baselines import RANKS
 from search.datasets import DataError, list_datasets, load_dataset
-from search.engine.packing import AUTO, Pack, check_pack
 from search.runstore.store import check_run_name
 from search.strategies import list_strategies
 from search.training import tap_files
@@ -73,6 +72,21 @@ def check_storage(storage: str, where: str = "search.storage") -> None:
         raise ConfigError(f"{where}: {expected}")
 
 
+
+# ---- search.pack: candidates one Ray trial trains one after another (search.engine.packing)
+AUTO = "auto"
+Pack = int | str  # N >= 1 or "auto"
+
+
+def check_pack(value: Any, where: str = "search.pack") -> Pack:
+    """`auto` or an integer >= 1; a one-line ConfigError naming `where` otherwise."""
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: expected auto or an integer >= 1 (candidates per Ray trial), got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """`search:` — which strategy, how many candidates, and how Ray runs them."""
@@ -84,7 +98,7 @@ class SearchSettings:
     # a GPU) or a whole number; train.device says what a trial given one trains on
     gpus_per_trial: float = 0.0
     max_concurrent: int = 0  # 0: as many as the CPUs allow
-    pack: Pack = AUTO  # candidates one Ray trial trains one after another (search.engine.packing)
+    pack: Pack = AUTO  # candidates one Ray trial trains one after another (search.engine.packing sizes them)
     scheduler: str = "none"
     address: str = ""  # "" = embedded local Ray; else an existing cluster's address
     # where Ray Tune keeps its experiment state and logs: "" = the run directory's ray/; on

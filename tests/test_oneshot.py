@@ -16,10 +16,10 @@ import yaml
 from fusion_ops.backbones import seeded_init
 from fusion_ops.model import FusionHead
 from fusion_ops.supernet import cell_key
-from search.oneshot.paths import fair_paths, first_cells, later_cells, prefix_specs
-from search.oneshot.train import Scorer, build_supernet, train_supernet
 from search.runstore.replay import replay
 from search.strategies import StrategyContext, make_strategy
+from search.strategies.supernet.paths import fair_paths, first_cells, later_cells, prefix_specs
+from search.strategies.supernet.train import Scorer, build_supernet, train_supernet
 from search.training.taps import TapCache
 from search.training.train import TrainConfig, accuracy
 from spaces.args import Arg
@@ -157,7 +157,7 @@ def test_training_is_deterministic_for_a_seed():
 def test_a_long_supernet_training_says_how_far_it_is_at_least_every_progress_s(monkeypatch):
     """Not only at each quarter of the budget: a supernet of thousands of cells once trained
     12 minutes without a line."""
-    from search.oneshot import train as supernet_train
+    from search.strategies.supernet import train as supernet_train
 
     lines: list[str] = []
     monkeypatch.setattr(supernet_train, "PROGRESS_S", 0.0)  # every step is "long enough"
@@ -181,7 +181,7 @@ def strategy(seed: int = 0, run_dir: Path | None = None, **kw):
 
 def test_the_supernet_trains_no_longer_than_the_runs_budget_of_candidates():
     """Default steps per choice: 3/4 of a candidate's steps, cut to budget x candidate steps / choices."""
-    from search.oneshot.paths import n_choices
+    from search.strategies.supernet.paths import n_choices
     from search.training.train import step_budget
 
     per_candidate = step_budget(len(TAPS.labels["train"]), FAST_TRAIN)
@@ -264,8 +264,8 @@ def test_after_its_front_share_it_asks_neighbours_of_the_real_front():
 
 
 def test_the_neighbour_asked_is_the_one_adding_most_hypervolume_by_the_supernet_delta():
-    from search.oneshot.local import next_local
     from search.pareto import hypervolume
+    from search.strategies.supernet.local import next_local
 
     a = ArchSpec("hybrid", (cell(("audio@0", "image@0"), "concat", 4),))
     preds = {}

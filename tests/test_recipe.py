@@ -76,9 +76,9 @@ def test_pretraining_keeps_its_per_epoch_recipe():
 
 
 def _one_step_from(w0: float, cfg: TrainConfig) -> float:
-    """A weight with zero loss gradient after one step of `T._adam`: only weight decay moves it."""
+    """A weight with zero loss gradient after one step of `T.optimizer_for`: only weight decay moves it."""
     w = nn.Parameter(torch.tensor([w0]))
-    opt = T._adam([w], cfg)
+    opt = T.optimizer_for([w], cfg)
     (w * 0.0).sum().backward()
     opt.step()
     return float(w.detach())
@@ -111,7 +111,7 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_step_by_step():
     assert [lr_at(s, 20, dataclasses.replace(cfg, schedule="constant")) for s in (1, 10, 20)] == [0.1] * 3
     # and the optimiser really steps with them
     seen: list[float] = []
-    real = T._adam
+    real = T.optimizer_for
 
     def spy(params, c):
         opt, step = real(params, c), None
@@ -124,7 +124,7 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_step_by_step():
         return opt
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(T, "_adam", spy)
+        mp.setattr(T, "optimizer_for", spy)
         r = fit(Linear(), data(50), data(20, seed=1), dataclasses.replace(cfg, min_steps=20))
     assert r.steps == 20 and seen == pytest.approx(want, rel=1e-12)
 
@@ -172,7 +172,7 @@ def test_small_training_sets_take_full_batch_steps():
 @pytest.mark.parametrize("clip", [0.0, 0.5])
 def test_grad_clip_bounds_the_global_norm_the_optimiser_sees(monkeypatch, clip):
     norms: list[float] = []
-    real = T._adam
+    real = T.optimizer_for
 
     def spy(params, c):
         opt, step = real(params, c), None
@@ -185,7 +185,7 @@ def test_grad_clip_bounds_the_global_norm_the_optimiser_sees(monkeypatch, clip):
         opt.step, step = spied, opt.step
         return opt
 
-    monkeypatch.setattr(T, "_adam", spy)
+    monkeypatch.setattr(T, "optimizer_for", spy)
     xs, y = data(64)
     xs = {"x": xs["x"] * 1000}  # huge inputs: huge gradients
     fit(Linear(), (xs, y), data(20, seed=1), plain(epochs=3, grad_clip=clip, min_steps=3, full_batch=64))

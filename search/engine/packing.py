@@ -6,7 +6,7 @@ once. `auto` sizes each pack from the measured seconds per candidate so that a t
 `TARGET_S`, and never hands one worker more than half its fair share of what is left (the
 budget still to hand out over twice the concurrent slots: "factoring", which balances candidates
 of unequal length better than whole shares do), so that no worker idles at the end of the budget.
-Long candidates get packs of 1. No Ray, no torch: the searcher and the tests use it alike.
+Long candidates get packs of 1. No Ray: the searcher and the tests use it alike.
 """
 from __future__ import annotations
 
@@ -15,15 +15,12 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from spaces import ConfigError
+from search.config import AUTO, Pack  # the setting, checked where the config is read
 
-AUTO = "auto"
 TARGET_S = 15.0  # what an auto pack should take: Tune's ~1 s per trial stays under ~7 %
 FIRST = 4  # an auto pack before any candidate's seconds are known
 CAP = 64  # an auto pack at most, however short its candidates
 WINDOW = 16  # the finished candidates the rolling mean of seconds looks at
-
-Pack = int | str  # N >= 1 or "auto"
 
 
 def pack_size(pack: Pack, remaining: int, slots: int, mean_s: float | None) -> int:
@@ -71,11 +68,3 @@ def replay_lookahead(records: Iterable[Mapping[str, Any]], slots: int, pack: Pac
     biggest = max([FIRST if pack == AUTO else int(pack), *sizes])
     return max(1, slots) * biggest
 
-
-def check_pack(value: Any, where: str = "search.pack") -> Pack:
-    """`auto` or an integer >= 1; a one-line ConfigError naming `where` otherwise."""
-    if value == AUTO:
-        return AUTO
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}: expected auto or an integer >= 1 (candidates per Ray trial), got {value!r}")
-    return value

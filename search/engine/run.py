@@ -165,7 +165,7 @@ def cost_function(prepared: Prepared) -> Callable[[ArchSpec], tuple[int, int]]:
     cell built and counted once), so a spec costs microseconds once its cells have been seen
     (mfas costs up to 512 candidates per batch while the workers wait).
     """
-    backbone_cost = {(m, d): _backbone_cost(b.lean(d)) for m, b in prepared.backbones.items() for d in b.depths}
+    backbone_cost = {(m, d): cost_of_backbone(b.lean(d)) for m, b in prepared.backbones.items() for d in b.depths}
     heads = HeadCosts(prepared.taps.tap_shapes, prepared.taps.num_classes, flat=prepared.taps.flat_taps())
     cache: dict[str, tuple[int, int]] = {}
 
@@ -180,7 +180,8 @@ def cost_function(prepared: Prepared) -> Callable[[ArchSpec], tuple[int, int]]:
     return cost
 
 
-def _backbone_cost(backbone: Backbone) -> tuple[int, int]:
+def cost_of_backbone(backbone: Backbone) -> tuple[int, int]:
+    """`(params, FLOPs per sample)` of a (lean) backbone, counted on one zero input."""
     return count_params(backbone), count_flops(backbone, torch.zeros(1, *backbone.input_shape))
 
 

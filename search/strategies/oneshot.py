@@ -1,7 +1,7 @@
 """One-shot search: rank sub-networks of a weight-sharing supernet, then train the predicted front.
 
 At the first `ask()` the strategy trains a supernet (`fusion_ops.supernet`,
-`search.oneshot`) over the space on the run's tap cache, in this process (the driver): the
+`search.strategies.supernet`) over the space on the run's tap cache, in this process (the driver): the
 run has nothing else to do until it has asks, the supernet needs the whole space's modules
 in one place, and training it as a Ray trial would ship the weights back for no gain.
 Its weights go to `RUN/supernet.safetensors`, so a resume loads them instead of training
@@ -12,7 +12,7 @@ exactly (`cost_fn`), and the asks are the predicted fronts, best first: front by
 is already queued. Each ask is an ordinary stand-alone trial; `tell` records the real
 result. With a budget, after its first `front_share` part the asks move next to the real
 (stand-alone) front instead: its one-choice neighbours, estimated by the supernet relative to
-their parents' real results (`search.oneshot.local`). The predictions go to
+their parents' real results (`search.strategies.supernet.local`). The predictions go to
 `RUN/oneshot.json` (the report shows them against the trials).
 """
 from __future__ import annotations
@@ -126,8 +126,8 @@ class OneShotStrategy(Strategy):
         return self._fresh_random(self._rng, self.space.sample)  # the predicted candidates are all asked
 
     def _local(self) -> ArchSpec | None:
-        """The next neighbour of the real front (`search.oneshot.local`), or None."""
-        from search.oneshot.local import next_local
+        """The next neighbour of the real front (`search.strategies.supernet.local`), or None."""
+        from search.strategies.supernet.local import next_local
 
         metric = self.objectives[0].name
         told = {s.arch_id: (s, r.values[metric]) for s, r in self.history if r is not None}  # s: valid, settings too
@@ -150,7 +150,7 @@ class OneShotStrategy(Strategy):
         """`spec`'s inherited-weight metric (scored now if the ranking did not)."""
         if spec.arch_id not in self._scored:
             if self._scorer is None:
-                from search.oneshot.train import Scorer
+                from search.strategies.supernet.train import Scorer
 
                 self._scorer = Scorer(self.supernet()[0], self.context.taps, metric=self.objectives[0].name,
                                       threads=self.context.train.threads)
@@ -170,7 +170,7 @@ class OneShotStrategy(Strategy):
         step, `n_choices` steps a round) takes at most `RUN_SHARE` x the steps of the run's budget of
         candidates: in a space of thousands of cells it would otherwise train far longer than the
         whole search (issue 23: 12.5 minutes and no candidate, where mfas ended in 82 s)."""
-        from search.oneshot.paths import n_choices
+        from search.strategies.supernet.paths import n_choices
         from search.training.train import step_budget
 
         if self.options["steps_per_choice"]:
@@ -192,7 +192,7 @@ class OneShotStrategy(Strategy):
     def supernet(self) -> tuple[Any, dict[str, Any]]:
         """The trained supernet and how it was trained: from the context's in-process cache, from
         the run directory (same fingerprint), or trained now."""
-        from search.oneshot.train import build_supernet, train_supernet
+        from search.strategies.supernet.train import build_supernet, train_supernet
 
         ctx, key = self.context, self.fingerprint()
         if ctx.cache is not None and key in ctx.cache:
@@ -242,7 +242,7 @@ class OneShotStrategy(Strategy):
 
     # ---- ranking ---------------------------------------------------------------------------------
     def _rank(self) -> list[ArchSpec]:
-        from search.oneshot.train import Scorer
+        from search.strategies.supernet.train import Scorer
 
         net, info = self.supernet()
         start = time.perf_counter()

@@ -222,7 +222,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, report:
     task = task or get_task("classification")
     shuffle = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _adam(params, cfg)
+    opt = optimizer_for(params, cfg)
     xs, y = train
     n = len(y)
     batch, budget = batch_size_for(n, cfg), step_budget(n, cfg)
@@ -306,7 +306,7 @@ def _weights_check(params: list[nn.Parameter]) -> str:
     return f"weights blew up (max |w| {top:.3g})" if top > DIVERGED_WEIGHT else ""
 
 
-def _adam(params: list[nn.Parameter], cfg: TrainConfig) -> Adam:
+def optimizer_for(params: list[nn.Parameter], cfg: TrainConfig) -> Adam:
     """Adam (`cfg.optimizer` adam: coupled L2) or AdamW (adamw: decoupled weight decay), fused into one
     kernel where torch has it (CUDA; the CPU from torch 2.4): ~30 % faster steps for small heads on the CPU."""
     return Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled=cfg.optimizer == "adamw")

@@ -2,7 +2,7 @@
 
 Training follows the run's `train:` recipe (Adam, lr, weight decay, full batch when the
 train split is small, linear warm-up then cosine decay over the step budget, gradient
-clipping) for `steps_per_choice` fairness rounds (`search.oneshot.paths`). Each step's loss
+clipping) for `steps_per_choice` fairness rounds (`search.strategies.supernet.paths`). Each step's loss
 is the mean of the losses of every head along its chain (deep supervision), plus the
 fusion operators' auxiliary losses of the cells that ran. No fusion operator keeps
 batch-norm statistics, so the inherited weights need no recalibration: a sub-network is
@@ -23,10 +23,10 @@ from torch import Tensor
 from fusion_ops.backbones import seeded_init
 from fusion_ops.base import auxiliary_loss
 from fusion_ops.supernet import CellKey, HeadKey, Supernet, path_keys
-from search.oneshot.paths import covering_specs, fair_paths, n_choices
+from search.strategies.supernet.paths import covering_specs, fair_paths, n_choices
 from search.training.adam import Adam
 from search.training.taps import TapCache
-from search.training.train import TrainConfig, _adam, batch_size_for, lr_at, task_of, torch_threads
+from search.training.train import TrainConfig, batch_size_for, lr_at, optimizer_for, task_of, torch_threads
 from spaces.space import SearchSpace
 from spaces.spec import ArchSpec
 
@@ -104,7 +104,7 @@ def train_supernet(net: Supernet, space: SearchSpace, taps: TapCache, cfg: Train
                 continue  # one path that cannot train must not poison the shared weights
             for m in active:
                 if id(m) not in opts and any(True for _ in m.parameters()):
-                    opts[id(m)] = _adam(list(m.parameters()), cfg)
+                    opts[id(m)] = optimizer_for(list(m.parameters()), cfg)
             steppers = [opts[id(m)] for m in active if id(m) in opts]
             for opt in steppers:
                 opt.zero_grad()
