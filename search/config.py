@@ -72,7 +72,6 @@ def check_storage(storage: str, where: str = "search.storage") -> None:
         raise ConfigError(f"{where}: {expected}")
 
 
-
 # ---- search.pack: candidates one Ray trial trains one after another (search.engine.packing)
 AUTO = "auto"
 Pack = int | str  # N >= 1 or "auto"

@@ -61,7 +61,7 @@ from search.engine.tune_searcher import (
     result_metrics,
 )
 from search.runstore.replay import replay
-from search.runstore.store import RunStore, front_from_trials, to_jsonable, utc_now
+from search.runstore.store import RunStore, to_jsonable, utc_now
 from spaces.spec import ArchSpec
 
 log = logging.getLogger(__name__)
@@ -217,12 +217,10 @@ class StoreCallback(tune.Callback):
         self._records: dict[str, dict[str, Any]] | None = None
         self._interrupts = interrupts
         self._done: dict[str, set[int]] = {}  # Tune trial id -> the candidates of its pack recorded
+        self._handle: RunStore | None = store  # one handle: it reads the run's settings once (`RunStore.rank`)
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into Tune's state: no cache
-        return {"run_dir": self.run_dir, "total": self.total, "_records": None, "_interrupts": None, "_done": {}}
-
-    def _store(self) -> RunStore:
-        return RunStore(Path(self.run_dir))
+        return {**self.__dict__, "_records": None, "_interrupts": None, "_done": {}, "_handle": None}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         k = result.get(CANDIDATE)
@@ -264,7 +262,7 @@ class StoreCallback(tune.Callback):
                 and not (trial.last_result or {}).get(FINAL))
 
     def _record(self, record: dict[str, Any]) -> None:
-        store = self._store()
+        store = self._handle = self._handle or RunStore(Path(self.run_dir))
         if self._records is None:
             self._records = {str(r["trial_id"]): r for r in store.trials()}
         old = self._records.get(record["trial_id"])
@@ -272,8 +270,7 @@ class StoreCallback(tune.Callback):
             return
         store.append_trial(record)
         self._records[record["trial_id"]] = record
-        records = list(self._records.values())
-        front = store.write_pareto(front_from_trials(records, store.reference, store.objectives()), records)
+        front = store.write_pareto(trials=self._records.values())  # the front of the records, and the answer
         hook = _PROGRESS.get(self.run_dir)
         n_confirm = sum(not counts_to_budget(r) and not r.get("lost_node")  # seeds and seeded baselines
                         for r in self._records.values())

@@ -300,10 +300,12 @@ class RunStore:
         return _objectives.from_stored(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None)
 
     def rank(self) -> str:
-        """How the run ranks its answer over seeds (`search.rank` of `config.yaml`; `mean` for a
-        run from before it, or one whose value this version does not know)."""
-        rank = ((self.config().get("search") or {}) if self.config_path.is_file() else {}).get("rank", "mean")
-        return rank if rank in _baselines.RANKS else "mean"
+        """How the run ranks its answer over seeds (`search.rank` of `config.yaml`, which `create`
+        writes once: read once per handle); `mean` for a run from before it, or an unknown value."""
+        if "_rank" not in self.__dict__ and self.config_path.is_file():
+            rank = (self.config().get("search") or {}).get("rank", "mean")
+            object.__setattr__(self, "_rank", rank if rank in _baselines.RANKS else "mean")  # a cache, not a field
+        return self.__dict__.get("_rank", "mean")
 
     def task(self) -> str:
         """The run's task (`objectives.json`); classification for a run from before it."""
@@ -315,15 +317,14 @@ class RunStore:
         path = self.run_dir / _baselines.FILE
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
-    def write_pareto(self, front: Mapping[str, Any] | None = None,
-                     trials: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
-        """Write `pareto.json` (by default the front of the stored trials, or of `trials`) and
-        return it; with `baselines.json` present, its `baselines` key says whether the front
-        beats them, and which trial is the run's answer (`search.baselines.answer_trial`)."""
-        trials = self.trials() if trials is None else list(trials)
-        data = dict(front) if front is not None else front_from_trials(trials, self.reference, self.objectives())
+    def write_pareto(self, trials: Iterable[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """Write `pareto.json`, the front of the stored trials (or of `trials`), and return it; with
+        `baselines.json` present, its `baselines` key says whether the front beats them, and which
+        trial is the run's answer (`search.baselines.answer_trial`)."""
+        trials, objs = (self.trials() if trials is None else list(trials)), self.objectives()
+        data = front_from_trials(trials, self.reference, objs)
         if (stored := self.baselines()) is not None:
-            data["baselines"] = _baselines.compare(data, stored, self.objectives(), rank=self.rank(), trials=trials)
+            data["baselines"] = _baselines.compare(data, stored, objs, rank=self.rank(), trials=trials)
         self.write_json(self.pareto_path.name, data)
         return data
 
@@ -501,17 +502,9 @@ def front_from_trials(trials: Iterable[Mapping[str, Any]], reference: Sequence[f
     mask = pareto.pareto_mask(points, by=steady)
     keep = np.flatnonzero(steady)  # the knee: of the candidates whose seeds agree
     knee = ok[keep[pareto.knee_point(points[keep])]]["trial_id"] if keep.size else None
-    out["front"] = [
-        {
-            "trial_id": t["trial_id"],
-            "arch_id": t.get("arch_id"),
-            "spec": t.get("spec"),
-            "metrics": t["metrics"],
-            "objectives": p.tolist(),
-        }
-        for t, p, on in zip(ok, points, mask, strict=True)
-        if on
-    ]
+    out["front"] = [{"trial_id": t["trial_id"], "arch_id": t.get("arch_id"), "spec": t.get("spec"),
+                     "metrics": t["metrics"], "objectives": p.tolist()}
+                    for t, p, on in zip(ok, points, mask, strict=True) if on]
     out["trial_ids"] = [f["trial_id"] for f in out["front"]]
     out["hypervolume"] = pareto.hypervolume(points, ref)
     out["reference"] = ref.tolist()

@@ -114,9 +114,9 @@ def handmade_specs(space: SearchSpace) -> list[ArchSpec]:
     head = () if () in space.trunks else min(space.trunks, key=lambda t: (len(t), sum(t)))
     specs: dict[str, ArchSpec] = {}
     for stage, depths in fixed.items():
+        assert depths is not None  # early and late fix their taps' depths
         for op in space.ops:
             args = tuple((a.name, a.default if a.default in values else values[0]) for a, values in op.args)
-            assert depths is not None
             cell = CellSpec(taps=tuple(make_tap(m, d) for m, d in depths.items()), op=op.name, width=width,
                             activation=act, args=args)
             built = ArchSpec(stage if stage in space.stages else "hybrid", (cell,), head if stage == "early" else ())
